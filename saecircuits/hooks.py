@@ -144,6 +144,13 @@ def _probe(hf: torch.nn.Module) -> _Probe:
     return probe
 
 
+def probe_model(model) -> None:
+    """Probe `model` now (done by `load_model`). Must not run inside a trace: call it first
+    when wrapping a model yourself."""
+    _layout(unwrap(model))
+    _probe(unwrap(model))
+
+
 def canonical_names(model) -> list[str]:
     """All canonical hook-point names of the model, in forward order."""
     lay = _layout(unwrap(model))

@@ -161,6 +161,9 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model = TransformersModel(hf, tokenizer=tok)
+    from .hooks import probe_model
+
+    probe_model(model)  # learn hook widths/order now: a probe inside a trace would disturb it
     log.info("loaded %s in %.1fs", model_name, time.perf_counter() - start)
     hf.saecircuits_name = model_name  # read by SAE cfgs and exports
     return model, tok

@@ -85,9 +85,9 @@ def from_dataframes(nodes: pd.DataFrame, edges: pd.DataFrame,
             graph.add_node(nid, **base, **extras)
         for row in edges.to_dict("records"):
             attrs = {k: v for k, v in row.items() if not _missing(v)}
-            graph.add_edge(str(attrs.pop("source")), str(attrs.pop("target")),
-                           float(attrs.pop("weight")), **attrs) if attrs else \
-                graph.add_edge(str(row["source"]), str(row["target"]), float(row["weight"]))
+            u, v = str(attrs.pop("source")), str(attrs.pop("target"))
+            graph.add_edge(u, v, float(attrs.pop("weight")))
+            graph.graph.edges[u, v].update(attrs)
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, GraphError):
             raise

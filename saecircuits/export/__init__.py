@@ -1,0 +1,14 @@
+"""Export feature graphs (Neuronpedia JSON, CSV/Parquet, GraphML, node-link, DOT/SVG, HTML
+viewer) and build feature dashboards."""
+from .dot import render_svg, to_dot
+from .neuronpedia import graph_json, graph_metadata
+from .networkx_io import (from_networkx, node_link, read_graphml, read_node_link, to_networkx,
+                          write_graphml, write_node_link)
+from .tables import (edges_df, from_dataframes, nodes_df, read_csv, read_parquet, write_csv,
+                     write_parquet)
+from .writer import FORMATS, export_graph, load_graph, summarize
+
+__all__ = ["FORMATS", "edges_df", "export_graph", "from_dataframes", "from_networkx",
+           "graph_json", "graph_metadata", "load_graph", "node_link", "nodes_df", "read_csv",
+           "read_graphml", "read_node_link", "read_parquet", "render_svg", "summarize", "to_dot",
+           "to_networkx", "write_csv", "write_graphml", "write_node_link", "write_parquet"]

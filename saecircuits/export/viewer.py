@@ -1,0 +1,57 @@
+"""The self-contained HTML viewer (`index.html`): graph, summary and dashboards inlined.
+
+The page has no network access (a Content-Security-Policy forbids it); data is embedded
+as JSON inside a `<script type="application/json">` block with `<`, `>`, `&` and the
+JavaScript line separators escaped, and the page script inserts all text with
+`textContent`, so token strings cannot inject markup.
+"""
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..attribution.graph import FeatureGraph
+from ..fileio import write_text
+
+_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def script_json(obj: Any) -> str:
+    """JSON that is safe to place inside an HTML `<script>` element."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    return "".join(_ESCAPES.get(ch, ch) for ch in text)
+
+
+def _asset(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def viewer_data(graph: FeatureGraph, summary: dict[str, Any],
+                dashboards: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The object the page reads: graph nodes/edges, summary, dashboards by `hook:index`."""
+    nodes = [{"id": n, **{k: d.get(k) for k in ("kind", "hook", "layer", "pos", "feature",
+                                                  "activation", "effect", "label")}}
+             for n, d in graph.graph.nodes(data=True)]
+    edges = [{"source": u, "target": v, "weight": d["weight"]}
+             for u, v, d in graph.graph.edges(data=True)]
+    return {"graph": {"nodes": nodes, "edges": edges}, "summary": summary,
+            "dashboards": dashboards or {}}
+
+
+def render_html(data: dict[str, Any]) -> str:
+    """The viewer page with `data` (see `viewer_data`) inlined."""
+    page = _asset("viewer.html")
+    head, rest = page.split("__SCRIPT__", 1)
+    page = head + _asset("viewer.js") + rest
+    head, rest = page.split("__DATA__", 1)
+    return head + script_json(data) + rest
+
+
+def write_viewer(graph: FeatureGraph, path: str | os.PathLike, summary: dict[str, Any],
+                 dashboards: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    write_text(path, render_html(viewer_data(graph, summary, dashboards)))
+    return path

@@ -171,7 +171,7 @@ def resolve_all(model, saes: Mapping[str, SAE] | None, interventions: Sequence[I
         interventions = [interventions]
     if not isinstance(interventions, Sequence):
         raise InterventionError(f"interventions must be a list of Intervention, got {type(interventions).__name__}")
-    saes = saes or {}
+    saes = dict(saes.items()) if saes else {}  # plain dict: SAESet's `in` raises on misses
     out = []
     for iv in interventions:
         if not isinstance(iv, Intervention):

@@ -1,0 +1,96 @@
+"""`saecircuits steer`: generate with SAE features clamped, scaled, added or ablated."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "generate with SAE features clamped/scaled/added/ablated; print baseline vs steered"
+
+_SPEC = "HOOK:FEATURES[=VALUE][@POSITIONS]"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli import add_model_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--saes", required=True, help="SAE set directory (one subdirectory per hook)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one prompt")
+    src.add_argument("--prompts", help="text file with one prompt per line, or a .jsonl of "
+                                       "{\"prompt\": ...} objects")
+    for flag, what in (("clamp", "set features to VALUE, e.g. resid.12:1234=8.0"),
+                       ("scale", "multiply features by VALUE, e.g. resid.12:1234=0.5"),
+                       ("add", "add VALUE × decoder row, e.g. resid.12:1234=4"),
+                       ("ablate", "zero (default) or mean-ablate, e.g. resid.12:1234 or resid.12:1234=mean")):
+        parser.add_argument(f"--{flag}", action="append", default=[], metavar=_SPEC,
+                            help=f"{what}; POSITIONS = prompt|generated|all|0,3,-1 (default all); repeatable")
+    parser.add_argument("--only-if-active", action="store_true",
+                        help="edit a feature only where it is already active")
+    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
+    parser.add_argument("--track", action="append", default=[], metavar="TOKEN",
+                        help="single-token string whose per-step probability shift is reported")
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts from a text file (one per line) or JSONL (`{"prompt": ...}` per line)."""
+    from ..errors import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"prompts file {path!r} does not exist")
+    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"prompts file {path!r} is empty")
+    if file.suffix != ".jsonl":
+        return lines
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{number} is not valid JSON: {err}") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+            raise ConfigError(f"{path}:{number} needs a string field 'prompt'")
+        prompts.append(obj["prompt"])
+    return prompts
+
+
+def run(args: argparse.Namespace) -> dict:
+    import dataclasses
+
+    from ..errors import ConfigError
+    from ..models import load_model
+    from ..sae import SAESet
+    from ..steering import parse_spec, steer
+
+    interventions = [parse_spec(text, mode) for flag, mode in
+                     (("clamp", "set"), ("scale", "scale"), ("add", "add"), ("ablate", "ablate"))
+                     for text in getattr(args, flag)]
+    if not interventions:
+        raise ConfigError("give at least one of --clamp, --scale, --add, --ablate")
+    if args.only_if_active:
+        interventions = [dataclasses.replace(iv, only_if_active=True) for iv in interventions]
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    model, tok = load_model(args.model, device=args.device)
+    hooks_needed = sorted({iv.hook for iv in interventions})
+    saes = SAESet.load(args.saes, model=model, hooks=hooks_needed)
+    from ..models import model_device
+
+    saes.to(model_device(model))
+    result = steer(model, saes, prompts, interventions, args.max_new_tokens, do_sample=args.sample,
+                   temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                   track=args.track, use_cache=not args.no_cache, tokenizer=tok)
+    if not args.json:
+        print(result.format())
+        if result.tracked:
+            shift = result.prob_shift[:, 0]
+            for prompt, row in zip(result.prompts, shift):
+                parts = ", ".join(f"{tok.decode([t])!r} {float(s):+.4f}" for t, s in zip(result.tracked, row))
+                print(f"step-0 probability shift for {prompt!r}: {parts}")
+    return result.to_dict()

@@ -25,7 +25,7 @@ def script_json(obj: Any) -> str:
     return "".join(_ESCAPES.get(ch, ch) for ch in text)
 
 
-def _asset(name: str) -> str:
+def asset(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
@@ -43,10 +43,15 @@ def viewer_data(graph: FeatureGraph, summary: dict[str, Any],
 
 def render_html(data: dict[str, Any]) -> str:
     """The viewer page with `data` (see `viewer_data`) inlined."""
-    page = _asset("viewer.html")
-    head, rest = page.split("__SCRIPT__", 1)
-    page = head + _asset("viewer.js") + rest
-    head, rest = page.split("__DATA__", 1)
+    return fill_page(asset("viewer.html"), asset("dashboard.js") + asset("viewer.js"), data)
+
+
+def fill_page(page: str, script: str, data: Any) -> str:
+    """Put the shared CSS, `script` and `data` into a page template's placeholders."""
+    for marker, value in (("__STYLE__", asset("dashboard.css")), ("__SCRIPT__", script)):
+        head, rest = page.split(marker, 1)
+        page = head + value + rest
+    head, rest = page.split("__DATA__", 1)  # last: the data is never searched again
     return head + script_json(data) + rest
 
 

@@ -82,11 +82,12 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
         chosen.append("parquet")
     dash = _load_dashboards(dashboards)
     summary = summarize(graph)
+    shown = with_dashboard_labels(graph, dash)
     files: list[str] = []
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         if "neuronpedia" in chosen:
-            write_json(tmp / "graph.json", neuronpedia.graph_json(graph))
-            write_json(tmp / "graph-metadata.json", neuronpedia.graph_metadata(graph))
+            write_json(tmp / "graph.json", neuronpedia.graph_json(shown))
+            write_json(tmp / "graph-metadata.json", neuronpedia.graph_metadata(shown))
             files += ["graph.json", "graph-metadata.json"]
         if "csv" in chosen:
             tables.write_csv(graph, tmp)
@@ -101,7 +102,7 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
             networkx_io.write_node_link(graph, tmp / "graph.nodelink.json")
             files.append("graph.nodelink.json")
         if "dot" in chosen or "svg" in chosen:
-            source = dot_mod.write_dot(graph, tmp / "graph.dot", title=_title(summary))
+            source = dot_mod.write_dot(shown, tmp / "graph.dot", title=_title(summary))
             files.append("graph.dot")
             if "svg" in chosen:
                 try:
@@ -111,13 +112,25 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
                     summary["svg_error"] = str(err)
                     log.warning("%s", err)
         if "html" in chosen:
-            viewer.write_viewer(graph, tmp / "index.html", summary, dash)
+            viewer.write_viewer(shown, tmp / "index.html", summary, dash)
             files.append("index.html")
         summary["dashboards"] = sorted(dash)
         summary["files"] = files + ["summary.json"]
         summary["meta"] = graph.meta
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def with_dashboard_labels(graph: FeatureGraph, dashboards: Mapping[str, Any]) -> FeatureGraph:
+    """A copy whose unlabelled feature nodes take their dashboard's short description."""
+    if not dashboards:
+        return graph
+    out = graph.copy()
+    for _, d in out.graph.nodes(data=True):
+        key = f"{d.get('hook')}:{d.get('feature')}"
+        if d["kind"] == "feature" and not d.get("label") and key in dashboards:
+            d["label"] = str(dashboards[key].get("label") or "")
+    return out
 
 
 def _title(summary: dict[str, Any]) -> str:

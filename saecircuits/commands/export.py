@@ -1,0 +1,38 @@
+"""`saecircuits export`: write a feature graph's export directory."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "export a feature graph: Neuronpedia JSON, CSV/Parquet, GraphML, DOT/SVG, HTML viewer"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..export.writer import FORMATS
+
+    parser.add_argument("graph", metavar="GRAPH_DIR",
+                        help="graph to export: a directory or file written by FeatureGraph.save "
+                             "(featuregraph.json), an export directory, .graphml or .nodelink.json")
+    parser.add_argument("--format", dest="formats", action="append", choices=FORMATS,
+                        help="what to write (repeatable; default: all)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--dashboards", default=None,
+                        help="dashboards directory (from `saecircuits dashboards`) for the viewer")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ..errors import ExportError
+    from ..export.writer import export_graph, load_graph
+
+    graph = load_graph(args.graph)
+    formats = args.formats or ["all"]
+    summary = export_graph(graph, args.out, overwrite=args.overwrite,
+                           dashboards=args.dashboards, formats=formats)
+    if "svg_error" in summary:
+        if "svg" in formats:
+            raise ExportError(f"{summary['svg_error']} (the other files are in {args.out})")
+        print(f"saecircuits export: warning: {summary['svg_error']}", file=sys.stderr)
+    if not args.json:
+        print(f"wrote {', '.join(summary['files'])} to {args.out}")
+    return {"out": args.out, **{k: v for k, v in summary.items() if k != "meta"}}

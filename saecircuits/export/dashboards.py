@@ -218,7 +218,7 @@ def contexts_of(fa: FeatureActivations, tok, feature: Feature, n: int = 10, left
         valid = int(fa.mask[w].nonzero().max()) + 1 if fa.mask[w].any() else p + 1
         hi = min(valid, p + right + 1)
         out.append(Context(_decode_tokens(tok, fa.tokens[w, lo:hi].tolist()),
-                           [round(float(v), 5) for v in col[w, lo:hi]], p - lo,
+                           [float(f"{float(v):.6g}") for v in col[w, lo:hi]], p - lo,
                            float(col[w, p]), int(w), p))
     return out
 

@@ -34,9 +34,12 @@
     return n.layer === null || n.layer === undefined ? 0 : n.layer;
   }
   const rankVals = [...new Set(nodes.map(rankOf))].sort((a, b) => a - b);
-  const posVals = [...new Set(nodes.map(n => n.pos === null || n.pos === undefined ? -1 : n.pos))].sort((a, b) => a - b);
+  // targets without a position (the metric) are centred above everything else
+  const floating = n => (n.kind === "metric" || n.kind === "logit") && (n.pos === null || n.pos === undefined);
+  const placed = nodes.filter(n => !floating(n));
+  const posVals = [...new Set(placed.map(n => n.pos === null || n.pos === undefined ? -1 : n.pos))].sort((a, b) => a - b);
   const cells = new Map();
-  for (const n of nodes) {
+  for (const n of placed) {
     const key = rankOf(n) + "|" + (n.pos === null || n.pos === undefined ? -1 : n.pos);
     if (!cells.has(key)) cells.set(key, []);
     cells.get(key).push(n);
@@ -56,6 +59,8 @@
     const [r, p] = key.split("|").map(Number);
     list.forEach((n, i) => { n._x = colX.get(p) + i * DX + DX / 2; n._y = rowY.get(r); });
   }
+  const floats = nodes.filter(floating), mid = (LEFT + Math.max(x - COLGAP, LEFT + DX)) / 2;
+  floats.forEach((n, i) => { n._x = mid + (i - (floats.length - 1) / 2) * 3 * DX; n._y = rowY.get(rankOf(n)); });
   const maxEff = Math.max(1e-12, ...nodes.map(n => Math.abs(n.effect || 0)));
   const maxW = Math.max(1e-12, ...edges.map(e => Math.abs(e.weight)));
 

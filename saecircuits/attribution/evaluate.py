@@ -1,0 +1,125 @@
+"""Circuit evaluation: faithfulness curves, completeness, edge faithfulness, method agreement.
+
+    F(C)          mean metric when every node outside circuit C is ablated (its value set to the
+                  ablation target at every hook; nodes inside C are recomputed)
+    faithfulness  (F(C) − F(∅)) / (F(M) − F(∅)),  M = the whole model, ∅ = every node ablated
+    completeness  (F(M∖C) − F(∅)) / (F(M) − F(∅)): ablate the circuit only (small is complete)
+    edge faithfulness (linear): the circuit's faithfulness after also removing the direct
+                  effects of the pruned edges between circuit nodes (first-order estimate)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from ..errors import GraphError
+from . import ablation as ab
+from .ablation import State
+from .nodes import Node, NodeScores
+
+
+def _masks(state: State, keep: set[Node], invert: bool):
+    """hook -> (ablate_f `[1, T, d_sae]`, ablate_err `[1, T, 1]`) bool masks."""
+    out = {}
+    for h, f in state.f.items():
+        T, d = f.shape[1], f.shape[2]
+        kf = torch.zeros(T, d, dtype=torch.bool, device=f.device)
+        ke = torch.zeros(T, 1, dtype=torch.bool, device=f.device)
+        for hook, pos, feat in keep:
+            if hook != h:
+                continue
+            where = slice(None) if pos is None else pos
+            if feat == "err":
+                ke[where] = True
+            else:
+                kf[where, feat] = True
+        if invert:
+            out[h] = (kf.unsqueeze(0), ke.unsqueeze(0))
+        else:
+            out[h] = ((~kf).unsqueeze(0), (~ke).unsqueeze(0))
+    return out
+
+
+class Evaluator:
+    """Runs circuits with the complement ablated; targets are computed once per chunk."""
+
+    def __init__(self, model, saes, states: Sequence[State], ablation: str = "mean", means=None,
+                 seed: int = 0):
+        ab.check_ablation(ablation, states[0].chunk.task)
+        self.model, self.saes, self.states, self.ablation = model, saes, list(states), ablation
+        if ablation == "mean" and means is None:
+            means = ab.dataset_means(model, saes, [s.chunk for s in self.states])
+        self.targets = [ab.targets(model, saes, s.chunk, {h: (s.f[h], s.err[h]) for h in s.f},
+                                   ablation, means, seed + i) for i, s in enumerate(self.states)]
+        self.n = sum(len(s.chunk.task) for s in self.states)
+        self.f_model = float(torch.cat([s.metric for s in self.states]).mean())
+        self.f_empty = self.metric(set())
+
+    def metric(self, keep: Iterable[Node], invert: bool = False) -> float:
+        """Mean metric with every node outside `keep` ablated (`invert`: ablate `keep` only)."""
+        keep = set(keep)
+        total = 0.0
+        for st, tg in zip(self.states, self.targets):
+            masks = _masks(st, keep, invert)
+            vals = {h: (masks[h][0], tg[h][0], masks[h][1], tg[h][1]) for h in st.f}
+            total += float(ab.run_metric(self.model, self.saes, st.chunk, edit=ab.set_edit(vals)).sum())
+        return total / self.n
+
+    def faithfulness(self, keep: Iterable[Node]) -> float:
+        return self._normalise(self.metric(keep))
+
+    def completeness(self, keep: Iterable[Node]) -> float:
+        return self._normalise(self.metric(keep, invert=True))
+
+    def _normalise(self, value: float) -> float:
+        span = self.f_model - self.f_empty
+        if abs(span) < 1e-9:
+            raise GraphError("F(M) equals F(∅): the ablation does not change the metric, so "
+                             "faithfulness is undefined")
+        return (value - self.f_empty) / span
+
+
+def circuit_by_size(scores: NodeScores, k: int) -> list[Node]:
+    """Top-k feature nodes by |effect| plus the error nodes at least as large as the k-th."""
+    ranked = scores.nodes()
+    feats = [nd for nd in ranked if nd[2] != "err"][:k]
+    if not feats:
+        return [nd for nd in ranked if nd[2] == "err"] if k == 0 else []
+    floor = abs(scores.effect(feats[-1]))
+    return feats + [nd for nd in ranked if nd[2] == "err" and abs(scores.effect(nd)) >= floor]
+
+
+def faithfulness_curve(ev: Evaluator, scores: NodeScores,
+                       sizes: Sequence[int] = (5, 10, 20, 50, 100, 200)) -> list[dict]:
+    """Faithfulness of the top-k circuits for each k in `sizes`."""
+    out = []
+    for k in sizes:
+        nodes = circuit_by_size(scores, k)
+        n_feat = sum(1 for nd in nodes if nd[2] != "err")
+        val = ev.metric(nodes)
+        out.append({"k": k, "features": n_feat, "errors": len(nodes) - n_feat, "metric": val,
+                    "faithfulness": ev._normalise(val)})
+    return out
+
+
+def edge_faithfulness_linear(ev: Evaluator, nodes: Sequence[Node], all_edges: dict,
+                             kept_edges: set) -> float:
+    """Faithfulness of the circuit minus the direct effects of its pruned internal edges."""
+    node_set = set(nodes)
+    removed = sum(w for (u, v), w in all_edges.items()
+                  if (u, v) not in kept_edges and u in node_set and (v == "metric" or v in node_set))
+    return ev._normalise(ev.metric(nodes) - removed)
+
+
+def agreement(estimate: NodeScores, exact: dict[Node, float]) -> dict:
+    """Pearson r and sign agreement of `estimate` against exact effects on the same nodes."""
+    nodes = list(exact)
+    if len(nodes) < 2:
+        raise GraphError("agreement needs at least two nodes")
+    a = torch.tensor([estimate.effect(nd) for nd in nodes], dtype=torch.float64)
+    b = torch.tensor([exact[nd] for nd in nodes], dtype=torch.float64)
+    r = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    return {"n": len(nodes), "pearson_r": r if math.isfinite(r) else float("nan"),
+            "sign_agreement": float(((a > 0) == (b > 0)).double().mean())}

@@ -92,6 +92,21 @@ def graph_nodes(graph: FeatureGraph) -> list[Node]:
     return out
 
 
+def check_saes(model, saes: Mapping[str, SAE]) -> None:
+    """Raise ConfigError when an SAE was trained on another model (name or width mismatch)."""
+    if not isinstance(saes, Mapping) or not saes:
+        raise ConfigError("tracing needs a non-empty SAE set")
+    name = model_name_of(model)
+    for hook, sae in saes.items():
+        trained = sae.cfg.model_name
+        if trained and name and trained.rstrip("/").split("/")[-1] != name.rstrip("/").split("/")[-1]:
+            raise ConfigError(f"the SAE at {hook!r} was trained on {trained!r}, not on {name!r}")
+        width = resolve(model, hook).width
+        if sae.cfg.d_in != width:
+            raise ConfigError(f"the SAE at {hook!r} has d_in={sae.cfg.d_in} but {name!r} has "
+                              f"width {width} there")
+
+
 def trace_circuit(model, tok, saes: Mapping[str, SAE], task: Task | str, method: str = "attrib",
                   ablation: str = "patch", n: int = 64, top_k: int | None = None,
                   node_threshold: float | None = None, influence: float | None = None,
@@ -115,8 +130,7 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE], task: Task | str, method:
         top_k = 100
     cfg = TraceConfig(method=method, ablation=ablation, n=n, top_k=top_k,
                       node_threshold=node_threshold, influence=influence, **options)
-    if hasattr(saes, "check"):
-        saes.check(model)
+    check_saes(model, saes)
     if isinstance(task, str):
         task = make_task(tok, task, n=cfg.n, seed=cfg.seed)
     elif isinstance(task, Task):

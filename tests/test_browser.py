@@ -1,4 +1,4 @@
-"""End to end: serve a real export, open it in headless Chromium, click a node (a real mouse
+"""End to end: serve the export of a real traced circuit (trace_circuit on the tiny model), open it in headless Chromium, click a node (a real mouse
 event through the DevTools protocol), check the dashboard shows that feature's contexts,
 and save a screenshot."""
 from __future__ import annotations
@@ -15,15 +15,13 @@ from pathlib import Path
 
 import pydoc_data.topics
 import pytest
-import torch
 
-from saecircuits.attribution.graph import FeatureGraph, node_id
+from saecircuits.attribution import trace_circuit
 from saecircuits.export import export_graph
 from saecircuits.export.dashboards import write_dashboards
 from saecircuits.export.serve import serve
 from saecircuits.models import unwrap
 from saecircuits.sae import SAE, SAEConfig, SAESet
-from saecircuits.splice import splice
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser,
@@ -104,58 +102,24 @@ class Browser:
                 self.proc.kill()
 
 
-def real_graph(model, tok, saes: SAESet, prompt: str) -> FeatureGraph:
-    """A small graph from a real spliced run: at every hook the 3 most active features at
-    the last 3 positions, effect = activation × (decoder row · logit gradient direction)."""
-    ids = tok(prompt, return_tensors="pt")
-    with torch.no_grad(), model.trace(ids):
-        acts = splice(model, saes)
-    tokens = tok.batch_decode([[int(i)] for i in ids["input_ids"][0]])
-    n = len(tokens)
-    w_u = unwrap(model).lm_head.weight.detach()
-    target = int(ids["input_ids"][0, -1])
-    g = FeatureGraph(meta={"task": "demo", "method": "activation x direct logit", "model": "tiny",
-                           "prompt": prompt, "prompt_tokens": tokens, "metric_clean": 1.0,
-                           "faithfulness": 0.9})
-    g.add_node("metric", kind="metric", layer=99, effect=1.0, label=tokens[-1])
-    prev: list[str] = []
-    for p in range(n - 3, n):
-        prev.append(g.add_node(node_id("embed", p), kind="embed", hook="embed", layer=-1, pos=p,
-                               label=tokens[p]))
-    for hook in saes:
-        layer = int(hook.split(".")[1])
-        f = acts[hook].features[0]
-        cur = []
-        for p in range(n - 3, n):
-            vals, idx = f[p].topk(3)
-            for v, i in zip(vals.tolist(), idx.tolist()):
-                effect = v * float(saes[hook].W_dec[i] @ w_u[target])
-                cur.append(g.add_node(node_id(hook, p, i), kind="feature", hook=hook, layer=layer,
-                                      pos=p, feature=i, activation=v, effect=effect))
-        for k, v in enumerate(cur):
-            g.add_edge(prev[k % len(prev)], v, 0.1 + 0.05 * k)
-        prev = cur
-    for k, u in enumerate(prev):
-        g.add_edge(u, "metric", g.nodes[u]["effect"])
-    return g
-
-
 def test_click_node_shows_its_dashboard(tiny, tmp_path):
     model, tok = tiny
     d = unwrap(model).config.hidden_size
     saes = SAESet({"resid.0": SAE.random(SAEConfig("relu", d, 32, hook="resid.0"), seed=1),
+                   "mlp.1": SAE.random(SAEConfig("topk", d, 48, k=6, hook="mlp.1"), seed=3),
                    "resid.2": SAE.random(SAEConfig("topk", d, 48, k=6, hook="resid.2"), seed=2)})
-    graph = real_graph(model, tok, saes, "The assert statement raises <AssertionError> when")
+    graph, _ = trace_circuit(model, tok, saes, "ioi", n=8, top_k=24, positional=True,
+                             batch_size=8, progress=False)
     features = sorted({(a["hook"], a["feature"]) for _, a in graph.nodes(data=True)
                        if a["kind"] == "feature"})
     write_dashboards(model, tok, saes, features, TEXTS, tmp_path / "dash", context=32,
                      max_windows=24, n_contexts=6, progress=False)
-    export_graph(graph, tmp_path / "export", dashboards=tmp_path / "dash")
+    export_graph(graph, tmp_path / "export", dashboards=tmp_path / "dash", tokenizer=tok)
     dashboards = json.loads((tmp_path / "dash" / "dashboards.json").read_text())["dashboards"]
-    # the most active feature node that has contexts
+    # the feature node with the largest |effect| that has contexts
     target = max((n for n, a in graph.nodes(data=True) if a["kind"] == "feature"
                   and dashboards[f"{a['hook']}:{a['feature']}"]["contexts"]),
-                 key=lambda n: graph.nodes[n]["activation"])
+                 key=lambda n: abs(graph.nodes[n]["effect"]))
     attrs = graph.nodes[target]
     expected = dashboards[f"{attrs['hook']}:{attrs['feature']}"]["contexts"]
 
@@ -168,7 +132,8 @@ def test_click_node_shows_its_dashboard(tiny, tmp_path):
             assert browser.js("document.querySelectorAll('g.node').length") == len(graph)
             assert browser.js("document.querySelectorAll('path.edge').length") == \
                 graph.graph.number_of_edges()
-            assert "demo" in browser.js("document.getElementById('summary').textContent")
+            summary = browser.js("document.getElementById('summary').textContent")
+            assert "ioi" in summary and "faithfulness" in summary
             # a real mouse click at the node's centre on screen
             box = browser.js(f"""(() => {{
                 const g = document.querySelector('g.node[data-id={json.dumps(target)}]');

@@ -48,7 +48,8 @@ def _rank_key(d: dict) -> float:
         return -1.0
     if d["kind"] in ("metric", "logit"):
         return float("inf")
-    return float(layer) if layer is not None else 0.0
+    sub = {"attn": 0.2, "mlp": 0.4}.get(str(d.get("hook") or "").split(".")[0], 0.6)
+    return (float(layer) if layer is not None else 0.0) + sub
 
 
 def _fill(effect: float, scale: float) -> str:

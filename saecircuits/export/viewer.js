@@ -28,11 +28,16 @@
   }
 
   // ---- layout: y by layer (embeddings bottom, metric top), x by position ----
+  // rows: embeddings, then per layer attn < mlp < resid, then the metric on top
+  const SUB = {attn: 0.2, mlp: 0.4};
   function rankOf(n) {
     if (n.kind === "embed") return -1;
     if (n.kind === "metric" || n.kind === "logit") return 1e9;
-    return n.layer === null || n.layer === undefined ? 0 : n.layer;
+    const base = n.layer === null || n.layer === undefined ? 0 : n.layer;
+    return base + (SUB[String(n.hook || "").split(".")[0]] || 0.6);
   }
+  const rowName = {};
+  for (const n of nodes) rowName[rankOf(n)] = n.kind === "embed" ? "embed" : (n.kind === "metric" || n.kind === "logit") ? "metric" : String(n.hook);
   const rankVals = [...new Set(nodes.map(rankOf))].sort((a, b) => a - b);
   // targets without a position (the metric) are centred above everything else
   const floating = n => (n.kind === "metric" || n.kind === "logit") && (n.pos === null || n.pos === undefined);
@@ -73,7 +78,7 @@
   }
   for (const r of rankVals) {
     const t = sv("text", {x: 6, y: rowY.get(r) + 4, class: "axis"}, svg);
-    t.textContent = r === -1 ? "embed" : (r >= 1e9 ? "metric" : "layer " + r);
+    t.textContent = rowName[r];
   }
   const edgeLayer = sv("g", {}, svg), nodeLayer = sv("g", {}, svg);
   const edgeEls = edges.map(e => {

@@ -64,7 +64,8 @@ def _formats(formats: Iterable[str] | str) -> list[str]:
 
 def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: bool = False,
                  dashboards: Mapping[str, Any] | str | os.PathLike | None = None,
-                 formats: Iterable[str] | str = "all", parquet: bool = False) -> dict[str, Any]:
+                 formats: Iterable[str] | str = "all", parquet: bool = False,
+                 tokenizer=None) -> dict[str, Any]:
     """Write the export directory for `graph`; returns the summary (with `files`).
 
     Args:
@@ -72,6 +73,8 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
             (see `export.dashboards`) or a dashboards directory written by `write_dashboards`.
         formats: "all" or any of FORMATS; "svg" also writes graph.dot.
         overwrite: replace an existing non-empty directory (refused otherwise).
+        tokenizer: if given and `graph.meta` has a `prompt` but no `prompt_tokens`, the
+            prompt's tokens are added to the views (viewer axis, graph.json, summary).
     If the Graphviz `dot` binary is missing, graph.dot is still written, graph.svg is left
     out and `summary["svg_error"]` says why (a warning is logged).
     """
@@ -81,8 +84,12 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
     if parquet and "parquet" not in chosen:
         chosen.append("parquet")
     dash = _load_dashboards(dashboards)
-    summary = summarize(graph)
     shown = with_dashboard_labels(graph, dash)
+    if tokenizer is not None and graph.meta.get("prompt") and not graph.meta.get("prompt_tokens"):
+        shown = shown.copy() if shown is graph else shown
+        ids = tokenizer(str(graph.meta["prompt"]))["input_ids"]
+        shown.meta["prompt_tokens"] = tokenizer.batch_decode([[int(i)] for i in ids])
+    summary = summarize(shown)
     files: list[str] = []
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         if "neuronpedia" in chosen:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, TaskError
+from ..errors import ConfigError, GraphError, TaskError
 from ..hooks import resolve
 from ..models import model_name_of, unwrap
 from ..sae import SAE
@@ -162,6 +162,10 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE], task: Task | str, method:
     if cfg.edges:
         graph = remove_dangling(prune_edges(graph, cfg.edge_influence))
     final = graph_nodes(graph)
+    if not final:
+        raise GraphError(f"pruning left an empty circuit: none of the {len(kept)} kept nodes has a "
+                         f"path to the metric through edges reaching {cfg.edge_influence} of the "
+                         "total |weight|; keep more nodes or raise the edge influence")
     ev = Evaluator(model, saes, states, cfg.eval_ablation, means, cfg.seed)
     summary = {
         **{k: meta[k] for k in ("model", "task", "method", "ablation", "n", "hooks", "positional")},

@@ -42,6 +42,13 @@ def _masks(state: State, keep: set[Node], invert: bool):
     return out
 
 
+def _nonempty(keep: Iterable[Node]) -> list[Node]:
+    keep = list(keep)
+    if not keep:
+        raise GraphError("the circuit is empty: it has no feature or error nodes to evaluate")
+    return keep
+
+
 class Evaluator:
     """Runs circuits with the complement ablated; targets are computed once per chunk."""
 
@@ -68,10 +75,10 @@ class Evaluator:
         return total / self.n
 
     def faithfulness(self, keep: Iterable[Node]) -> float:
-        return self._normalise(self.metric(keep))
+        return self._normalise(self.metric(_nonempty(keep)))
 
     def completeness(self, keep: Iterable[Node]) -> float:
-        return self._normalise(self.metric(keep, invert=True))
+        return self._normalise(self.metric(_nonempty(keep), invert=True))
 
     def _normalise(self, value: float) -> float:
         span = self.f_model - self.f_empty

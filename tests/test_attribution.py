@@ -1,0 +1,149 @@
+"""Attribution engine: design invariants 3 and 4, edges, pruning, trace_circuit and the CLI."""
+import json
+
+import pytest
+import torch
+
+import saecircuits as sc
+from saecircuits.attribution import ablation as ab
+from saecircuits.attribution import trace_circuit
+from saecircuits.attribution.edges import compute_edges
+from saecircuits.attribution.evaluate import Evaluator, agreement, faithfulness_curve
+from saecircuits.attribution.nodes import attrib_scores, exact_effects, ig_scores, node_scores
+from saecircuits.cli import main
+from saecircuits.errors import ConfigError, GraphError, TaskError
+from saecircuits.tasks import make_task
+from helpers import assert_model_clean
+
+HOOKS = ["resid.0", "resid.1", "resid.2"]
+
+
+def random_saes(hooks, d_in, d_sae, model_name=""):
+    return sc.SAESet({h: sc.SAE.random(sc.SAEConfig("topk", d_in, d_sae, k=8, hook=h,
+                                                    model_name=model_name), seed=i)
+                      for i, h in enumerate(hooks)})
+
+
+@pytest.fixture(scope="module")
+def setup(tiny):
+    model, tok = tiny
+    saes = random_saes(HOOKS, 64, 48)
+    task = make_task(tok, "ioi", n=6, seed=0)
+    chunks = ab.chunks(tok, task, 3)
+    states = ab.prepare(model, saes, chunks, "patch")
+    return model, tok, saes, task, chunks, states
+
+
+def patch_metric(model, saes, chunks):
+    return float(torch.cat([ab.run_metric(model, saes, c, inputs=c.patch) for c in chunks]).mean())
+
+
+def test_invariant3_attribution_is_exact_patching_to_first_order(setup):
+    model, _, saes, _, _, states = setup
+    est = attrib_scores(states, HOOKS, positional=True)
+    top = est.nodes()[:12]
+    alpha = 1e-3
+    ex = exact_effects(model, saes, states, top, alpha=alpha, progress=False)
+    a = torch.tensor([est.effect(n) for n in top]) * alpha
+    b = torch.tensor([ex[n] for n in top])
+    assert a.abs().max() > 0
+    torch.testing.assert_close(b, a, atol=2e-3 * a.abs().max().item(), rtol=0.05)
+    assert_model_clean(model)
+
+
+def test_invariant3_integrated_gradients_complete(setup):
+    model, _, saes, _, chunks, states = setup
+    ig = ig_scores(model, saes, states, HOOKS, steps=10, progress=False)
+    change = patch_metric(model, saes, chunks) - ig.metric_clean
+    assert abs(change) > 1e-3
+    for h in HOOKS:              # residual hooks: patching a whole hook = the patch run
+        assert abs(ig.total(h) - change) <= 0.05 * abs(change), (h, ig.total(h), change)
+
+
+def test_invariant4_patch_everything_and_nothing(setup):
+    model, _, saes, _, chunks, states = setup
+    ev = Evaluator(model, saes, states, "patch")
+    assert ev.f_empty == pytest.approx(patch_metric(model, saes, chunks), abs=1e-4)
+    every = attrib_scores(states, HOOKS).nodes()
+    every += [(h, None, i) for h in HOOKS for i in range(48)]
+    assert ev.metric(every) == pytest.approx(ev.f_model, abs=1e-4)
+    assert ev.faithfulness(every) == pytest.approx(1.0, abs=1e-4)
+    assert ev.completeness(every) == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(GraphError, match="circuit is empty"):
+        ev.faithfulness([])
+    curve = faithfulness_curve(Evaluator(model, saes, states, "mean"), attrib_scores(states, HOOKS),
+                               sizes=(1, 5, 48 * 3))
+    assert [c["features"] for c in curve][:2] == [1, 5]
+    assert curve[-1]["faithfulness"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_edges_split_each_upstream_effect_over_the_next_hook(setup):
+    model, _, saes, _, _, states = setup
+    est = attrib_scores(states, HOOKS)
+    ups = [n for n in est.nodes() if n[0] == "resid.0"][:5]
+    downs = [("resid.1", None, i) for i in range(48)] + [("resid.1", None, "err")]
+    edges = compute_edges(model, saes, states, HOOKS, ups + downs, seed_batch=16, progress=False)
+    for u in ups:   # chain rule: Σ_d ∂m/∂d · ∂d/∂u · Δu = ∂m/∂u · Δu (all paths pass resid.1)
+        total = sum(w for (a, b), w in edges.items() if a == u)
+        assert total == pytest.approx(est.effect(u), rel=1e-3, abs=1e-6)
+    last = [n for n in est.nodes() if n[0] == "resid.2"][:4]
+    edges = compute_edges(model, saes, states, HOOKS, last, progress=False)
+    for n in last:
+        assert edges.get((n, "metric"), 0.0) == pytest.approx(est.effect(n), rel=1e-4, abs=1e-7)
+
+
+def test_agreement_and_methods(setup):
+    model, _, saes, _, _, states = setup
+    ig = node_scores(model, saes, states, HOOKS, "ig", steps=4, progress=False)
+    exact = node_scores(model, saes, states, HOOKS, "exact", exact_candidates=8, progress=False)
+    nodes = [n for n in exact.nodes() if exact.effect(n) != 0][:8]
+    rep = agreement(ig, {n: exact.effect(n) for n in nodes})
+    assert rep["n"] == len(nodes) and -1 <= rep["pearson_r"] <= 1 and 0 <= rep["sign_agreement"] <= 1
+    with pytest.raises(ConfigError, match="method 'bogus'"):
+        node_scores(model, saes, states, HOOKS, "bogus")
+
+
+def test_trace_circuit_and_cli(tiny, tiny_dir, tmp_path):
+    model, tok = tiny
+    saes = random_saes(HOOKS, 64, 48)
+    graph, summary = trace_circuit(model, tok, saes, "ioi", n=4, top_k=10, batch_size=4,
+                                   edge_influence=1.0, progress=False)
+    feats = [d for _, d in graph.nodes(data=True) if d["kind"] == "feature"]
+    assert 0 < len(feats) <= 10 and "metric" in graph
+    assert all(d["label"].startswith("↑") for d in feats)
+    assert summary["feature_nodes"] == len(feats) and summary["edges"] == graph.graph.number_of_edges()
+    assert -10 < summary["faithfulness"] < 10
+    graph.save(tmp_path / "g")
+    assert sc.attribution.FeatureGraph.load(tmp_path / "g") == graph
+    saes.save(tmp_path / "saes")
+    out = tmp_path / "out"
+    rc = main(["trace", "--model", str(tiny_dir("llama")), "--device", "cpu", "--saes",
+               str(tmp_path / "saes"), "--task", "sva", "--n", "4", "--ablation", "mean",
+               "--influence", "0.9", "--edge-influence", "1.0", "--out", str(out)])
+    assert rc == 0
+    assert {p.name for p in out.iterdir()} >= {"summary.json", "nodes.csv", "edges.csv",
+                                               "featuregraph.json"}
+    s = json.loads((out / "summary.json").read_text())
+    assert s["task"] == "sva" and s["ablation"] == "mean" and s["feature_nodes"] + s["error_nodes"] > 0
+    assert main(["trace", "--model", str(tiny_dir("llama")), "--device", "cpu", "--saes",
+                 str(tmp_path / "saes"), "--task", "ioi", "--top-k", "0", "--out",
+                 str(tmp_path / "bad")]) == 2 and not (tmp_path / "bad").exists()
+    assert_model_clean(model)
+
+
+def test_bad_inputs(tiny, tmp_path):
+    model, tok = tiny
+    saes = random_saes(HOOKS, 64, 48)
+    with pytest.raises(ConfigError, match="trained on 'gpt2'"):
+        trace_circuit(model, tok, random_saes(HOOKS, 64, 48, model_name="gpt2"), "ioi", n=2)
+    with pytest.raises(ConfigError, match="d_in=32"):
+        trace_circuit(model, tok, random_saes(HOOKS, 32, 48), "ioi", n=2)
+    with pytest.raises(GraphError, match="keeps no node"):
+        trace_circuit(model, tok, saes, "ioi", n=2, node_threshold=1e9, progress=False)
+    nopatch = make_task(tok, "ioi", n=2)
+    nopatch.patch = None
+    with pytest.raises(TaskError, match="no patch prompts"):
+        trace_circuit(model, tok, saes, nopatch, ablation="patch")
+    with pytest.raises(ConfigError, match="ablation 'swap'"):
+        trace_circuit(model, tok, saes, "ioi", n=2, ablation="swap")
+    assert_model_clean(model)

@@ -57,6 +57,7 @@ class Browser:
         self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30,
                                               suppress_origin=True)
         self.ids = itertools.count(1)
+        self.events: list[dict] = []
 
     def call(self, method: str, **params):
         msg_id = next(self.ids)
@@ -67,6 +68,8 @@ class Browser:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")
                 return reply.get("result", {})
+            if "method" in reply:
+                self.events.append(reply)
 
     def js(self, expression: str):
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
@@ -127,6 +130,8 @@ def test_click_node_shows_its_dashboard(tiny, tmp_path):
     try:
         with serve(tmp_path / "export") as server:
             browser.call("Page.enable")
+            browser.call("Network.enable")
+            browser.call("Runtime.enable")
             browser.call("Page.navigate", url=server.url)
             browser.wait_for("document.body && document.body.dataset.ready === '1'")
             assert browser.js("document.querySelectorAll('g.node').length") == len(graph)
@@ -149,8 +154,22 @@ def test_click_node_shows_its_dashboard(tiny, tmp_path):
                               ".map(r => [...r.querySelectorAll('.tok')].map(t => t.textContent).join(''))")
             selected = browser.js("document.querySelector('g.node.selected').dataset.id")
             png = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
+            # the threshold filter hides low-|effect| nodes and their edges
+            browser.js("(() => { const s = document.getElementById('nodeThr'); s.value = '0.5';"
+                       " s.dispatchEvent(new Event('input')); })()")
+            visible = browser.js("[...document.querySelectorAll('g.node')]"
+                                 ".filter(g => g.style.display !== 'none').length")
     finally:
         browser.close()
+    max_eff = max(abs(a["effect"]) for _, a in graph.nodes(data=True))
+    assert visible == sum(1 for _, a in graph.nodes(data=True)
+                          if a["kind"] == "metric" or abs(a["effect"]) >= 0.5 * max_eff)
+    assert visible < len(graph)
+    requests = [e["params"]["request"]["url"] for e in browser.events
+                if e["method"] == "Network.requestWillBeSent"]
+    assert requests == [server.url]  # self-contained: the page fetches nothing else
+    errors = [e for e in browser.events if e["method"] in ("Runtime.exceptionThrown",)]
+    assert not errors, errors
     assert selected == target
     assert title == f"{attrs['hook']} #{attrs['feature']} @{attrs['pos']}"
     assert shown == f"{attrs['hook']}:{attrs['feature']}"

@@ -147,3 +147,36 @@ def test_bad_inputs(tiny, tmp_path):
     with pytest.raises(ConfigError, match="ablation 'swap'"):
         trace_circuit(model, tok, saes, "ioi", n=2, ablation="swap")
     assert_model_clean(model)
+
+
+@pytest.fixture(scope="module")
+def smol_set(request, smol):
+    """The trainers' small SmolLM2 SAEs when the fixture exists, else random ones."""
+    try:
+        return request.getfixturevalue("smol_saes")
+    except pytest.FixtureLookupError:
+        return random_saes(["resid.6", "resid.16", "resid.24"], 576, 1024)
+
+
+@pytest.mark.slow
+def test_smollm2_ioi_invariants_and_attribution(smol, smol_set):
+    model, tok = smol
+    hooks = ab.ordered_hooks(model, smol_set)
+    task = make_task(tok, "ioi", n=4, seed=5)
+    chunks = ab.chunks(tok, task, 4)
+    states = ab.prepare(model, smol_set, chunks, "patch")
+    assert float(states[0].metric.mean()) > 2          # SmolLM2 prefers the indirect object
+    ev = Evaluator(model, smol_set, states, "patch")    # invariant 4 on real text
+    assert ev.f_empty == pytest.approx(patch_metric(model, smol_set, chunks), abs=1e-3)
+    assert ev.f_empty < 0
+    every = [(h, None, i) for h in hooks for i in range(smol_set[h].cfg.d_sae)]
+    every += [(h, None, "err") for h in hooks]
+    assert ev.metric(every) == pytest.approx(ev.f_model, abs=1e-3)
+    est = attrib_scores(states, hooks)                  # invariant 3 (first order) on real text
+    top = [n for n in est.nodes() if n[2] != "err"][:6] + [(hooks[-1], None, "err")]
+    alpha = 1e-3
+    ex = exact_effects(model, smol_set, states, top, alpha=alpha, progress=False)
+    a = torch.tensor([est.effect(n) for n in top]) * alpha
+    b = torch.tensor([ex[n] for n in top])
+    torch.testing.assert_close(b, a, atol=0.05 * a.abs().max().item(), rtol=0.1)
+    assert_model_clean(model)

@@ -1,0 +1,41 @@
+"""`saecircuits eval`: SAEBench core metrics of an SAE set on held-out text."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate an SAE set: L0, explained variance, dead/dense fraction, CE and KL scores"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli import add_model_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--saes", required=True, help="SAE set directory (one subdirectory per hook)")
+    parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated)")
+    parser.add_argument("--corpus", default=None, help="evaluation text (file, .jsonl, dir, hf:<name>); "
+                        "default: the embedded corpus's held-out documents")
+    parser.add_argument("--tokens", type=int, default=8192, help="tokens to evaluate on")
+    parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the default corpus's split")
+    parser.add_argument("--out", default=None, help="write metrics.json + density.svg per SAE here")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from trainers import evaluate_saes
+    from trainers.corpus import default_corpus
+    from trainers.evaluate import write_reports
+
+    from ..models import load_model
+    from ..sae import SAESet
+
+    model, tok = load_model(args.model, device=args.device)
+    hooks = [h.strip() for h in args.hooks.split(",")] if args.hooks else None
+    saes = SAESet.load(args.saes, model=model, hooks=hooks)
+    if args.corpus is None:
+        data = default_corpus(tok).split(0.02, args.seed, min_holdout_tokens=args.tokens)[1]
+    else:
+        data = args.corpus
+    metrics = evaluate_saes(model, tok, saes, data, args.tokens, context=args.context)
+    if args.out:
+        write_reports(args.out, metrics)
+    return {h: {k: v for k, v in m.items() if not isinstance(v, dict)} for h, m in metrics.items()}

@@ -1,0 +1,66 @@
+"""`saecircuits train`: train SAEs at many hook points in one pass over a corpus."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "train sparse autoencoders (relu, topk, batchtopk, jumprelu) at hook points"
+
+
+def _ints(text: str) -> list[int] | int:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    return values[0] if len(values) == 1 else values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli import add_model_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--hooks", default="resid.10",
+                        help="comma-separated hook points, e.g. resid.3,resid.9 (default resid.10)")
+    parser.add_argument("--arch", default="topk", choices=["topk", "relu", "batchtopk", "jumprelu"])
+    parser.add_argument("--k", type=_ints, default=32, help="active latents (topk/batchtopk); a "
+                        "comma list trains one SAE per value")
+    parser.add_argument("--expansion", type=_ints, default=8,
+                        help="d_sae / d_in (comma list: one SAE per value)")
+    parser.add_argument("--d-sae", type=int, default=None, help="latents (overrides --expansion)")
+    parser.add_argument("--tokens", type=int, default=500_000, help="training activations per hook")
+    parser.add_argument("--context", type=int, default=256, help="token window length")
+    parser.add_argument("--batch", type=int, default=None, help="activations per step (default 4 windows)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default per architecture)")
+    parser.add_argument("--l1", type=float, default=None, help="sparsity coefficient (relu, jumprelu)")
+    parser.add_argument("--corpus", default=None, help="text file, .jsonl, directory, dataset dir or "
+                        "hf:<name> (default: embedded stdlib code + pydoc prose)")
+    parser.add_argument("--prepend-bos", action="store_true", help="start every window with BOS")
+    parser.add_argument("--eval-tokens", type=int, default=8192,
+                        help="held-out tokens for metrics.json (0: skip)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="output directory (an SAE set)")
+    parser.add_argument("--cache-activations", default=None, metavar="DIR",
+                        help="store harvested activations here and reuse them in later runs")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from trainers import TrainConfig, train_saes
+
+    from ..models import load_model
+
+    cfg = TrainConfig(hooks=args.hooks, architecture=args.arch, k=args.k, expansion=args.expansion,
+                      d_sae=args.d_sae, tokens=args.tokens, context=args.context, batch=args.batch,
+                      lr=args.lr, l1=args.l1, seed=args.seed, out=args.out, corpus=args.corpus,
+                      cache_activations=args.cache_activations, resume=args.resume,
+                      device=args.device, prepend_bos=args.prepend_bos, eval_tokens=args.eval_tokens,
+                      checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+    model, tok = load_model(args.model, device=args.device)
+    saes = train_saes(model, tok, cfg)
+    summary = {"out": args.out, "saes": {h: s.extra_repr() for h, s in saes.items()}}
+    import json
+    from pathlib import Path
+
+    metrics = Path(args.out) / "metrics.json"
+    if metrics.is_file():
+        summary["metrics"] = {h: {k: v for k, v in m.items() if not isinstance(v, dict)}
+                              for h, m in json.loads(metrics.read_text()).items()}
+    return summary

@@ -1,0 +1,189 @@
+"""SAE training loop: architectures, outputs, resume (invariant 7), bad inputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from saecircuits.errors import ConfigError, HookPointError, TrainingError
+from saecircuits.sae import SAE, SAESet
+from trainers import TrainConfig, evaluate_saes, train_saes
+from trainers import activations as act
+from trainers import train as train_mod
+from tests.helpers import assert_model_clean
+
+TEXTS = [("def f%d(x):\n    return (x + %d) * [i for i in range(%d)]\n" % (i, i, i)) * 3
+         + f"Mary and John went to store number {i}. John gave a drink to Mary. " * 2
+         for i in range(60)]
+
+
+def _cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(hooks=["resid.0", "resid.2"], architecture="topk", k=4, expansion=2, tokens=2016,
+                context=32, windows_per_block=8, model_batch=8, eval_tokens=0, holdout=0.0,
+                out=str(tmp_path / "out"), progress=False, checkpoint_every=4)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(folder):
+    saes = SAESet.load(folder)
+    return {h: s.state_tensors() for h, s in saes.items()}
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu", "batchtopk", "jumprelu"])
+def test_each_architecture_trains_and_saves_a_loadable_set(tiny, tmp_path, arch):
+    model, tok = tiny
+    sparsity = {"relu": 0.05, "jumprelu": 0.05}.get(arch)  # 32 steps on a tiny random model
+    cfg = _cfg(tmp_path, architecture=arch, tokens=4032, eval_tokens=124, holdout=0.1, l1=sparsity)
+    saes = train_saes(model, tok, cfg, corpus=TEXTS)
+    loaded = SAESet.load(cfg.out, model=model)
+    assert set(loaded) == {"resid.0", "resid.2"}
+    for hook, sae in loaded.items():
+        assert sae.cfg.architecture == arch and sae.cfg.normalization_scale > 0
+        torch.testing.assert_close(sae.W_dec, saes[hook].W_dec)
+        metrics = json.loads((tmp_path / "out" / hook / "metrics.json").read_text())
+        for key in ("l0", "explained_variance", "mse", "dead_fraction", "dense_fraction",
+                    "ce_loss_score", "kl_score"):
+            assert key in metrics
+        assert metrics["explained_variance"] > 0.2, metrics
+        assert (tmp_path / "out" / hook / "density.svg").read_text().startswith("<svg")
+        if arch == "topk":
+            assert metrics["l0"] <= 4
+        if arch in ("batchtopk", "jumprelu"):
+            assert (sae.threshold > 0).all()
+    assert_model_clean(model)
+
+
+def test_normalisation_is_folded_into_saved_weights():
+    from trainers.base import SAESpec
+    from trainers.topk import TopKTrainer, sparse_topk
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 16, generator=gen) * 0.05 + 0.3  # raw activations, small norms
+    scale = 4.0 / float(x.norm(dim=1).mean())             # sqrt(d_in) / mean norm
+    trainer = TopKTrainer(SAESpec("resid.0", "topk", 16, 64, k=4), total_steps=20)
+    for step in range(20):
+        trainer.step(x * scale, step)
+    sae = trainer.to_sae(scale)
+    with torch.no_grad():
+        vals, idx = sparse_topk(trainer.enc, trainer.b_enc, x * scale - trainer.b_dec, 4)
+        recon = torch.nn.functional.embedding_bag(idx, trainer.dec, per_sample_weights=vals,
+                                                  mode="sum") + trainer.b_dec
+        torch.testing.assert_close(sae(x), recon / scale, atol=1e-5, rtol=1e-4)
+    assert sae.cfg.normalization_scale == pytest.approx(scale)
+
+
+def test_several_sizes_at_one_hook_train_from_the_same_batches(tiny, tmp_path):
+    model, tok = tiny
+    cfg = _cfg(tmp_path, hooks=["resid.1"], k=[4, 8], expansion=[2])
+    saes = train_saes(model, tok, cfg, corpus=TEXTS)
+    assert list(saes) == ["resid.1"] and saes["resid.1"].cfg.k == 4
+    other = SAE.load(tmp_path / "out" / "variants" / "k8-x2" / "resid.1")
+    assert other.cfg.k == 8
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+def test_resumed_training_equals_uninterrupted(tiny, tmp_path, arch):
+    """Invariant 7: resume from a checkpoint gives the same weights as one run (CPU)."""
+    model, tok = tiny
+    straight = _cfg(tmp_path / "a", architecture=arch)
+    train_saes(model, tok, straight, corpus=TEXTS)
+    interrupted = _cfg(tmp_path / "b", architecture=arch, stop_at_step=5)
+    train_saes(model, tok, interrupted, corpus=TEXTS)
+    resumed = _cfg(tmp_path / "b", architecture=arch, resume=True)
+    train_saes(model, tok, resumed, corpus=TEXTS)
+    a, b = _weights(straight.out), _weights(resumed.out)
+    for hook in a:
+        for name in a[hook]:
+            assert torch.equal(a[hook][name], b[hook][name]), (hook, name)
+
+
+def test_resume_with_changed_config_names_the_fields(tiny, tmp_path):
+    model, tok = tiny
+    train_saes(model, tok, _cfg(tmp_path, stop_at_step=4), corpus=TEXTS)
+    with pytest.raises(ConfigError, match=r"k: 4 -> 8.*lr|lr.*k: 4 -> 8"):
+        train_saes(model, tok, _cfg(tmp_path, k=8, lr=1e-2, resume=True), corpus=TEXTS)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train_saes(model, tok, _cfg(tmp_path / "x", resume=True), corpus=TEXTS)
+
+
+def test_unknown_hook_and_tiny_token_budget_are_errors(tiny, tmp_path):
+    model, tok = tiny
+    with pytest.raises(HookPointError, match="resid.99"):
+        train_saes(model, tok, _cfg(tmp_path, hooks=["resid.0", "resid.99"]), corpus=TEXTS)
+    with pytest.raises(ConfigError, match="tokens=100 is smaller than one batch"):
+        train_saes(model, tok, _cfg(tmp_path, tokens=100), corpus=TEXTS)
+    with pytest.raises(ConfigError, match="too short"):
+        train_saes(model, tok, _cfg(tmp_path, tokens=10**7), corpus=TEXTS)
+    with pytest.raises(ConfigError, match="no non-empty documents"):
+        train_saes(model, tok, _cfg(tmp_path), corpus=["", "  "])
+
+
+def test_nan_activations_stop_training_and_keep_the_checkpoint(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    cfg = _cfg(tmp_path, tokens=4032)
+    real, calls = act.harvest, []
+
+    def poisoned(model, points, ids, attention_mask=None):
+        out = real(model, points, ids, attention_mask)
+        calls.append(1)
+        if len(calls) > 2:  # third block of windows (a checkpoint was written after two)
+            out["resid.2"][0, 0] = float("inf")
+        return out
+
+    monkeypatch.setattr(act, "harvest", poisoned)
+    with pytest.raises(TrainingError, match="resid.2"):
+        train_saes(model, tok, cfg, corpus=TEXTS)
+    ckpt = tmp_path / "out" / train_mod.CHECKPOINT
+    assert ckpt.is_file()
+    monkeypatch.setattr(act, "harvest", real)
+    train_saes(model, tok, _cfg(tmp_path, tokens=4032, resume=True), corpus=TEXTS)  # loads fine
+    assert_model_clean(model)
+
+
+def test_unwritable_output_and_failed_checkpoint_write(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="not writable"):
+        train_saes(model, tok, _cfg(tmp_path, out=str(blocker / "out")), corpus=TEXTS)
+    cfg = _cfg(tmp_path, tokens=4032)
+    real, writes = train_mod.write_safetensors, []
+
+    def disk_full(path, tensors, metadata=None):
+        writes.append(path)
+        if len(writes) > 1:
+            raise OSError(28, "No space left on device")
+        real(path, tensors, metadata)
+
+    monkeypatch.setattr(train_mod, "write_safetensors", disk_full)
+    with pytest.raises(TrainingError, match="No space left"):
+        train_saes(model, tok, cfg, corpus=TEXTS)
+    monkeypatch.setattr(train_mod, "write_safetensors", real)
+    step, _ = train_mod.load_checkpoint(tmp_path / "out" / train_mod.CHECKPOINT,
+                                        _trainers(model, cfg), _fingerprint(model, tok, cfg))
+    assert step == 4  # the first checkpoint is intact
+
+
+def _trainers(model, cfg):
+    specs = train_mod.build_specs(model, cfg)
+    return {s.name: train_mod.make_trainer(s, cfg.tokens // cfg.batch_size, 0, 10**6, "cpu") for s in specs}
+
+
+def _fingerprint(model, tok, cfg):
+    from safetensors import safe_open
+
+    with safe_open(str(tmp := (cfg.out + "/" + train_mod.CHECKPOINT)), framework="pt") as fh:
+        return json.loads(fh.metadata()["saecircuits"])["config"]
+
+
+def test_evaluate_reports_ce_scores_against_zero_ablation(tiny, tmp_path):
+    model, tok = tiny
+    saes = train_saes(model, tok, _cfg(tmp_path), corpus=TEXTS)
+    metrics = evaluate_saes(model, tok, saes, TEXTS[:5], n_tokens=62, context=32, progress=False)
+    for m in metrics.values():
+        assert m["tokens"] == 62 and m["ce_zero"] > 0 and m["kl_zero"] >= m["kl_sae"] >= 0
+        assert sum(m["density_histogram"]["counts"]) == saes["resid.0"].cfg.d_sae
+    with pytest.raises(ConfigError):
+        evaluate_saes(model, tok, saes, TEXTS[:5], n_tokens=0)

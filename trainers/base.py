@@ -1,0 +1,166 @@
+"""Shared trainer machinery: parameters, Adam, LR schedule, decoder constraint, dead counters.
+
+A trainer owns one SAE's parameters in training layout (`enc` and `dec` both `[d_sae, d_in]`,
+rows contiguous so TopK can gather the k selected rows) and trains on activations already
+multiplied by the hook point's normalisation scale. `to_sae(scale)` returns a native `SAE`
+with that scale folded into the weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from saecircuits.sae import SAE, SAEConfig
+
+
+@dataclass
+class SAESpec:
+    """One SAE to train: where, which architecture and how big.
+
+    hook: hook point; d_in: its width; d_sae: latents; k: active latents (topk/batchtopk).
+    lr: Adam learning rate (None: the architecture's default scaled by size).
+    l1: sparsity coefficient (relu L1, jumprelu L0; None: the architecture's default).
+    name: subdirectory name in the output set (default: the hook point).
+    """
+
+    hook: str
+    architecture: str
+    d_in: int
+    d_sae: int
+    k: int | None = None
+    lr: float | None = None
+    l1: float | None = None
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.hook
+
+
+def lr_factor(step: int, total: int, warmup: float = 0.01, decay: float = 0.2) -> float:
+    """Linear warm-up over the first `warmup` of steps, linear decay to 0 over the last `decay`."""
+    warm = max(1, int(warmup * total))
+    tail = max(1, int(decay * total))
+    return min(1.0, (step + 1) / warm, max(0.0, (total - step) / tail))
+
+
+class Trainer(nn.Module):
+    """Base class: subclasses implement `loss(x, step) -> (loss, stats)`."""
+
+    architecture = ""
+    default_lr = 2e-3
+    unit_decoder = True
+
+    def __init__(self, spec: SAESpec, total_steps: int, seed: int = 0,
+                 dead_tokens: int = 1_000_000, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.spec, self.total_steps, self.dead_tokens = spec, total_steps, dead_tokens
+        gen = torch.Generator().manual_seed(seed)
+        w = torch.randn(spec.d_sae, spec.d_in, generator=gen)
+        w = w / w.norm(dim=1, keepdim=True)
+        self.enc = nn.Parameter(w.clone().to(device))
+        self.dec = nn.Parameter(w.clone().to(device))
+        self.b_enc = nn.Parameter(torch.zeros(spec.d_sae, device=device))
+        self.b_dec = nn.Parameter(torch.zeros(spec.d_in, device=device))
+        self.register_buffer("since_fired", torch.zeros(spec.d_sae, dtype=torch.int64, device=device))
+        self.register_buffer("fire_count", torch.zeros(spec.d_sae, dtype=torch.int64, device=device))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool, device=device))
+        self.lr = spec.lr if spec.lr is not None else self.default_lr / math.sqrt(max(1.0, spec.d_sae / 16384))
+        self.optim: torch.optim.Optimizer | None = None
+        self.rng: torch.Generator | None = None  # set by trainers that sample (saved in checkpoints)
+
+    # -- optimisation -------------------------------------------------------------------
+    def optimizer(self) -> torch.optim.Optimizer:
+        if self.optim is None:
+            self.optim = torch.optim.Adam(self.parameters(), lr=self.lr, betas=(0.9, 0.999))
+        return self.optim
+
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """b_dec = data mean (first batch); subclasses may add more."""
+        with torch.no_grad():
+            self.b_dec.copy_(x.mean(0))
+        self.initialised.fill_(True)
+
+    def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+        """One optimisation step on normalised activations `x [batch, d_in]`."""
+        if not bool(self.initialised):
+            self.init_from_data(x)
+        opt = self.optimizer()
+        for group in opt.param_groups:
+            group["lr"] = self.lr * lr_factor(step, self.total_steps)
+        opt.zero_grad(set_to_none=True)
+        loss, stats, fired = self.loss(x, step)
+        loss.backward()
+        if self.unit_decoder:
+            self._project_decoder_grad()
+        opt.step()
+        if self.unit_decoder:
+            with torch.no_grad():
+                self.dec.div_(self.dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+        self.since_fired += x.shape[0]
+        self.since_fired[fired] = 0
+        self.fire_count[fired] += 1
+        stats["dead"] = float((self.since_fired >= self.dead_tokens).float().mean())
+        self.after_step(x, step)
+        return stats
+
+    def after_step(self, x: torch.Tensor, step: int) -> None:
+        """Hook for resampling and running thresholds."""
+
+    def _project_decoder_grad(self) -> None:
+        if self.dec.grad is None:
+            return
+        with torch.no_grad():
+            w = self.dec / self.dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+            self.dec.grad -= (self.dec.grad * w).sum(1, keepdim=True) * w
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.since_fired >= self.dead_tokens
+
+    # -- helpers --------------------------------------------------------------------------
+    @staticmethod
+    def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """Fraction of variance unexplained of a batch (1 − explained variance)."""
+        total = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return (x - x_hat).pow(2).sum() / total
+
+    def aux_k_loss(self, x_c: torch.Tensor, residual: torch.Tensor, k_aux: int) -> torch.Tensor:
+        """OpenAI aux-k: reconstruct the residual with the top `k_aux` dead latents."""
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return x_c.new_zeros(())
+        k_aux = min(k_aux, n_dead)
+        pre = x_c @ self.enc[dead].T + self.b_enc[dead]
+        vals, idx = pre.topk(k_aux, dim=-1)
+        e_hat = nn.functional.embedding_bag(idx, self.dec[dead], per_sample_weights=torch.relu(vals),
+                                            mode="sum")
+        target = residual.detach()
+        total = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+        return (target - e_hat).pow(2).sum() / total
+
+    # -- export -----------------------------------------------------------------------------
+    def threshold_value(self) -> torch.Tensor | None:
+        return None
+
+    def to_sae(self, scale: float, model_name: str = "", metadata: dict | None = None) -> SAE:
+        """Native SAE acting on raw activations (normalisation scale folded in)."""
+        spec = self.spec
+        cfg = SAEConfig(architecture=spec.architecture, d_in=spec.d_in, d_sae=spec.d_sae,
+                        k=spec.k if spec.architecture in ("topk", "batchtopk") else None,
+                        hook=spec.hook, model_name=model_name, metadata=dict(metadata or {}))
+        sae = SAE(cfg)
+        with torch.no_grad():
+            sae.W_enc.copy_(self.enc.detach().T.cpu())
+            sae.b_enc.copy_(self.b_enc.detach().cpu())
+            sae.W_dec.copy_(self.dec.detach().cpu())
+            sae.b_dec.copy_(self.b_dec.detach().cpu())
+            threshold = self.threshold_value()
+            if threshold is not None:
+                sae.threshold.copy_(threshold.detach().cpu())
+        sae.fold_input_scale(float(scale))
+        return sae

@@ -1,0 +1,321 @@
+"""Training text: the embedded default corpus, user files and HF datasets, as token windows.
+
+Default corpus (no network, present on every CPython install):
+  * code  -- every `.py` file of the running Python's standard library
+    (`sysconfig.get_paths()["stdlib"]`), skipping site-packages and files over 200 kB (mostly
+    generated data tables). The library proper gives ~3.5M SmolLM2 tokens, so CPython's own
+    test suite (`test/`, `*/tests/`, ~5M tokens) is included to reach the 5M-token floor;
+    pass `include_tests=False` to `stdlib_documents` to leave it out;
+  * prose -- the pydoc topic help texts (`pydoc_data.topics.topics`), English reference prose.
+Both are distributed with CPython under the Python Software Foundation License (PSF-2.0),
+which permits copying and derived works; provenance is the local interpreter's own files.
+Documents are deduplicated by content hash (sha256), ordered by name and shuffled with a
+seeded generator, so the order is the same on every machine with the same Python.
+
+A `TokenCorpus` holds the tokenized documents (one int32 array + offsets), cached under
+`<saecircuits cache>/corpus/`. `split()` holds out whole documents for evaluation and
+`windows()` cuts fixed-length token windows `[n, context]` (optionally BOS-prefixed).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from saecircuits.errors import ConfigError
+from saecircuits.fileio import atomic_path, write_json
+
+SKIP_DIRS = {"site-packages", "__pycache__"}
+TEST_DIRS = {"test", "tests", "idle_test"}
+MAX_FILE_BYTES = 200_000
+
+
+@dataclass
+class Document:
+    name: str
+    text: str
+
+
+# -- sources -------------------------------------------------------------------------------
+def stdlib_documents(include_tests: bool = True) -> list[Document]:
+    """The standard library's `.py` sources (no site-packages, no file over 200 kB)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if SKIP_DIRS.intersection(rel.parts[:-1]) or path.stat().st_size > MAX_FILE_BYTES:
+            continue
+        if not include_tests and TEST_DIRS.intersection(rel.parts[:-1]):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue  # a handful of deliberately odd files; not worth failing for
+        docs.append(Document(f"stdlib/{rel.as_posix()}", text))
+    return docs
+
+
+def pydoc_documents() -> list[Document]:
+    """pydoc's topic help pages (English prose about the language)."""
+    from pydoc_data.topics import topics
+
+    return [Document(f"pydoc/{name}", text) for name, text in sorted(topics.items())]
+
+
+def default_documents() -> list[Document]:
+    """Embedded default corpus: stdlib code + pydoc prose, deduplicated, sorted by name."""
+    return dedupe(stdlib_documents() + pydoc_documents())
+
+
+def dedupe(docs: Iterable[Document]) -> list[Document]:
+    """Drop empty documents and exact duplicates (by sha256 of the text); keep the first."""
+    seen: set[str] = set()
+    out = []
+    for doc in docs:
+        if not doc.text.strip():
+            continue
+        digest = hashlib.sha256(doc.text.encode("utf-8")).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            out.append(doc)
+    return out
+
+
+def read_text_file(path: str | os.PathLike) -> list[Document]:
+    """One document per file; a file that is not UTF-8 is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"corpus file {str(path)!r} does not exist")
+    try:
+        return [Document(path.name, path.read_text(encoding="utf-8"))]
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"corpus file {str(path)!r} is not UTF-8 text "
+                          f"(byte {err.start}: {err.reason})") from None
+
+
+def read_jsonl(path: str | os.PathLike, field: str = "text") -> list[Document]:
+    """One document per line of a JSONL file: the string under `field`."""
+    path = Path(path)
+    docs = []
+    for doc in read_text_file(path):
+        for number, line in enumerate(doc.text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+                raise ConfigError(f"{path}:{number}: expected an object with a string "
+                                  f"field {field!r}")
+            docs.append(Document(f"{path.name}:{number}", obj[field]))
+    return docs
+
+
+def read_hf_dataset(source: str, field: str = "text", split: str = "train",
+                    max_documents: int | None = None) -> list[Document]:
+    """A Hugging Face dataset: a `save_to_disk` directory, or a hub name (streamed)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"reading the dataset {source!r} needs the 'datasets' package "
+                          "(pip install datasets)") from None
+    if Path(source).is_dir():
+        data = datasets.load_from_disk(source)
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data:
+                raise ConfigError(f"dataset {source!r} has no split {split!r}; it has {list(data)}")
+            data = data[split]
+    else:
+        data = datasets.load_dataset(source, split=split, streaming=True)
+    docs = []
+    for number, row in enumerate(data):
+        if max_documents is not None and number >= max_documents:
+            break
+        if field not in row or not isinstance(row[field], str):
+            raise ConfigError(f"dataset {source!r} row {number} has no string field {field!r}")
+        docs.append(Document(f"{source}:{number}", row[field]))
+    return docs
+
+
+def load_documents(source: str | os.PathLike | Sequence[str] | None = None, field: str = "text",
+                   max_documents: int | None = None) -> list[Document]:
+    """Documents from `source`: None (default corpus), a list of strings, a .txt/.jsonl file,
+    a directory of .txt/.jsonl files, a `save_to_disk` dataset directory, or `hf:<name>`."""
+    if source is None:
+        docs = default_documents()
+    elif isinstance(source, (list, tuple)):
+        if not all(isinstance(t, str) for t in source):
+            raise ConfigError("a corpus given as a list must contain only strings")
+        docs = [Document(f"text/{i}", t) for i, t in enumerate(source)]
+    else:
+        text = str(source)
+        path = Path(text)
+        if text.startswith("hf:"):
+            docs = read_hf_dataset(text[3:], field, max_documents=max_documents)
+        elif path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
+            docs = read_hf_dataset(text, field, max_documents=max_documents)
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl", ".md"))
+            if not files:
+                raise ConfigError(f"corpus directory {text!r} has no .txt, .md or .jsonl files")
+            docs = []
+            for file in files:
+                docs += read_jsonl(file, field) if file.suffix == ".jsonl" else read_text_file(file)
+        elif path.suffix == ".jsonl":
+            docs = read_jsonl(path, field)
+        else:
+            docs = read_text_file(path)
+    docs = dedupe(docs)
+    if max_documents is not None:
+        docs = docs[:max_documents]
+    if not docs:
+        raise ConfigError(f"corpus {source!r} has no non-empty documents")
+    return docs
+
+
+# -- tokens ----------------------------------------------------------------------------------
+@dataclass
+class TokenCorpus:
+    """Tokenized documents: `tokens` int32 [n_tokens] concatenated, `offsets` int64 [n_docs+1]."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+    names: list[str]
+    eos_id: int | None = None
+    bos_id: int | None = None
+    fingerprint: str = ""
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def document(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+    def subset(self, indices: Sequence[int], tag: str) -> "TokenCorpus":
+        parts = [self.document(i) for i in indices]
+        lengths = np.array([len(p) for p in parts], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        tokens = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+        return TokenCorpus(tokens, offsets, [self.names[i] for i in indices], self.eos_id,
+                           self.bos_id, f"{self.fingerprint}:{tag}")
+
+    def split(self, holdout: float = 0.02, seed: int = 0,
+              min_holdout_tokens: int = 0) -> tuple["TokenCorpus", "TokenCorpus"]:
+        """(train, eval): whole documents in a seeded order; the eval part gets the first
+        documents of that order until it has `holdout` of the tokens (and at least
+        `min_holdout_tokens`, when the corpus allows)."""
+        if len(self) < 2:
+            raise ConfigError(f"corpus has {len(self)} document(s); holding out evaluation text "
+                              "needs at least 2 (split by document)")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        want = max(holdout * self.n_tokens, min_holdout_tokens)
+        taken, count = [], 0
+        for i in order[:-1]:  # always leave at least one training document
+            if count >= want:
+                break
+            taken.append(i)
+            count += self.offsets[i + 1] - self.offsets[i]
+        rest = [i for i in order if i not in set(taken)]
+        return self.subset(rest, f"train{seed}"), self.subset(taken, f"eval{seed}")
+
+    def windows(self, context: int, seed: int | None = 0, prepend_bos: bool = False) -> torch.Tensor:
+        """Fixed-length windows `[n, context]` (int64) of documents joined by EOS.
+
+        Documents are taken in a seeded order (`seed=None`: stored order); the stream is cut
+        every `context` tokens (`context - 1` plus a leading BOS with `prepend_bos`).
+        """
+        if context < 2:
+            raise ConfigError(f"context length must be >= 2, got {context}")
+        if prepend_bos and self.bos_id is None:
+            raise ConfigError("prepend_bos needs a tokenizer with a BOS token; this one has none")
+        order = (range(len(self)) if seed is None else
+                 torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist())
+        parts = []
+        for i in order:
+            parts.append(self.document(i))
+            if self.eos_id is not None:
+                parts.append(np.array([self.eos_id], dtype=np.int32))
+        stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        body = context - 1 if prepend_bos else context
+        n = len(stream) // body
+        if n == 0:
+            raise ConfigError(f"corpus is too short: {len(stream)} tokens make no window of "
+                              f"{context} tokens; give more text or a smaller context")
+        out = torch.from_numpy(stream[: n * body].astype(np.int64)).view(n, body)
+        if prepend_bos:
+            out = torch.cat([torch.full((n, 1), self.bos_id, dtype=torch.int64), out], dim=1)
+        return out
+
+
+def _fingerprint(tok, docs: Sequence[Document]) -> str:
+    h = hashlib.sha256()
+    h.update(type(tok).__name__.encode())
+    h.update(str(getattr(tok, "name_or_path", "")).encode())
+    h.update(str(len(tok)).encode())
+    h.update(json.dumps(tok("The quick brown fox (x) -> y").input_ids).encode())
+    for doc in docs:
+        h.update(doc.name.encode())
+        h.update(hashlib.sha256(doc.text.encode("utf-8")).digest())
+    return h.hexdigest()[:20]
+
+
+def tokenize(tok, docs: Sequence[Document], cache: bool = True,
+             batch_docs: int = 256) -> TokenCorpus:
+    """Tokenize documents once (no special tokens); cached as .npy under the cache dir."""
+    from saecircuits.models import cache_dir
+
+    if not docs:
+        raise ConfigError("corpus has no documents to tokenize")
+    key = _fingerprint(tok, docs)
+    folder = cache_dir() / "corpus" / key
+    names = [d.name for d in docs]
+    eos, bos = tok.eos_token_id, tok.bos_token_id
+    if cache and (folder / "meta.json").is_file():
+        try:
+            tokens = np.load(folder / "tokens.npy")
+            offsets = np.load(folder / "offsets.npy")
+            if len(offsets) == len(docs) + 1 and offsets[-1] == len(tokens):
+                return TokenCorpus(tokens, offsets, names, eos, bos, key)
+        except (OSError, ValueError):
+            pass  # unreadable cache: rebuild it below
+    lengths, chunks = [], []
+    for start in range(0, len(docs), batch_docs):
+        texts = [d.text for d in docs[start:start + batch_docs]]
+        ids = tok(texts, add_special_tokens=False)["input_ids"]
+        for row in ids:
+            chunks.append(np.asarray(row, dtype=np.int32))
+            lengths.append(len(row))
+    tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    corpus = TokenCorpus(tokens, offsets, names, eos, bos, key)
+    if cache:
+        for name, arr in (("tokens.npy", tokens), ("offsets.npy", offsets)):
+            with atomic_path(folder / name) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, arr)
+        write_json(folder / "meta.json", {"documents": len(docs), "tokens": int(offsets[-1]),
+                                          "tokenizer": str(getattr(tok, "name_or_path", ""))})
+    return corpus
+
+
+def load_corpus(tok, source=None, field: str = "text", max_documents: int | None = None,
+                cache: bool = True) -> TokenCorpus:
+    """Read and tokenize a corpus source (see `load_documents`)."""
+    return tokenize(tok, load_documents(source, field, max_documents), cache=cache)
+
+
+def default_corpus(tok) -> TokenCorpus:
+    """The embedded default corpus (stdlib code + pydoc prose), tokenized with `tok`."""
+    return load_corpus(tok, None)

@@ -1,0 +1,203 @@
+"""SAEBench "core" metrics of an SAE set on held-out text, and a feature-density picture.
+
+Per hook point, over every position but the first of each window (BOS / attention sink,
+which the SAEs never see in training and which is left untouched when splicing):
+  l0, explained_variance = 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², mse (mean over tokens of ‖x − x̂‖²/d),
+  cosine_similarity, l2_ratio (‖x̂‖/‖x‖), dead_fraction (never fired), dense_fraction (fires on
+  > 10% of tokens), ce_clean / ce_sae / ce_zero and ce_loss_score = (ce_zero − ce_sae) /
+  (ce_zero − ce_clean) with the SAE reconstruction spliced in (`saecircuits.splice`, error
+  term removed) or the hook point zero-ablated; kl_sae / kl_zero and kl_score = 1 − kl_sae/kl_zero.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from saecircuits import hooks
+from saecircuits.errors import ConfigError
+from saecircuits.fileio import write_json, write_text
+from saecircuits.models import model_device
+from saecircuits.sae import SAE
+from saecircuits.splice import splice
+
+from .corpus import TokenCorpus, load_corpus
+
+DENSE = 0.1
+BINS = [-math.inf] + [x / 2 for x in range(-12, 1)]  # log10 frequency bin edges: dead, 1e-6 .. 1
+
+
+def _read_clean(model, points, acts: dict):
+    for hp in points:
+        acts[hp.name] = hooks.read(model, hp)
+    return model.lm_head.output
+
+
+def _zero(model, hp, keep_first: torch.Tensor):
+    x = hooks.read(model, hp)
+    hooks.write(model, hp, x * keep_first.to(x.dtype))
+
+
+def _next_token_stats(logits: torch.Tensor, ids: torch.Tensor, clean_logp: torch.Tensor | None):
+    """(sum CE, sum KL(clean‖this), count) over positions 1..T−2 predicting tokens 2..T−1."""
+    logp = torch.log_softmax(logits[:, 1:-1].float(), dim=-1)
+    target = ids[:, 2:].to(logp.device)
+    ce = -logp.gather(-1, target.unsqueeze(-1)).sum()
+    kl = torch.zeros(()) if clean_logp is None else \
+        (clean_logp.exp() * (clean_logp - logp)).sum()
+    return float(ce), float(kl), target.numel(), logp
+
+
+def eval_windows(tok, data, n_tokens: int, context: int, prepend_bos: bool) -> torch.Tensor:
+    """Windows `[n, context]` holding at least `n_tokens` evaluated positions (or all of data)."""
+    corpus = data if isinstance(data, TokenCorpus) else load_corpus(tok, data)
+    windows = corpus.windows(context, seed=None, prepend_bos=prepend_bos)
+    need = max(1, math.ceil(n_tokens / (context - 1)))
+    return windows[:need]
+
+
+@torch.no_grad()
+def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 8192, *,
+                  context: int = 256, prepend_bos: bool = False, batch: int = 4,
+                  progress: bool = True) -> dict[str, dict]:
+    """Core metrics per hook point (see module doc) on `n_tokens` held-out tokens.
+
+    data: a `TokenCorpus`, a list of strings, or a corpus path (`trainers.corpus.load_documents`).
+    Returns {hook: {metric: float, ..., "density_histogram": {"edges", "counts"}}}.
+    """
+    if not saes:
+        raise ConfigError("evaluate_saes needs at least one SAE")
+    if n_tokens <= 0:
+        raise ConfigError(f"n_tokens must be positive, got {n_tokens}")
+    points = hooks.sort_by_forward_order(model, list(saes))
+    for hp in points:
+        if saes[hp.name].cfg.d_in != hp.width:
+            raise ConfigError(f"SAE at {hp.name!r} has d_in={saes[hp.name].cfg.d_in}, hook width {hp.width}")
+    windows = eval_windows(tok, data, n_tokens, context, prepend_bos)
+    device = model_device(model)
+    acc = {hp.name: {"sse": 0.0, "sx": 0.0, "sxx": 0.0, "n": 0, "l0": 0.0, "cos": 0.0, "l2": 0.0,
+                     "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0,
+                     "fires": torch.zeros(saes[hp.name].cfg.d_sae, dtype=torch.int64)} for hp in points}
+    ce_clean = count = 0.0
+    sums_x = {hp.name: torch.zeros(hp.width, dtype=torch.float64) for hp in points}
+    bar = tqdm(total=len(windows), desc="evaluate SAEs", unit="win", disable=not progress)
+    for start in range(0, len(windows), batch):
+        ids = windows[start:start + batch].to(device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        acts: dict[str, torch.Tensor] = {}
+        with model.trace(inputs):
+            logits = _read_clean(model, points, acts).save()
+        ce, _, n, clean_logp = _next_token_stats(logits, ids, None)
+        ce_clean += ce
+        count += n
+        keep_first = torch.zeros(1, ids.shape[1], 1, device=device)
+        keep_first[:, 0] = 1
+        for hp in points:
+            sae, a = saes[hp.name], acc[hp.name]
+            x = acts[hp.name][:, 1:].reshape(-1, hp.width).float()
+            f = sae.encode(x)
+            x_hat = sae.decode(f, dtype=torch.float32)
+            a["sse"] += float((x - x_hat).pow(2).sum())
+            sums_x[hp.name] += x.sum(0).double().cpu()
+            a["sxx"] += float(x.double().pow(2).sum())
+            a["n"] += x.shape[0]
+            active = f > 0
+            a["l0"] += float(active.sum())
+            a["fires"] += active.sum(0).cpu()
+            a["cos"] += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).sum())
+            a["l2"] += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum())
+
+            def drop_error(hook, feats, err):
+                return feats, err * keep_first.to(err.dtype)
+
+            with model.trace(inputs):
+                splice(model, {hp.name: sae}, edit=drop_error)
+                logits_sae = model.lm_head.output.save()
+            ce, kl, _, _ = _next_token_stats(logits_sae, ids, clean_logp)
+            a["ce_sae"] += ce
+            a["kl_sae"] += kl
+            with model.trace(inputs):
+                _zero(model, hp, keep_first)
+                logits_zero = model.lm_head.output.save()
+            ce, kl, _, _ = _next_token_stats(logits_zero, ids, clean_logp)
+            a["ce_zero"] += ce
+            a["kl_zero"] += kl
+        bar.update(len(ids))
+    bar.close()
+    results = {}
+    for hp in points:
+        a, n = acc[hp.name], acc[hp.name]["n"]
+        mean = sums_x[hp.name] / n
+        total_var = a["sxx"] - n * float(mean.pow(2).sum())
+        freq = a["fires"].double() / n
+        ce_c, ce_s, ce_z = ce_clean / count, a["ce_sae"] / count, a["ce_zero"] / count
+        kl_s, kl_z = a["kl_sae"] / count, a["kl_zero"] / count
+        logf = torch.where(freq > 0, freq.clamp_min(1e-30).log10(), torch.full_like(freq, -math.inf))
+        counts = [int(((logf >= lo) & (logf < hi)).sum()) for lo, hi in zip(BINS[:-1], BINS[1:])]
+        counts[-1] += int((logf >= BINS[-1]).sum())
+        results[hp.name] = {
+            "tokens": n, "l0": a["l0"] / n, "explained_variance": 1 - a["sse"] / max(total_var, 1e-12),
+            "mse": a["sse"] / (n * hp.width), "cosine_similarity": a["cos"] / n, "l2_ratio": a["l2"] / n,
+            "dead_fraction": float((freq == 0).double().mean()),
+            "dense_fraction": float((freq > DENSE).double().mean()),
+            "ce_clean": ce_c, "ce_sae": ce_s, "ce_zero": ce_z,
+            "ce_loss_score": (ce_z - ce_s) / (ce_z - ce_c) if ce_z != ce_c else float("nan"),
+            "kl_sae": kl_s, "kl_zero": kl_z,
+            "kl_score": 1 - kl_s / kl_z if kl_z > 0 else float("nan"),
+            "density_histogram": {"edges_log10": [None] + BINS[1:], "counts": counts},
+        }
+    return results
+
+
+def density_svg(hook: str, metrics: dict) -> str:
+    """A bar chart of log10 feature firing frequency (first bar: dead latents)."""
+    hist = metrics["density_histogram"]
+    counts, edges = hist["counts"], hist["edges_log10"]
+    width, height, left, bottom = 640, 300, 50, 40
+    bar_w = (width - left - 10) / len(counts)
+    top = max(counts) or 1
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="11">',
+             f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">Feature density at '
+             f'{hook} (L0 {metrics["l0"]:.1f}, EV {metrics["explained_variance"]:.3f}, '
+             f'dead {metrics["dead_fraction"]:.1%})</text>']
+    plot_h = height - bottom - 30
+    for i, c in enumerate(counts):
+        h = plot_h * c / top
+        x = left + i * bar_w
+        colour = "#c0392b" if i == 0 else "#2c7fb8"
+        parts.append(f'<rect x="{x:.1f}" y="{height - bottom - h:.1f}" width="{bar_w - 2:.1f}" '
+                     f'height="{h:.1f}" fill="{colour}"><title>{c}</title></rect>')
+        label = "dead" if i == 0 else f"{edges[i]:g}"
+        parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{height - bottom + 14}" '
+                     f'text-anchor="middle">{label}</text>')
+        if c:
+            parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{height - bottom - h - 3:.1f}" '
+                         f'text-anchor="middle">{c}</text>')
+    parts.append(f'<text x="{width / 2}" y="{height - 6}" text-anchor="middle">log10 firing '
+                 'frequency (bin start); first bar: never fired</text>')
+    parts.append(f'<line x1="{left}" y1="{height - bottom}" x2="{width - 10}" y2="{height - bottom}" '
+                 'stroke="black"/></svg>')
+    return "\n".join(parts) + "\n"
+
+
+def _clean(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_reports(folder: str | Path, metrics: dict[str, dict]) -> None:
+    """`<hook>/metrics.json` + `<hook>/density.svg` per SAE and a combined `metrics.json`."""
+    folder = Path(folder)
+    for hook, m in metrics.items():
+        write_json(folder / hook / "metrics.json", _clean(m))
+        write_text(folder / hook / "density.svg", density_svg(hook, m))
+    write_json(folder / "metrics.json", _clean(metrics))

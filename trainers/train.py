@@ -1,0 +1,349 @@
+"""The training loop: many SAEs from one harvested batch, checkpoints, resume, final metrics.
+
+    from trainers import TrainConfig, train_saes
+    saes = train_saes(model, tok, TrainConfig(hooks=["resid.3", "resid.9"], tokens=500_000,
+                                              out="saes/run1"))
+
+Output directory (an SAE set, loadable with `SAESet.load(out)`):
+    <hook>/cfg.json, sae.safetensors, metrics.json, density.svg   one per hook point
+    variants/<name>/<hook>/...     extra sizes / k values at the same hook points (if asked)
+    train_config.json, metrics.json, checkpoint.safetensors
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from saecircuits import hooks
+from saecircuits.errors import ConfigError, HookPointError, TrainingError
+from saecircuits.fileio import write_json, write_safetensors
+from saecircuits.models import model_device, model_name_of
+from saecircuits.sae import ARCHITECTURES, SAESet
+
+from .activations import ActivationCache, ActivationStream, windows_key
+from .base import SAESpec, Trainer
+from .corpus import TokenCorpus, default_corpus, load_corpus
+
+CHECKPOINT = "checkpoint.safetensors"
+# Fields that may change between a run and its resumption.
+RESUMABLE = {"out", "resume", "device", "cache_activations", "eval_tokens", "checkpoint_every",
+             "stop_at_step", "progress", "model_batch"}
+
+
+@dataclass
+class TrainConfig:
+    """What to train. Defaults suit SmolLM2-135M on CPU and hit the README's targets.
+
+    hooks: hook points (one SAE set entry each). architecture: relu | topk | batchtopk | jumprelu.
+    k / expansion: int, or a list to train several sizes at every hook point from the same
+        batches (the first combination is the main set, the others go to out/variants/).
+    d_sae: latents (overrides expansion). tokens: training tokens (activations, not windows).
+    context: window length. batch: activations per step (default 4·(context−1), i.e. four
+        windows; each step mixes ~4 windows' worth of tokens from a 64-window shuffle block).
+    lr / l1: learning rate and sparsity coefficient (None: architecture defaults).
+    hook_options: per-hook overrides, e.g. {"resid.3": {"k": 64, "lr": 1e-3}}.
+    corpus: None (embedded default), a file/dir path, "hf:<name>", or a list of strings.
+    holdout: fraction of the corpus tokens (whole documents) kept for evaluation.
+    eval_tokens: held-out tokens for the final metrics.json (0: skip evaluation).
+    cache_activations: directory of an on-disk activation cache (written, then reused).
+    resume: continue from out/checkpoint.safetensors (the config must be unchanged).
+    stop_at_step: stop after this many steps as if interrupted (checkpoint written).
+    """
+
+    hooks: list[str] = field(default_factory=lambda: ["resid.10"])
+    architecture: str = "topk"
+    k: int | list[int] = 32
+    expansion: int | list[int] = 8
+    d_sae: int | None = None
+    tokens: int = 500_000
+    context: int = 256
+    batch: int | None = None
+    lr: float | None = None
+    l1: float | None = None
+    seed: int = 0
+    out: str | None = None
+    cache_activations: str | None = None
+    resume: bool = False
+    device: str | None = None
+    corpus: Any = None
+    prepend_bos: bool = False
+    holdout: float = 0.02
+    eval_tokens: int = 8192
+    hook_options: dict[str, dict] = field(default_factory=dict)
+    windows_per_block: int = 64
+    model_batch: int = 16
+    dead_tokens: int | None = None
+    checkpoint_every: int = 200
+    stop_at_step: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hooks, str):
+            self.hooks = [h.strip() for h in self.hooks.split(",") if h.strip()]
+        if not self.hooks:
+            raise ConfigError("TrainConfig.hooks is empty; name at least one hook point")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"unknown architecture {self.architecture!r}; "
+                              f"expected one of {', '.join(ARCHITECTURES)}")
+        for name in ("tokens", "context", "windows_per_block", "model_batch", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if self.context < 2:
+            raise ConfigError(f"context must be at least 2 tokens, got {self.context}")
+        if not 0 <= self.holdout < 1:
+            raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch or 4 * (self.context - 1)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        if not (out["corpus"] is None or isinstance(out["corpus"], str)):
+            out["corpus"] = f"<{len(out['corpus'])} texts>"
+        return out
+
+
+def _lst(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def build_specs(model, cfg: TrainConfig) -> list[SAESpec]:
+    """SAE specs (first variant first) for every hook point, checked against the model."""
+    specs = []
+    for hook in cfg.hooks:
+        unknown = set(cfg.hook_options.get(hook, {})) - {"k", "lr", "l1", "d_sae", "expansion"}
+        if unknown:
+            raise ConfigError(f"hook_options[{hook!r}] has unknown keys {sorted(unknown)}")
+    points = hooks.sort_by_forward_order(model, cfg.hooks)
+    variants = [(k, e) for e in _lst(cfg.expansion) for k in _lst(cfg.k)]
+    for i, (k, expansion) in enumerate(variants):
+        for hp in points:
+            opt = cfg.hook_options.get(hp.name, {})
+            d_sae = opt.get("d_sae") or cfg.d_sae or int(opt.get("expansion", expansion) * hp.width)
+            kk = opt.get("k", k) if cfg.architecture in ("topk", "batchtopk") else None
+            name = hp.name if i == 0 else f"variants/k{kk}-x{d_sae // hp.width}/{hp.name}"
+            specs.append(SAESpec(hook=hp.name, architecture=cfg.architecture, d_in=hp.width,
+                                 d_sae=int(d_sae), k=kk, lr=opt.get("lr", cfg.lr),
+                                 l1=opt.get("l1", cfg.l1), name=name))
+    for spec in specs:
+        if spec.k is not None and not 0 < spec.k <= spec.d_sae:
+            raise ConfigError(f"k={spec.k} for {spec.hook} must be in 1..d_sae={spec.d_sae}")
+    return specs
+
+
+def make_trainer(spec: SAESpec, total_steps: int, seed: int, dead_tokens: int, device) -> Trainer:
+    from .batchtopk import BatchTopKTrainer
+    from .jumprelu import JumpReLUTrainer
+    from .relu_l1 import ReluL1Trainer
+    from .topk import TopKTrainer
+
+    cls = {"topk": TopKTrainer, "relu": ReluL1Trainer, "batchtopk": BatchTopKTrainer,
+           "jumprelu": JumpReLUTrainer}[spec.architecture]
+    return cls(spec, total_steps, seed=seed, dead_tokens=dead_tokens, device=device)
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+def _config_fingerprint(cfg: TrainConfig, corpus_key: str) -> dict:
+    data = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE}
+    data["corpus_key"] = corpus_key
+    return json.loads(json.dumps(data, default=str))
+
+
+def save_checkpoint(path: Path, trainers: dict[str, Trainer], step: int, scales: dict[str, float],
+                    fingerprint: dict) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    groups = {}
+    for name, tr in trainers.items():
+        for key, value in tr.state_dict().items():
+            tensors[f"{name}::{key}"] = value.detach().reshape(value.shape or (1,))
+        opt = tr.optimizer().state_dict()
+        groups[name] = opt["param_groups"]
+        for index, state in opt["state"].items():
+            for key, value in state.items():
+                value = torch.as_tensor(value)
+                tensors[f"{name}::opt::{index}::{key}"] = value.reshape(value.shape or (1,))
+        if tr.rng is not None:
+            tensors[f"{name}::rng"] = tr.rng.get_state()
+    meta = {"step": step, "scales": scales, "config": fingerprint, "param_groups": groups}
+    try:
+        write_safetensors(path, tensors, metadata={"saecircuits": json.dumps(meta)})
+    except OSError as err:
+        raise TrainingError(f"cannot write checkpoint {str(path)!r} at step {step}: {err}; "
+                            "the previous checkpoint is intact") from err
+
+
+def load_checkpoint(path: Path, trainers: dict[str, Trainer], fingerprint: dict) -> tuple[int, dict]:
+    """Restore trainers in place; returns (step, scales). Refuses a changed config."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["saecircuits"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    old = meta["config"]
+    diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
+        raise ConfigError(f"cannot resume from {str(path)!r}: the config changed ({detail}); "
+                          "use the original settings or a new --out directory")
+    for name, tr in trainers.items():
+        state = {}
+        for key, ref in tr.state_dict().items():
+            state[key] = tensors[f"{name}::{key}"].reshape(ref.shape)
+        tr.load_state_dict(state)
+        opt = tr.optimizer()
+        opt_state: dict[int, dict] = {}
+        prefix = f"{name}::opt::"
+        for key, value in tensors.items():
+            if key.startswith(prefix):
+                index, sub = key[len(prefix):].split("::")
+                opt_state.setdefault(int(index), {})[sub] = value.reshape(()) if sub == "step" else value
+        opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"][name]})
+        if tr.rng is not None:
+            tr.rng.set_state(tensors[f"{name}::rng"])
+    return int(meta["step"]), {k: float(v) for k, v in meta["scales"].items()}
+
+
+# -- the loop ----------------------------------------------------------------------------------
+def _corpus_for(tok, cfg: TrainConfig, corpus) -> TokenCorpus:
+    if isinstance(corpus, TokenCorpus):
+        return corpus
+    if corpus is None and cfg.corpus is None:
+        return default_corpus(tok)
+    return load_corpus(tok, corpus if corpus is not None else cfg.corpus)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output directory {str(out)!r} is not writable: {err}") from None
+
+
+def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
+    """Train SAEs at `cfg.hooks` from one harvested stream; write and return the main set.
+
+    corpus: a `TokenCorpus`, any `load_documents` source, or None (cfg.corpus / default).
+    Writes `cfg.out` (if set): the SAE set, metrics, density pictures and a checkpoint.
+    """
+    from .evaluate import evaluate_saes, write_reports
+
+    out = Path(cfg.out) if cfg.out else None
+    if cfg.resume and out is None:
+        raise ConfigError("resume needs an output directory (cfg.out) holding a checkpoint")
+    if out is not None:
+        _check_writable(out)
+    specs = build_specs(model, cfg)
+    points = hooks.sort_by_forward_order(model, cfg.hooks)
+    batch = cfg.batch_size
+    total_steps = cfg.tokens // batch
+    if total_steps < 1:
+        raise ConfigError(f"tokens={cfg.tokens} is smaller than one batch of {batch} activations; "
+                          "raise --tokens or lower --batch")
+    tc = _corpus_for(tok, cfg, corpus)
+    if cfg.holdout > 0 and cfg.eval_tokens > 0:
+        train_corpus, eval_corpus = tc.split(cfg.holdout, cfg.seed, min_holdout_tokens=cfg.eval_tokens)
+    else:
+        train_corpus, eval_corpus = tc, None
+    windows = train_corpus.windows(cfg.context, seed=cfg.seed, prepend_bos=cfg.prepend_bos)
+    per_window = cfg.context - 1
+    wpb = min(cfg.windows_per_block, windows.shape[0])
+    if wpb * per_window < batch:
+        raise ConfigError(f"corpus is too short: {windows.shape[0]} windows of {cfg.context} tokens "
+                          f"hold fewer than one batch of {batch} activations")
+    stream = ActivationStream(model, points, windows, batch=batch, seed=cfg.seed,
+                              windows_per_block=wpb, model_batch=cfg.model_batch)
+    steps_available = stream.n_blocks * stream.batches_per_block
+    if steps_available < total_steps:
+        raise ConfigError(f"corpus is too short for tokens={cfg.tokens}: its {windows.shape[0]} "
+                          f"training windows give {steps_available * batch} activations")
+    windows = windows[: math.ceil(total_steps / stream.batches_per_block) * wpb]
+    stream.windows = windows
+    key = windows_key(windows)
+    if cfg.cache_activations:
+        stream.cache = ActivationCache.open(cfg.cache_activations, {
+            "model": model_name_of(model), "hooks": [p.name for p in points], "dtype": "bfloat16",
+            "windows_key": key, "windows_per_block": wpb})
+    device = model_device(model) if cfg.device is None else torch.device(cfg.device)
+    dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(20_000, cfg.tokens // 10)))
+    trainers = {s.name: make_trainer(s, total_steps, cfg.seed + i, dead_tokens, device)
+                for i, s in enumerate(specs)}
+    fingerprint = _config_fingerprint(cfg, key)
+    start, scales = 0, {}
+    ckpt = out / CHECKPOINT if out is not None else None
+    if cfg.resume:
+        if not ckpt.is_file():
+            raise ConfigError(f"--resume: no checkpoint at {str(ckpt)!r}")
+        start, scales = load_checkpoint(ckpt, trainers, fingerprint)
+    if out is not None and not cfg.resume:
+        write_json(out / "train_config.json", {**cfg.to_dict(), "steps": total_steps,
+                                                "batch_size": batch, "corpus_key": key})
+    by_hook: dict[str, list[tuple[str, Trainer]]] = {}
+    for spec in specs:
+        by_hook.setdefault(spec.hook, []).append((spec.name, trainers[spec.name]))
+    stats: dict[str, dict] = {}
+    bar = tqdm(total=total_steps * batch, initial=start * batch, unit="tok", unit_scale=True,
+               disable=not cfg.progress, desc="train SAEs")
+    began, last_step = time.perf_counter(), start
+    step = start
+    try:
+        for step, acts in zip(range(start, total_steps), stream.batches(start)):
+            for hook, group in by_hook.items():
+                x = acts[hook].to(device)
+                if hook not in scales:
+                    scales[hook] = float(math.sqrt(x.shape[1]) / x.norm(dim=1).mean().clamp_min(1e-12))
+                x = x * scales[hook]
+                for name, tr in group:
+                    stats[name] = tr.step(x, step)
+                    if not math.isfinite(stats[name]["fvu"]):
+                        raise TrainingError(f"training diverged at hook point {hook!r} (SAE {name}) "
+                                            f"at step {step}: loss is not finite; the last good "
+                                            "checkpoint is intact")
+            bar.update(batch)
+            if cfg.progress and (step % 10 == 0 or step + 1 == total_steps):
+                bar.set_postfix_str("  ".join(
+                    f"{n}: L0 {s['l0']:.0f} EV {1 - s['fvu']:.3f} dead {s['dead']:.1%}"
+                    for n, s in stats.items() if "/" not in n))
+            last_step = step + 1
+            if ckpt is not None and (last_step % cfg.checkpoint_every == 0 or last_step == total_steps
+                                     or last_step == cfg.stop_at_step):
+                save_checkpoint(ckpt, trainers, last_step, scales, fingerprint)
+            if cfg.stop_at_step is not None and last_step >= cfg.stop_at_step:
+                break
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - began
+    model_name = model_name_of(model)
+    saes = {}
+    for spec in specs:
+        meta = {"tokens": cfg.tokens, "steps_done": last_step, "batch": batch, "context": cfg.context,
+                "lr": trainers[spec.name].lr, "seed": cfg.seed, "corpus": tc.fingerprint,
+                "trainer": spec.architecture, "final_train_ev": 1 - stats.get(spec.name, {"fvu": 1})["fvu"],
+                "train_seconds": round(elapsed, 1),
+                "train_tokens_per_s": round((last_step - start) * batch / max(elapsed, 1e-9), 1)}
+        saes[spec.name] = trainers[spec.name].to_sae(scales[spec.hook], model_name, meta)
+    main = SAESet({s.hook: saes[s.name] for s in specs if "/" not in s.name})
+    if out is not None:
+        for name, sae in saes.items():
+            sae.save(out / name)
+    if eval_corpus is not None and out is not None and last_step == total_steps:
+        for variant in sorted({s.name.rsplit("/", 1)[0] if "/" in s.name else "" for s in specs}):
+            group = {s.hook: saes[s.name] for s in specs
+                     if (s.name.rsplit("/", 1)[0] if "/" in s.name else "") == variant}
+            metrics = evaluate_saes(model, tok, group, eval_corpus, cfg.eval_tokens,
+                                    context=cfg.context, prepend_bos=cfg.prepend_bos,
+                                    progress=cfg.progress)
+            write_reports(out / variant if variant else out, metrics)
+    return main

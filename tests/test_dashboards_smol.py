@@ -64,19 +64,17 @@ def test_output_effects_predict_the_logit_change_on_smollm2(smol, saes):
     hp = hooks.resolve(model, "resid.29")
     ids = tok("The capital of France is", return_tensors="pt")
     predicted = output_effects(model, sae, [0, 1])
+    rows = sae.W_dec[:2].detach()
+    rows = rows / rows.norm(dim=-1, keepdim=True)
+    batch = {k: v.repeat(3, 1) for k, v in ids.items()}  # row 0 plain, rows 1-2 bumped
+    with torch.no_grad(), model.trace(batch):
+        x = hooks.read(model, hp)
+        bumped = x.clone()
+        bumped[1:, -1] += 2.0 * rows
+        hooks.write(model, hp, bumped)
+        out = model.lm_head.output.save()
     for j in range(2):
-        row = sae.W_dec[j].detach()
-        row = row / row.norm()
-        logits = []
-        for eps in (0.0, 2.0):
-            with torch.no_grad(), model.trace(ids):
-                x = hooks.read(model, hp)
-                bumped = x.clone()
-                bumped[:, -1] += eps * row
-                hooks.write(model, hp, bumped)
-                out = model.lm_head.output.save()
-            logits.append(out[0, -1])
-        delta = logits[1] - logits[0]
+        delta = out[j + 1, -1] - out[0, -1]
         corr = torch.corrcoef(torch.stack([delta, predicted[j]]))[0, 1]
         assert corr > 0.99, float(corr)
         top = set(predicted[j].topk(20).indices.tolist())

@@ -124,6 +124,17 @@ def test_only_if_active_skips_inactive_positions(tiny, tiny_saes):
     assert torch.equal(res.steered_logits, res.baseline_logits)
 
 
+def test_untracked_and_empty_runs_finish(tiny, tiny_saes):
+    """No tracked tokens and no interventions: plain generation, steered-only mode."""
+    model, tok = tiny
+    empty = steer(model, tiny_saes, PROMPTS, [], 5, tokenizer=tok)
+    assert empty.baseline == empty.steered and empty.baseline_logits is None
+    only = steer(model, tiny_saes, PROMPTS, [Intervention("resid.0", 7, "set", 50.0)], 5, tokenizer=tok,
+                 baseline=False)
+    assert only.baseline is None and only.steered_ids.shape == (3, 5)
+    assert only.steered != empty.steered
+
+
 def test_direction_and_feature_scale(tiny, tiny_saes):
     model, tok = tiny
     direction = tiny_saes["resid.2"].W_dec[11].detach().clone()

@@ -47,9 +47,9 @@ class SteerResult:
 
     prompts: list[str]
     interventions: list[str]
-    baseline: list[str]
+    baseline: list[str] | None
     steered: list[str]
-    baseline_ids: torch.Tensor
+    baseline_ids: torch.Tensor | None
     steered_ids: torch.Tensor
     tracked: list[int] = field(default_factory=list)
     baseline_logits: torch.Tensor | None = None
@@ -68,7 +68,9 @@ class SteerResult:
         return _shift(self.steered_probs, self.baseline_probs)
 
     def first_divergence(self) -> list[int | None]:
-        """Per prompt: first step whose token differs (None if the texts are identical)."""
+        """Per prompt: first step whose token differs (None if identical or no baseline was run)."""
+        if self.baseline_ids is None:
+            return [None] * len(self.prompts)
         steps = min(self.baseline_ids.shape[1], self.steered_ids.shape[1])
         out: list[int | None] = []
         for base, steer in zip(self.baseline_ids, self.steered_ids):
@@ -85,7 +87,8 @@ class SteerResult:
         rows = []
         divergence = self.first_divergence()
         for i, prompt in enumerate(self.prompts):
-            row = {"prompt": prompt, "baseline": self.baseline[i], "steered": self.steered[i],
+            row = {"prompt": prompt, "baseline": self.baseline[i] if self.baseline else None,
+                   "steered": self.steered[i],
                    "first_divergence": divergence[i]}
             if self.tracked and self.prob_shift is not None:
                 row["step0_prob_shift"] = {str(t): float(s) for t, s in
@@ -96,8 +99,11 @@ class SteerResult:
     def format(self) -> str:
         """Human-readable side-by-side text."""
         lines = ["interventions: " + "; ".join(self.interventions)]
-        for prompt, base, steer in zip(self.prompts, self.baseline, self.steered):
-            lines += [f"prompt:   {prompt!r}", f"baseline: {base!r}", f"steered:  {steer!r}", ""]
+        for i, (prompt, steer) in enumerate(zip(self.prompts, self.steered)):
+            lines.append(f"prompt:   {prompt!r}")
+            if self.baseline is not None:
+                lines.append(f"baseline: {self.baseline[i]!r}")
+            lines += [f"steered:  {steer!r}", ""]
         return "\n".join(lines).rstrip()
 
 
@@ -244,7 +250,9 @@ def _run(model, tok, inputs, groups, *, edit, record_means, max_new_tokens, use_
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DANGLING)
         with model.generate(dict(inputs), **kwargs) as tracer:
-            for step in tracer.iter[:]:
+            # a loop body that requests nothing from the model would never yield: skip it
+            steps = tracer.iter[:] if (groups or head is not None) else ()
+            for step in steps:
                 _step(model, groups, step, plen, prompt_mask, edit, record_means)
                 if head is not None:
                     last = hooks.read(model, head)[:, -1].float()
@@ -289,7 +297,8 @@ def tokens_starting_with(tok, prefix: str) -> list[int]:
 def steer(model, saes: Mapping[str, SAE] | None, prompts: Sequence[str] | str,
           interventions: Sequence[Intervention] | Intervention, max_new_tokens: int = 20, *,
           do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-          track: Sequence[int | str] = (), use_cache: bool = True, tokenizer=None) -> SteerResult:
+          track: Sequence[int | str] = (), use_cache: bool = True, baseline: bool = True,
+          tokenizer=None) -> SteerResult:
     """Generate from `prompts` without and with `interventions`; compare.
 
     Args:
@@ -300,6 +309,8 @@ def steer(model, saes: Mapping[str, SAE] | None, prompts: Sequence[str] | str,
         do_sample / temperature / top_p / seed: sampling with a local generator (greedy by default).
         track: tokens (ids or single-token strings) whose per-step logits and probabilities are kept.
         use_cache: HF KV cache on (one new column per step) or off (full recompute per step).
+        baseline: also generate without interventions (False: steered run only; mean
+            ablations then take their means from a one-step unsteered pass).
     Returns:
         SteerResult with both generations and per-step tracked logits/probabilities.
     """
@@ -317,12 +328,16 @@ def steer(model, saes: Mapping[str, SAE] | None, prompts: Sequence[str] | str,
     opts = dict(max_new_tokens=max_new_tokens, use_cache=use_cache, do_sample=do_sample,
                 temperature=temperature, top_p=top_p, seed=seed, tracked=tracked)
     needs_means = any(r.spec.mode == "ablate" and r.spec.ablation == "mean" for r in resolved)
-    base_ids, base_logits, base_probs = _run(model, tok, inputs, groups if needs_means else [], edit=False,
-                                 record_means=needs_means, **opts)
+    base_ids = base_logits = base_probs = None
+    if baseline:
+        base_ids, base_logits, base_probs = _run(model, tok, inputs, groups if needs_means else [],
+                                                 edit=False, record_means=needs_means, **opts)
+    elif needs_means:
+        _run(model, tok, inputs, groups, edit=False, record_means=True, **{**opts, "max_new_tokens": 1})
     steer_ids, steer_logits, steer_probs = _run(model, tok, inputs, groups, edit=True, record_means=False, **opts)
     result = SteerResult(
         prompts=prompt_list, interventions=[r.spec.describe() for r in resolved],
-        baseline=tok.batch_decode(base_ids, skip_special_tokens=True),
+        baseline=None if base_ids is None else tok.batch_decode(base_ids, skip_special_tokens=True),
         steered=tok.batch_decode(steer_ids, skip_special_tokens=True),
         baseline_ids=base_ids, steered_ids=steer_ids, tracked=tracked,
         baseline_logits=base_logits, steered_logits=steer_logits,

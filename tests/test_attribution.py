@@ -180,3 +180,32 @@ def test_smollm2_ioi_invariants_and_attribution(smol, smol_set):
     b = torch.tensor([ex[n] for n in top])
     torch.testing.assert_close(b, a, atol=0.05 * a.abs().max().item(), rtol=0.1)
     assert_model_clean(model)
+
+
+def test_pruning_rules_on_a_hand_built_graph():
+    from saecircuits.attribution import FeatureGraph, prune_edges, prune_nodes, remove_dangling
+
+    g = FeatureGraph()
+    effects = {"a/*/1": 5.0, "a/*/2": -3.0, "a/*/err": 1.5, "b/*/3": 1.0, "b/*/4": 0.5}
+    for nid, e in effects.items():
+        hook, _, feat = nid.split("/")
+        g.add_node(nid, kind="error" if feat == "err" else "feature", hook=hook, effect=e)
+    g.add_node("metric", kind="metric")
+    for u, v, w in [("a/*/1", "b/*/3", 4.0), ("a/*/2", "b/*/3", -0.05), ("b/*/3", "metric", 1.0),
+                    ("a/*/err", "metric", 1.5), ("b/*/4", "metric", 0.5)]:
+        g.add_edge(u, v, w)
+    ids = lambda graph: {n for n, d in graph.nodes(data=True) if d["kind"] != "metric"}
+    assert ids(prune_nodes(g, top_k=2)) == {"a/*/1", "a/*/2"}
+    assert ids(prune_nodes(g, top_k=3)) == {"a/*/1", "a/*/2", "a/*/err", "b/*/3"}
+    assert ids(prune_nodes(g, threshold=1.2)) == {"a/*/1", "a/*/2", "a/*/err"}
+    assert ids(prune_nodes(g, influence=0.7)) == {"a/*/1", "a/*/2"}      # 8 of 11 >= 7.7
+    assert "metric" in prune_nodes(g, top_k=1)
+    thin = prune_edges(g, edge_influence=0.99)
+    assert ("a/*/2", "b/*/3") not in thin.edges and ("a/*/1", "b/*/3") in thin.edges
+    assert ids(remove_dangling(thin)) == {"a/*/1", "a/*/err", "b/*/3", "b/*/4"}
+    with pytest.raises(GraphError, match="keeps no node"):
+        prune_nodes(g, threshold=100.0)
+    with pytest.raises(ConfigError, match="exactly one"):
+        prune_nodes(g, top_k=2, threshold=1.0)
+    with pytest.raises(ConfigError, match="influence must be a share"):
+        prune_nodes(g, influence=1.5)

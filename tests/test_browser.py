@@ -161,7 +161,7 @@ def test_click_node_shows_its_dashboard(tiny, tmp_path):
                                  ".filter(g => g.style.display !== 'none').length")
     finally:
         browser.close()
-    max_eff = max(abs(a["effect"]) for _, a in graph.nodes(data=True))
+    max_eff = max(abs(a["effect"]) for _, a in graph.nodes(data=True) if a["kind"] != "metric")
     assert visible == sum(1 for _, a in graph.nodes(data=True)
                           if a["kind"] == "metric" or abs(a["effect"]) >= 0.5 * max_eff)
     assert visible < len(graph)

@@ -68,7 +68,8 @@ def to_dot(graph: FeatureGraph, title: str | None = None) -> str:
         g.attr(label=f"<{html.escape(short(title, 120))}>", labelloc="t")
     g.attr("node", fontname="Helvetica", fontsize="9", style="filled", margin="0.04,0.02")
     nodes = dict(graph.graph.nodes(data=True))
-    eff_scale = max((abs(d.get("effect", 0.0)) for d in nodes.values()), default=0.0)
+    eff_scale = max((abs(d.get("effect", 0.0)) for d in nodes.values()
+                     if d["kind"] not in ("metric", "logit")), default=0.0)
     w_scale = max((abs(d["weight"]) for _, _, d in graph.graph.edges(data=True)), default=0.0)
     ranks: dict[float, list[str]] = defaultdict(list)
     for nid, d in nodes.items():

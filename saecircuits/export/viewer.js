@@ -66,7 +66,7 @@
   }
   const floats = nodes.filter(floating), mid = (LEFT + Math.max(x - COLGAP, LEFT + DX)) / 2;
   floats.forEach((n, i) => { n._x = mid + (i - (floats.length - 1) / 2) * 3 * DX; n._y = rowY.get(rankOf(n)); });
-  const maxEff = Math.max(1e-12, ...nodes.map(n => Math.abs(n.effect || 0)));
+  const maxEff = Math.max(1e-12, ...nodes.filter(n => n.kind !== "metric" && n.kind !== "logit").map(n => Math.abs(n.effect || 0)));
   const maxW = Math.max(1e-12, ...edges.map(e => Math.abs(e.weight)));
 
   const svg = sv("svg", {width: width, height: height, id: "graph"}, document.getElementById("canvas"));

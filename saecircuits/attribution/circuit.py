@@ -48,22 +48,22 @@ def nid(node: Node) -> str:
 def feature_labels(model, tok, saes: Mapping[str, SAE], nodes, top: int = 3) -> dict[Node, str]:
     """Short labels: the tokens each feature's decoder row promotes most (logit lens)."""
     unembed = unwrap(model).get_output_embeddings().weight.detach()
-    out = {}
-    for node in nodes:
-        hook, _, feat = node
-        if feat == "err":
-            out[node] = f"{hook} SAE error"
-            continue
-        row = saes[hook].W_dec[feat].detach().to(unembed.device, unembed.dtype)
-        ids = (unembed @ row).topk(top).indices.tolist()
-        out[node] = "↑ " + " ".join(repr(tok.decode([i])) for i in ids)
+    out = {node: f"{node[0]} SAE error" for node in nodes if node[2] == "err"}
+    feats = [node for node in nodes if node[2] != "err"]
+    for start in range(0, len(feats), 256):
+        group = feats[start:start + 256]
+        rows = torch.stack([saes[h].W_dec[f].detach() for h, _, f in group])
+        top_ids = (rows.to(unembed.device, unembed.dtype) @ unembed.T).topk(top, dim=-1).indices
+        for node, ids in zip(group, top_ids.tolist()):
+            out[node] = "↑ " + " ".join(repr(tok.decode([i])) for i in ids)
     return out
 
 
-def build_graph(model, tok, saes, scores: NodeScores, nodes, edges: dict, meta: dict) -> FeatureGraph:
-    """A FeatureGraph with `nodes`, the metric node and `edges`."""
+def build_graph(model, tok, saes, scores: NodeScores, nodes, edges: dict, meta: dict,
+                labels: bool = True) -> FeatureGraph:
+    """A FeatureGraph with `nodes`, the metric node and `edges` (labels: logit-lens tokens)."""
     graph = FeatureGraph(meta=meta)
-    labels = feature_labels(model, tok, saes, nodes)
+    labels = feature_labels(model, tok, saes, nodes) if labels else {}
     n_layers = unwrap(model).config.num_hidden_layers
     for node in nodes:
         hook, pos, feat = node
@@ -71,7 +71,7 @@ def build_graph(model, tok, saes, scores: NodeScores, nodes, edges: dict, meta: 
                        layer=resolve(model, hook).layer, pos=pos,
                        feature=None if feat == "err" else int(feat),
                        activation=scores.activation(node), effect=scores.effect(node),
-                       label=labels[node])
+                       label=labels.get(node, ""))
     graph.add_node("metric", kind="metric", layer=n_layers, effect=meta.get("metric_clean", 0.0),
                    label=meta.get("metric", "metric"))
     for (u, v), w in edges.items():
@@ -153,7 +153,7 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE], task: Task | str, method:
             "ablation": cfg.ablation, "n": len(task), "hooks": hooks, "positional": cfg.positional,
             "metric": f"{task.name} {task.metric_kind}",
             "metric_clean": scores.metric_clean, "prompt": task.clean[0]}
-    full = build_graph(model, tok, saes, scores, candidates, {}, meta)
+    full = build_graph(model, tok, saes, scores, candidates, {}, meta, labels=False)
     pruned = prune_nodes(full, cfg.node_threshold, cfg.top_k, cfg.influence)
     kept = graph_nodes(pruned)
     edges = (compute_edges(model, saes, states, hooks, kept, cfg.positional, progress=cfg.progress)

@@ -88,10 +88,12 @@ class Evaluator:
         return (value - self.f_empty) / span
 
 
-def circuit_by_size(scores: NodeScores, k: int) -> list[Node]:
-    """Top-k feature nodes by |effect| plus the error nodes at least as large as the k-th."""
+def circuit_by_size(scores: NodeScores, k: int, errors: bool = True) -> list[Node]:
+    """Top-k feature nodes by |effect| plus (`errors`) the error nodes at least as large as the k-th."""
     ranked = scores.nodes()
     feats = [nd for nd in ranked if nd[2] != "err"][:k]
+    if not errors:
+        return feats
     if not feats:
         return [nd for nd in ranked if nd[2] == "err"] if k == 0 else []
     floor = abs(scores.effect(feats[-1]))
@@ -99,11 +101,12 @@ def circuit_by_size(scores: NodeScores, k: int) -> list[Node]:
 
 
 def faithfulness_curve(ev: Evaluator, scores: NodeScores,
-                       sizes: Sequence[int] = (5, 10, 20, 50, 100, 200)) -> list[dict]:
-    """Faithfulness of the top-k circuits for each k in `sizes`."""
+                       sizes: Sequence[int] = (5, 10, 20, 50, 100, 200),
+                       errors: bool = True) -> list[dict]:
+    """Faithfulness of the top-k circuits for each k in `sizes` (`errors`: with error nodes)."""
     out = []
     for k in sizes:
-        nodes = circuit_by_size(scores, k)
+        nodes = circuit_by_size(scores, k, errors)
         n_feat = sum(1 for nd in nodes if nd[2] != "err")
         val = ev.metric(nodes)
         out.append({"k": k, "features": n_feat, "errors": len(nodes) - n_feat, "metric": val,

@@ -147,6 +147,7 @@ def test_click_node_shows_its_dashboard(tiny, tmp_path):
                 return {{x: r.left + r.width / 2, y: r.top + r.height / 2}};
             }})()""")
             browser.click(box["x"], box["y"])
+            tip = browser.js("document.getElementById('tip').textContent")  # from the hover
             browser.wait_for("document.querySelector('#panel .dashboard') !== null")
             title = browser.js("document.getElementById('node-title').textContent")
             shown = browser.js("document.querySelector('#panel .dashboard').dataset.feature")
@@ -171,6 +172,7 @@ def test_click_node_shows_its_dashboard(tiny, tmp_path):
     errors = [e for e in browser.events if e["method"] in ("Runtime.exceptionThrown",)]
     assert not errors, errors
     assert selected == target
+    assert tip.startswith(f"{attrs['hook']} #{attrs['feature']}") and "click for dashboard" in tip
     assert title == f"{attrs['hook']} #{attrs['feature']} @{attrs['pos']}"
     assert shown == f"{attrs['hook']}:{attrs['feature']}"
     vis = lambda s: s.replace("\n", "\u23ce").replace("\t", "\u21e5")  # noqa: E731

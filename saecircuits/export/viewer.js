@@ -102,7 +102,9 @@
     if (n.kind === "error" || n.kind === "embed") sv("rect", {x: -8, y: -8, width: 16, height: 16, fill: fillOf(n), "stroke-dasharray": n.kind === "error" ? "3,2" : ""}, g);
     else sv("circle", {r: n.kind === "metric" || n.kind === "logit" ? 11 : 8, fill: fillOf(n)}, g);
     g.addEventListener("mouseenter", ev => {
-      tip.textContent = title(n) + (n.label ? "\n" + visTok(n.label) : "") + "\neffect " + fmt(n.effect);
+      const dash = dashboards[dashKey(n)];
+      tip.textContent = title(n) + (n.label ? "\n" + visTok(n.label) : "") + "\neffect " + fmt(n.effect) +
+        (dash ? "\ntop tokens: " + visTok(dash.label || "") + "\nfreq " + fmt(dash.activation_frequency) + " (click for dashboard)" : "");
       tip.style.display = "block";
     });
     g.addEventListener("mousemove", ev => { tip.style.left = (ev.clientX + 12) + "px"; tip.style.top = (ev.clientY + 12) + "px"; });

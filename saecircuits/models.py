@@ -109,9 +109,16 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 def _load_hf(source: str, dtype: torch.dtype, device: torch.device, **kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    tok = AutoTokenizer.from_pretrained(source, **kwargs)
-    hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a sub-second "Loading weights" bar is only noise
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return hf.to(device), tok
 
 

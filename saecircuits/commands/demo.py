@@ -1,26 +1,35 @@
-"""`saecircuits demo`: the main job on the embedded default model."""
+"""`saecircuits demo`: the main job, end to end on the embedded default model."""
 from __future__ import annotations
 
 import argparse
 
-HELP = "run the end-to-end demo on the embedded SmolLM2 (or --model)"
+HELP = "train (or reuse) SAEs, trace the IOI and closing-parenthesis circuits, steer, export"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_model_arguments
+    from ..demo import DemoConfig
 
+    d = DemoConfig()
     add_model_arguments(parser)
+    parser.add_argument("--hooks", default=",".join(d.hooks), help=f"SAE hook points (default {','.join(d.hooks)})")
+    parser.add_argument("--tokens", type=int, default=d.tokens, help=f"SAE training tokens (default {d.tokens:,})")
+    parser.add_argument("--expansion", type=int, default=d.expansion, help="d_sae / d_model (default %(default)s)")
+    parser.add_argument("--k", type=int, default=d.k, help="TopK active latents (default %(default)s)")
+    parser.add_argument("--n", type=int, default=d.n, help="prompts per task (default %(default)s)")
+    parser.add_argument("--top-k", type=int, default=d.top_k, help="feature nodes per circuit (default %(default)s)")
+    parser.add_argument("--method", choices=("attrib", "ig", "exact"), default=d.method,
+                        help="node attribution method (default %(default)s)")
+    parser.add_argument("--out", default=d.out, help="output directory (default %(default)s)")
+    parser.add_argument("--retrain", action="store_true", help="train SAEs even if cached ones exist")
+    parser.add_argument("--quick", action="store_true", help="a small run (< 5 minutes on 2 CPU cores)")
+    parser.add_argument("--seed", type=int, default=d.seed)
 
 
 def run(args: argparse.Namespace) -> dict:
-    import torch
+    from ..demo import DemoConfig, run_demo
 
-    from ..models import load_model
-
-    model, tok = load_model(args.model, device=args.device)
-    prompt = "When Mary and John went to the store, John gave a drink to"
-    with torch.no_grad(), model.trace(prompt):
-        logits = model.lm_head.output.save()
-    answer = tok.decode(logits[0, -1].argmax())
-    print(f"{prompt!r} -> {answer!r}")
-    return {"prompt": prompt, "answer": answer}
+    cfg = DemoConfig(model=args.model, device=args.device, hooks=args.hooks, tokens=args.tokens,
+                     expansion=args.expansion, k=args.k, n=args.n, top_k=args.top_k, method=args.method,
+                     out=args.out, retrain=args.retrain, quick=args.quick, seed=args.seed)
+    return run_demo(cfg)

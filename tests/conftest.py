@@ -67,3 +67,26 @@ def tiny(tiny_dir):
     from saecircuits import load_model
 
     return load_model(str(tiny_dir("llama")), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smol_saes_dir(smol, tmp_path_factory):
+    """Directory of a small TopK SAE set trained here on SmolLM2 with the default corpus:
+    hooks resid.6, resid.16, resid.24; d_sae 1152, k 32, 20,400 tokens (`trainers.train_saes`)."""
+    from trainers import TrainConfig, train_saes
+
+    model, tok = smol
+    out = tmp_path_factory.mktemp("smol-saes") / "saes"
+    cfg = TrainConfig(hooks=["resid.6", "resid.16", "resid.24"], architecture="topk", k=32,
+                      d_sae=1152, tokens=20_400, eval_tokens=0, out=str(out), progress=False,
+                      windows_per_block=20, checkpoint_every=10_000)
+    train_saes(model, tok, cfg)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smol_saes(smol_saes_dir):
+    """`SAESet` of `smol_saes_dir` (trained SmolLM2 TopK SAEs at resid.6/16/24)."""
+    from saecircuits.sae import SAESet
+
+    return SAESet.load(smol_saes_dir)

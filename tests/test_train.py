@@ -187,3 +187,44 @@ def test_evaluate_reports_ce_scores_against_zero_ablation(tiny, tmp_path):
         assert sum(m["density_histogram"]["counts"]) == saes["resid.0"].cfg.d_sae
     with pytest.raises(ConfigError):
         evaluate_saes(model, tok, saes, TEXTS[:5], n_tokens=0)
+
+
+@pytest.mark.slow
+def test_smollm2_saes_on_real_text_reconstruct_and_splice(smol, smol_saes, smol_saes_dir):
+    """Real model, real text: the session's trained SAEs explain most variance and keep CE."""
+    from trainers import default_corpus
+
+    model, tok = smol
+    assert set(smol_saes) == {"resid.6", "resid.16", "resid.24"}
+    held_out = default_corpus(tok).split(0.02, seed=0, min_holdout_tokens=510)[1]
+    metrics = evaluate_saes(model, tok, {"resid.16": smol_saes["resid.16"]}, held_out,
+                            n_tokens=510, progress=False)["resid.16"]
+    assert metrics["l0"] <= 32 and metrics["explained_variance"] > 0.4, metrics
+    assert metrics["ce_loss_score"] > 0.6 and metrics["ce_sae"] < metrics["ce_zero"], metrics
+    cfg = json.loads((smol_saes_dir / "train_config.json").read_text())
+    assert cfg["tokens"] == 20_400 and (smol_saes_dir / "checkpoint.safetensors").is_file()
+
+
+def test_cli_train_then_eval(tiny_dir, tmp_path, capsys):
+    from saecircuits.cli import main
+
+    corpus = tmp_path / "texts.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS))
+    out = tmp_path / "saes"
+    code = main(["train", "--model", str(tiny_dir("llama")), "--device", "cpu", "--hooks",
+                 "resid.0,resid.1", "--k", "4", "--expansion", "2", "--tokens", "1000",
+                 "--context", "32", "--corpus", str(corpus), "--eval-tokens", "62",
+                 "--out", str(out), "--quiet", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["metrics"]) == {"resid.0", "resid.1"}
+    assert set(SAESet.load(out)) == {"resid.0", "resid.1"}
+    code = main(["eval", "--model", str(tiny_dir("llama")), "--device", "cpu", "--saes", str(out),
+                 "--corpus", str(corpus), "--tokens", "62", "--context", "32", "--json",
+                 "--out", str(tmp_path / "ev")])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0 <= metrics["resid.1"]["dead_fraction"] <= 1 and metrics["resid.1"]["l0"] <= 4
+    assert (tmp_path / "ev" / "resid.1" / "density.svg").is_file()
+    assert main(["train", "--model", str(tiny_dir("llama")), "--device", "cpu", "--hooks", "resid.7",
+                 "--corpus", str(corpus), "--out", str(tmp_path / "bad"), "--quiet"]) == 2

@@ -41,10 +41,13 @@ def _read_points(model, points: Sequence[HookPoint], out: dict, tracer) -> None:
 
 
 def harvest(model, points: Sequence[HookPoint], ids: torch.Tensor,
-            attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+            attention_mask: torch.Tensor | None = None,
+            autocast: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Activations `[n_kept, width]` per hook point for windows `ids [b, ctx]`.
 
-    `points` must be in forward order (`hooks.sort_by_forward_order`). Kept positions:
+    `points` must be in forward order (`hooks.sort_by_forward_order`). `autocast`: run the
+    forward under `torch.autocast` in that dtype (bfloat16 doubles CPU matmul speed); the
+    activations are returned in float32. Kept positions:
     1..ctx-1 where the attention mask is 1 (row-major order, same for every hook).
     """
     if attention_mask is None:
@@ -52,11 +55,13 @@ def harvest(model, points: Sequence[HookPoint], ids: torch.Tensor,
     device = model_device(model)
     inputs = {"input_ids": ids.to(device), "attention_mask": attention_mask.to(device)}
     acts: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), model.trace(inputs) as tracer:
-        _read_points(model, points, acts, tracer)
+    with torch.no_grad(), torch.autocast(device.type, dtype=autocast or torch.bfloat16,
+                                         enabled=autocast is not None):
+        with model.trace(inputs) as tracer:
+            _read_points(model, points, acts, tracer)
     real = attention_mask.bool()
     keep = (real & (attention_mask.cumsum(1) > 1)).to(device)  # drop padding + first real token
-    return {name: value[keep] for name, value in acts.items()}
+    return {name: value[keep].float() for name, value in acts.items()}
 
 
 def windows_key(windows: torch.Tensor) -> str:
@@ -121,10 +126,12 @@ class ActivationStream:
 
     def __init__(self, model, points: Sequence[HookPoint], windows: torch.Tensor, *,
                  batch: int, seed: int = 0, windows_per_block: int = 32, model_batch: int = 8,
-                 cache: ActivationCache | None = None, dtype: torch.dtype = torch.float32):
+                 cache: ActivationCache | None = None, dtype: torch.dtype = torch.float32,
+                 autocast: torch.dtype | None = None):
         self.model, self.points, self.windows = model, list(points), windows
         self.batch, self.seed, self.model_batch = batch, seed, model_batch
         self.windows_per_block, self.cache, self.dtype = windows_per_block, cache, dtype
+        self.autocast = autocast
         self.tokens_per_block = windows_per_block * (windows.shape[1] - 1)
         if self.tokens_per_block < batch:
             raise ConfigError(f"a shuffle block holds {self.tokens_per_block} tokens, fewer than "
@@ -141,7 +148,8 @@ class ActivationStream:
             acts = self.cache.read(index)
         else:
             rows = self.windows[index * self.windows_per_block:(index + 1) * self.windows_per_block]
-            parts = [harvest(self.model, self.points, rows[i:i + self.model_batch])
+            parts = [harvest(self.model, self.points, rows[i:i + self.model_batch],
+                             autocast=self.autocast)
                      for i in range(0, len(rows), self.model_batch)]
             acts = {hp.name: torch.cat([p[hp.name] for p in parts]) for hp in self.points}
             if self.cache is not None:  # train on what later runs will read back

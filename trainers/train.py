@@ -58,6 +58,8 @@ class TrainConfig:
     cache_activations: directory of an on-disk activation cache (written, then reused).
     resume: continue from out/checkpoint.safetensors (the config must be unchanged).
     stop_at_step: stop after this many steps as if interrupted (checkpoint written).
+    autocast: run the harvesting forward under torch.autocast in this dtype ("bfloat16":
+        ~2× faster on CPU, activations within ~0.6% of float32); None: the model's own dtype.
     """
 
     hooks: list[str] = field(default_factory=lambda: ["resid.10"])
@@ -86,6 +88,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     stop_at_step: int | None = None
     progress: bool = True
+    autocast: str | None = "bfloat16"
 
     def __post_init__(self) -> None:
         if isinstance(self.hooks, str):
@@ -101,6 +104,8 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
         if self.context < 2:
             raise ConfigError(f"context must be at least 2 tokens, got {self.context}")
+        if self.autocast not in (None, "bfloat16", "float16"):
+            raise ConfigError(f"autocast must be None, 'bfloat16' or 'float16', got {self.autocast!r}")
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
 
@@ -264,7 +269,8 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
         raise ConfigError(f"corpus is too short: {windows.shape[0]} windows of {cfg.context} tokens "
                           f"hold fewer than one batch of {batch} activations")
     stream = ActivationStream(model, points, windows, batch=batch, seed=cfg.seed,
-                              windows_per_block=wpb, model_batch=cfg.model_batch)
+                              windows_per_block=wpb, model_batch=cfg.model_batch,
+                              autocast=getattr(torch, cfg.autocast) if cfg.autocast else None)
     steps_available = stream.n_blocks * stream.batches_per_block
     if steps_available < total_steps:
         raise ConfigError(f"corpus is too short for tokens={cfg.tokens}: its {windows.shape[0]} "
@@ -275,7 +281,7 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     if cfg.cache_activations:
         stream.cache = ActivationCache.open(cfg.cache_activations, {
             "model": model_name_of(model), "hooks": [p.name for p in points], "dtype": "bfloat16",
-            "windows_key": key, "windows_per_block": wpb})
+            "windows_key": key, "windows_per_block": wpb, "autocast": cfg.autocast})
     device = model_device(model) if cfg.device is None else torch.device(cfg.device)
     dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(20_000, cfg.tokens // 10)))
     trainers = {s.name: make_trainer(s, total_steps, cfg.seed + i, dead_tokens, device)

@@ -47,18 +47,10 @@ class NodeScores:
     info: dict = field(default_factory=dict)
 
     def effect(self, node: Node) -> float:
-        hook, pos, feat = node
-        p = 0 if pos is None else pos
-        if feat == "err":
-            return float(self.error_effect[hook][p])
-        return float(self.feature_effect[hook][p, feat])
+        return _lookup(self.feature_effect, self.error_effect, node)
 
     def activation(self, node: Node) -> float:
-        hook, pos, feat = node
-        p = 0 if pos is None else pos
-        if feat == "err":
-            return float(self.error_act[hook][p])
-        return float(self.feature_act[hook][p, feat])
+        return _lookup(self.feature_act, self.error_act, node)
 
     def nodes(self, min_abs: float = 0.0) -> list[Node]:
         """All nodes with |effect| > min_abs (error nodes always), largest |effect| first."""
@@ -75,6 +67,12 @@ class NodeScores:
     def total(self, hook: str) -> float:
         """Sum of all node effects at a hook (IG completeness: ≈ metric change of patching it)."""
         return float(self.feature_effect[hook].sum() + self.error_effect[hook].sum())
+
+
+def _lookup(features: dict, errors: dict, node: Node) -> float:
+    hook, pos, feat = node
+    p = 0 if pos is None else pos
+    return float(errors[hook][p]) if feat == "err" else float(features[hook][p, feat])
 
 
 def _reduce(x: torch.Tensor, positional: bool) -> torch.Tensor:

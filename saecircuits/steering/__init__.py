@@ -1,6 +1,7 @@
 """Steering: clamp, scale, add or ablate SAE features (or directions) during generation."""
-from .generate import SteerResult, steer, tokens_starting_with, track_ids
+from .generate import SteerResult, steer, track_ids
+from .select import contrastive_features, feature_activations, top_contexts
 from .spec import ABLATIONS, MODES, Intervention, parse_spec
 
-__all__ = ["Intervention", "SteerResult", "steer", "parse_spec", "tokens_starting_with",
-           "track_ids", "MODES", "ABLATIONS"]
+__all__ = ["Intervention", "SteerResult", "steer", "parse_spec", "track_ids", "contrastive_features",
+           "feature_activations", "top_contexts", "MODES", "ABLATIONS"]

@@ -284,16 +284,6 @@ def track_ids(tok, tokens: Sequence[int | str]) -> list[int]:
     return out
 
 
-def tokens_starting_with(tok, prefix: str) -> list[int]:
-    """Ids of every vocabulary token whose text starts with `prefix` (e.g. ")" → ")", "))", ")."…)."""
-    out = []
-    for i in range(len(tok)):
-        text = tok.decode([i])
-        if text.startswith(prefix):
-            out.append(i)
-    return out
-
-
 def steer(model, saes: Mapping[str, SAE] | None, prompts: Sequence[str] | str,
           interventions: Sequence[Intervention] | Intervention, max_new_tokens: int = 20, *,
           do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,

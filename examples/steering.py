@@ -1,0 +1,145 @@
+"""Steering SmolLM2 with SAE features: three demonstrations.
+
+  (a) clamp the top closing-parenthesis feature high → P(")"-starting tokens) rises on held-out
+      prompts where ")" is not due;
+  (b) zero-ablate the top IOI features → the IOI logit difference logit(IO) − logit(S) drops;
+  (c) a topic feature (found from its top-activating contexts) clamped high changes free text.
+
+Features are selected by contrastive mean activation difference (clean vs patch prompts, at
+the last token, computed with `splice`), on prompts disjoint from the evaluation prompts.
+
+    python examples/steering.py --saes /work/saes/smol-topk [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import torch
+
+from saecircuits import SAESet, load_model
+from saecircuits.steering import Intervention, contrastive_features, feature_activations, steer, top_contexts
+from saecircuits.tasks import ioi_task, parens_task
+from saecircuits.tasks.parens import closing_ids
+
+NO_PAREN = ["The weather today is", "She opened the door and", "def area(width, height):\n    return width",
+            "The committee met on Tuesday to discuss", "x = a + b", "In 1905 Einstein published",
+            "Our results show that the method", "for item in items:\n    print(item"[:-5]]
+
+TOPICS = {
+    "food": ["Stir the onions and garlic in olive oil, then add the tomatoes and simmer the sauce.",
+             "Bake the bread for forty minutes until the crust is golden and the kitchen smells of yeast.",
+             "The chef seasoned the soup with salt, pepper and fresh basil before serving it hot.",
+             "Whisk the eggs with sugar and butter, fold in the flour and pour the batter into a cake tin.",
+             "For dinner we roasted a chicken with potatoes, carrots and a lemon and herb butter.",
+             "Chop the vegetables, fry them in a hot wok with soy sauce and serve over steamed rice."],
+    "other": ["The train left the station at nine and arrived in the city two hours later.",
+              "The committee approved the budget after a long debate about taxes and schools.",
+              "The telescope captured images of a distant galaxy and its spiral arms.",
+              "He repaired the bicycle, oiled the chain and pumped up both tyres.",
+              "The football team won the match with a late goal in the final minute.",
+              "The software update fixed a bug that crashed the program on startup."],
+}
+NEUTRAL = ["I woke up this morning and", "The best thing about my town is", "Yesterday my friend told me that"]
+
+
+def demo_parens(model, tok, saes, hook: str, top: int, factor: float) -> dict:
+    task = parens_task(tok, n=48, seed=0)
+    pick, held = task.take(slice(0, 32)), task.take(slice(32, 48))
+    (feature, diff), = contrastive_features(model, saes, hook, pick.clean, pick.patch, tok, top=1)
+    acts = torch.stack([f[-1, feature] for f in feature_activations(model, saes, hook, pick.clean, tok)])
+    value = factor * float(acts.max())
+    prompts = held.patch + NO_PAREN  # ")" is not due: brackets are square or absent
+    group = closing_ids(tok)
+    res = steer(model, saes, prompts, [Intervention(hook, feature, "set", value, positions=[-1])], 1,
+                tokenizer=tok, track=group)
+    base, steered = res.baseline_probs[:, 0].sum(-1), res.steered_probs[:, 0].sum(-1)
+    return {"hook": hook, "feature": feature, "contrast": diff, "clamp_value": value, "prompts": len(prompts),
+            "p_close_baseline": float(base.mean()), "p_close_steered": float(steered.mean()),
+            "mean_shift": float((steered - base).mean()), "rows_raised": int((steered > base).sum())}
+
+
+def _ioi_logit_diff(res, task, names: list[int], logits) -> torch.Tensor:
+    col = {t: i for i, t in enumerate(names)}
+    io = torch.tensor([col[int(t)] for t in task.clean_ids])
+    s = torch.tensor([col[int(t)] for t in task.patch_ids])
+    rows = torch.arange(len(task))
+    return logits[rows, 0, io] - logits[rows, 0, s]
+
+
+def demo_ioi(model, tok, saes, hook: str, top: int) -> dict:
+    task = ioi_task(tok, n=48, seed=0)
+    pick, held = task.take(slice(0, 32)), task.take(slice(32, 48))
+    chosen = contrastive_features(model, saes, hook, pick.clean, pick.patch, tok, top=top)
+    features = [f for f, _ in chosen]
+    names = sorted({int(t) for t in held.clean_ids} | {int(t) for t in held.patch_ids})
+    out = {"hook": hook, "features": features}
+    rng = random.Random(0)
+    control = rng.sample([i for i in range(saes[hook].cfg.d_sae) if i not in features], len(features))
+    for label, feats in (("top", features), ("random", control)):
+        res = steer(model, saes, held.clean, [Intervention(hook, feats, "ablate", positions="prompt")], 1,
+                    tokenizer=tok, track=names)
+        base = _ioi_logit_diff(res, held, names, res.baseline_logits)
+        steered = _ioi_logit_diff(res, held, names, res.steered_logits)
+        out[f"{label}_logit_diff_baseline"] = float(base.mean())
+        out[f"{label}_logit_diff_ablated"] = float(steered.mean())
+        out[f"{label}_drop"] = float((base - steered).mean())
+    return out
+
+
+def demo_topic(model, tok, saes, hook: str, factor: float, new_tokens: int) -> dict:
+    (feature, diff), = contrastive_features(model, saes, hook, TOPICS["food"], TOPICS["other"], tok,
+                                            top=1, position=None)
+    contexts = top_contexts(model, saes, hook, feature, TOPICS["food"] + TOPICS["other"], tok, top=5)
+    value = factor * contexts[0][0]
+    res = steer(model, saes, NEUTRAL, [Intervention(hook, feature, "set", value)], new_tokens, tokenizer=tok)
+    return {"hook": hook, "feature": feature, "contrast": diff, "clamp_value": value,
+            "top_contexts": [{"activation": a, "context": c} for a, c in contexts],
+            "generations": [{"prompt": p, "baseline": b, "steered": s}
+                            for p, b, s in zip(res.prompts, res.baseline, res.steered)]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--saes", default="/work/saes/smol-topk")
+    parser.add_argument("--parens-hook", default="resid.16")
+    parser.add_argument("--ioi-hook", default="resid.23")
+    parser.add_argument("--topic-hook", default="resid.10")
+    parser.add_argument("--ioi-top", type=int, default=10)
+    parser.add_argument("--factor", type=float, default=3.0, help="clamp = factor × max observed activation")
+    parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--json", help="write the results to this JSON file")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, tok = load_model(device="cpu")
+    hooks = sorted({args.parens_hook, args.ioi_hook, args.topic_hook})
+    saes = SAESet.load(args.saes, model=model, hooks=hooks)
+    results = {"saes": args.saes,
+               "parens": demo_parens(model, tok, saes, args.parens_hook, 1, args.factor),
+               "ioi": demo_ioi(model, tok, saes, args.ioi_hook, args.ioi_top),
+               "topic": demo_topic(model, tok, saes, args.topic_hook, args.factor, args.new_tokens)}
+    p = results["parens"]
+    print(f"(a) parens: {p['hook']} feature {p['feature']} clamped to {p['clamp_value']:.2f} at the last token: "
+          f"P(')'…) {p['p_close_baseline']:.4f} -> {p['p_close_steered']:.4f} "
+          f"(mean shift {p['mean_shift']:+.4f}, raised on {p['rows_raised']}/{p['prompts']} prompts)")
+    i = results["ioi"]
+    print(f"(b) IOI: zero-ablating top {len(i['features'])} features at {i['hook']}: logit diff "
+          f"{i['top_logit_diff_baseline']:.3f} -> {i['top_logit_diff_ablated']:.3f} (drop {i['top_drop']:.3f}); "
+          f"{len(i['features'])} random features: drop {i['random_drop']:.3f}")
+    t = results["topic"]
+    print(f"(c) topic: {t['hook']} feature {t['feature']} (food vs other, contrast {t['contrast']:.2f}); "
+          "top contexts:")
+    for c in t["top_contexts"]:
+        print(f"      {c['activation']:7.2f}  {c['context']!r}")
+    print(f"    clamped to {t['clamp_value']:.2f} at every position:")
+    for g in t["generations"]:
+        print(f"    prompt   {g['prompt']!r}\n    baseline {g['baseline']!r}\n    steered  {g['steered']!r}")
+    if args.json:
+        from saecircuits.fileio import write_json
+
+        write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Pick features to steer: contrastive mean activation difference and top-activating contexts.
+
+Both run the SAE spliced into a plain trace (`saecircuits.splice`) and stop the forward
+after the hook point.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..models import model_device
+from ..sae import SAE
+from ..splice import encode_inputs, splice
+
+
+def feature_activations(model, sae_or_saes: Mapping[str, SAE], hook: str, prompts: Sequence[str],
+                        tok, batch_size: int = 16) -> list[torch.Tensor]:
+    """Per prompt, `[n_tokens, d_sae]` activations at `hook` over its non-pad tokens."""
+    if hook not in list(sae_or_saes):
+        raise ConfigError(f"no SAE at hook point {hook!r}; SAEs are at {sorted(sae_or_saes)}")
+    one = {hook: sae_or_saes[hook]}
+    out: list[torch.Tensor] = []
+    for start in range(0, len(prompts), batch_size):
+        inputs = encode_inputs(tok, list(prompts[start:start + batch_size]))
+        inputs = {k: v.to(model_device(model)) for k, v in inputs.items()}
+        with torch.no_grad(), model.trace(inputs) as tracer:
+            acts = splice(model, one)
+            tracer.stop()
+        feats = acts[hook].features.detach().cpu()
+        mask = inputs["attention_mask"].bool().cpu()
+        out += [feats[row][mask[row]] for row in range(feats.shape[0])]
+    return out
+
+
+def contrastive_features(model, saes: Mapping[str, SAE], hook: str, clean: Sequence[str],
+                         patch: Sequence[str], tok, top: int = 10, position: int | None = -1,
+                         batch_size: int = 16) -> list[tuple[int, float]]:
+    """Features whose mean activation at `position` is most higher on `clean` than on `patch`.
+
+    position: token index within each prompt (-1: last), or None for the mean over its tokens.
+
+    Returns `[(feature, mean_clean − mean_patch)]`, largest difference first.
+    """
+    if not clean or not patch:
+        raise ConfigError("contrastive_features needs non-empty clean and patch prompt lists")
+    def pooled(prompts):
+        feats = feature_activations(model, saes, hook, prompts, tok, batch_size)
+        return torch.stack([f.mean(0) if position is None else f[position] for f in feats])
+
+    a, b = pooled(clean), pooled(patch)
+    diff = a.mean(0) - b.mean(0)
+    values, index = diff.topk(top)
+    return [(int(i), float(v)) for i, v in zip(index, values)]
+
+
+def top_contexts(model, saes: Mapping[str, SAE], hook: str, feature: int, texts: Sequence[str], tok,
+                 top: int = 5, window: int = 8) -> list[tuple[float, str]]:
+    """The `top` (activation, context) pairs where `feature` fires most; the firing token in [[ ]]."""
+    found = []
+    for text, feats in zip(texts, feature_activations(model, saes, hook, texts, tok)):
+        ids = tok(text)["input_ids"]
+        for pos in range(feats.shape[0]):
+            value = float(feats[pos, feature])
+            if value > 0:
+                left = tok.decode(ids[max(0, pos - window):pos])
+                found.append((value, f"{left}[[{tok.decode(ids[pos:pos + 1])}]]"))
+    return sorted(found, reverse=True)[:top]

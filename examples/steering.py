@@ -5,8 +5,10 @@
   (b) zero-ablate the top IOI features → the IOI logit difference logit(IO) − logit(S) drops;
   (c) a topic feature (found from its top-activating contexts) clamped high changes free text.
 
-Features are selected by contrastive mean activation difference (clean vs patch prompts, at
-the last token, computed with `splice`), on prompts disjoint from the evaluation prompts.
+Features for (a) and (b) are selected by gradient × activation of the task metric at the last
+token (`attribution_features`, through `splice(track_grad=True)`); the topic feature of (c) by
+contrastive mean activation difference (food vs other texts). Selection prompts are disjoint
+from evaluation prompts.
 
     python examples/steering.py --saes /work/saes/smol-topk [--json out.json]
 """
@@ -19,7 +21,7 @@ import random
 import torch
 
 from saecircuits import SAESet, load_model
-from saecircuits.steering import Intervention, contrastive_features, feature_activations, steer, top_contexts
+from saecircuits.steering import Intervention, attribution_features, contrastive_features, feature_activations, steer, top_contexts
 from saecircuits.tasks import ioi_task, parens_task
 from saecircuits.tasks.parens import closing_ids
 
@@ -47,7 +49,7 @@ NEUTRAL = ["I woke up this morning and", "The best thing about my town is", "Yes
 def demo_parens(model, tok, saes, hook: str, top: int, factor: float) -> dict:
     task = parens_task(tok, n=48, seed=0)
     pick, held = task.take(slice(0, 32)), task.take(slice(32, 48))
-    (feature, diff), = contrastive_features(model, saes, hook, pick.clean, pick.patch, tok, top=1)
+    (feature, diff), = attribution_features(model, saes, hook, pick.clean, pick.metric, tok, top=1)
     acts = torch.stack([f[-1, feature] for f in feature_activations(model, saes, hook, pick.clean, tok)])
     value = factor * float(acts.max())
     prompts = held.patch + NO_PAREN  # ")" is not due: brackets are square or absent
@@ -55,7 +57,7 @@ def demo_parens(model, tok, saes, hook: str, top: int, factor: float) -> dict:
     res = steer(model, saes, prompts, [Intervention(hook, feature, "set", value, positions=[-1])], 1,
                 tokenizer=tok, track=group)
     base, steered = res.baseline_probs[:, 0].sum(-1), res.steered_probs[:, 0].sum(-1)
-    return {"hook": hook, "feature": feature, "contrast": diff, "clamp_value": value, "prompts": len(prompts),
+    return {"hook": hook, "feature": feature, "attribution": diff, "clamp_value": value, "prompts": len(prompts),
             "p_close_baseline": float(base.mean()), "p_close_steered": float(steered.mean()),
             "mean_shift": float((steered - base).mean()), "rows_raised": int((steered > base).sum())}
 
@@ -71,7 +73,7 @@ def _ioi_logit_diff(res, task, names: list[int], logits) -> torch.Tensor:
 def demo_ioi(model, tok, saes, hook: str, top: int) -> dict:
     task = ioi_task(tok, n=48, seed=0)
     pick, held = task.take(slice(0, 32)), task.take(slice(32, 48))
-    chosen = contrastive_features(model, saes, hook, pick.clean, pick.patch, tok, top=top)
+    chosen = attribution_features(model, saes, hook, pick.clean, pick.metric, tok, top=top)
     features = [f for f, _ in chosen]
     names = sorted({int(t) for t in held.clean_ids} | {int(t) for t in held.patch_ids})
     out = {"hook": hook, "features": features}

@@ -158,6 +158,22 @@ def test_seeded_sampling_is_reproducible_and_local(tiny, tiny_saes):
     assert not torch.equal(a.steered_ids, c.steered_ids)
 
 
+def test_feature_selection_helpers(tiny, tiny_saes):
+    from saecircuits.steering import attribution_features, contrastive_features, top_contexts
+
+    model, tok = tiny
+    found = contrastive_features(model, tiny_saes, "resid.2", PROMPTS[:2], PROMPTS[1:], tok, top=4)
+    assert len(found) == 4 and found[0][1] >= found[-1][1]
+    dot = tok(".", add_special_tokens=False)["input_ids"][0]
+    scored = attribution_features(model, tiny_saes, "resid.2", PROMPTS, lambda lg: lg[:, -1, dot], tok, top=3)
+    assert len(scored) == 3 and scored[0][1] >= scored[2][1] and scored[0][1] > 0
+    contexts = top_contexts(model, tiny_saes, "resid.2", scored[0][0], PROMPTS, tok, top=2)
+    assert contexts and "[[" in contexts[0][1]
+    with pytest.raises(ConfigError, match="resid.1"):
+        contrastive_features(model, tiny_saes, "resid.1", PROMPTS, PROMPTS, tok)
+    assert_model_clean(model)
+
+
 # -- spec parsing ------------------------------------------------------------------------------
 def test_parse_spec():
     iv = parse_spec("resid.12:1234=8.0", "set")
@@ -275,4 +291,32 @@ def test_smollm2_identity_exact_and_clamp_steers(smol):
     pushed = steer(model, {}, prompts, [Intervention("resid.12", direction, "add", 200.0)], 6,
                    tokenizer=tok, track=[" Mary"])
     assert pushed.steered != pushed.baseline
+    assert_model_clean(model)
+
+
+@pytest.mark.slow
+def test_trained_saes_exact_identity_and_parens_clamp(smol, smol_saes):
+    """Trained SmolLM2 SAEs: identity edits at 3 hooks are exact; the feature with the top
+    attribution to the parens metric, clamped high, raises P(")"-starting tokens) where ")" is not due."""
+    from saecircuits.steering import attribution_features, feature_activations
+    from saecircuits.tasks import parens_task
+    from saecircuits.tasks.parens import closing_ids
+
+    model, tok = smol
+    task = parens_task(tok, n=24, seed=0)
+    d = {h: s.cfg.d_sae for h, s in smol_saes.items()}
+    ivs = [Intervention(h, list(range(n)), "scale", 1.0) for h, n in d.items()]
+    held = task.patch[16:]
+    same = steer(model, smol_saes, held[:3], ivs, 4, tokenizer=tok, track=[")"])
+    assert torch.equal(same.steered_ids, same.baseline_ids)
+    assert torch.equal(same.steered_logits, same.baseline_logits)
+    pick = task.take(slice(0, 16))
+    (feature, score), = attribution_features(model, smol_saes, "resid.16", pick.clean, pick.metric, tok, top=1)
+    assert score > 0
+    peak = max(float(f[-1, feature]) for f in feature_activations(model, smol_saes, "resid.16",
+                                                                   pick.clean, tok))
+    res = steer(model, smol_saes, held, [Intervention("resid.16", feature, "set", 8 * peak, positions=[-1])],
+                1, tokenizer=tok, track=closing_ids(tok))
+    shift = res.steered_probs[:, 0].sum(-1) - res.baseline_probs[:, 0].sum(-1)
+    assert shift.mean() > 0
     assert_model_clean(model)

@@ -67,3 +67,25 @@ def top_contexts(model, saes: Mapping[str, SAE], hook: str, feature: int, texts:
                 left = tok.decode(ids[max(0, pos - window):pos])
                 found.append((value, f"{left}[[{tok.decode(ids[pos:pos + 1])}]]"))
     return sorted(found, reverse=True)[:top]
+
+
+def attribution_features(model, saes: Mapping[str, SAE], hook: str, prompts: Sequence[str], metric, tok,
+                         top: int = 10, position: int = -1) -> list[tuple[int, float]]:
+    """Features with the largest mean gradient × activation on `metric` at `position`.
+
+    metric: `logits [batch, pos, vocab] -> [batch]` (e.g. `Task.metric`). A positive score means
+    the feature supports the metric (zero-ablating it lowers the metric to first order).
+    Returns `[(feature, score)]`, largest first.
+    """
+    if hook not in list(saes):
+        raise ConfigError(f"no SAE at hook point {hook!r}; SAEs are at {sorted(saes)}")
+    inputs = encode_inputs(tok, list(prompts))
+    inputs = {k: v.to(model_device(model)) for k, v in inputs.items()}
+    with model.trace(inputs):
+        acts = splice(model, {hook: saes[hook]}, track_grad=True)
+        logits = model.lm_head.output.save()
+    metric(logits).sum().backward()
+    feats = acts[hook].features
+    score = (feats.detach() * feats.grad)[:, position].mean(0)
+    values, index = score.topk(top)
+    return [(int(i), float(v)) for i, v in zip(index, values)]

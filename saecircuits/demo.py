@@ -134,7 +134,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from .attribution import trace_circuit
     from .export import export_graph
     from .export.dashboards import collect_activations, contexts_of, write_dashboards
-    from .steering import Intervention, steer, tokens_starting_with
+    from .steering import Intervention, steer
+    from .tasks.parens import closing_ids
     from trainers.corpus import load_documents
 
     start = time.perf_counter()
@@ -191,7 +192,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _say(f"steering: clamping parens feature {hook}:{feat} to {value:.1f} (2x its corpus max) "
          "on prompts where ')' is not due", start)
     result = steer(model, saes, NOT_DUE_PROMPTS, [Intervention(hook, feat, "set", value, positions="all")],
-                   max_new_tokens=12, track=tokens_starting_with(tok, ")"))
+                   max_new_tokens=12, track=closing_ids(tok))
     shift = result.steered_probs[:, 0].sum(-1) - result.baseline_probs[:, 0].sum(-1)
     print(result.format())
     _say(f"  P(next token starts with ')') at step 0: mean shift {shift.mean():+.3f} "

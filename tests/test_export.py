@@ -235,3 +235,18 @@ def test_cli_export_formats_and_overwrite(graph, tmp_path, capsys):
     assert {p.name for p in (tmp_path / "o").iterdir()} == DESIGN_FILES
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "no graph" in capsys.readouterr().err
+
+
+def test_featuregraph_convenience_methods(tmp_path):
+    from saecircuits.attribution import FeatureGraph, node_id
+
+    g = FeatureGraph(meta={"task": "ioi"})
+    a = g.add_node(node_id("resid.4", 3, 17), kind="feature", hook="resid.4", layer=4, pos=3,
+                   feature=17, effect=0.5, label='"quoted" <b>')
+    g.add_node("metric", kind="metric")
+    g.add_edge(a, "metric", 0.25)
+    assert FeatureGraph.from_networkx(g.to_networkx()) == g
+    assert list(g.nodes_df()["feature"].dropna()) == [17]
+    assert g.edges_df()["weight"].tolist() == [0.25]
+    summary = g.export(tmp_path / "out", formats="csv")
+    assert (tmp_path / "out" / "nodes.csv").is_file() and summary["files"]

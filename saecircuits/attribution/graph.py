@@ -102,6 +102,37 @@ class FeatureGraph:
             kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
         return f"FeatureGraph({kinds}, edges={self.graph.number_of_edges()})"
 
+    # -- conversions (implemented in saecircuits.export) ---------------------------------
+    def to_networkx(self) -> nx.DiGraph:
+        """A plain networkx DiGraph copy (meta in `G.graph["meta"]`)."""
+        from ..export import to_networkx
+
+        return to_networkx(self)
+
+    @classmethod
+    def from_networkx(cls, g: nx.DiGraph, meta: dict[str, Any] | None = None) -> "FeatureGraph":
+        from ..export import from_networkx
+
+        return from_networkx(g, meta)
+
+    def nodes_df(self):
+        """pandas DataFrame, one row per node."""
+        from ..export import nodes_df
+
+        return nodes_df(self)
+
+    def edges_df(self):
+        """pandas DataFrame, one row per edge (source, target, weight)."""
+        from ..export import edges_df
+
+        return edges_df(self)
+
+    def export(self, out_dir: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+        """Write the export directory (see `saecircuits.export.export_graph`)."""
+        from ..export import export_graph
+
+        return export_graph(self, out_dir, **kwargs)
+
     # -- persistence --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": "saecircuits.featuregraph", "version": _FORMAT_VERSION, "meta": self.meta,

@@ -161,21 +161,16 @@ def test_unwritable_output_and_failed_checkpoint_write(tiny, tmp_path, monkeypat
     with pytest.raises(TrainingError, match="No space left"):
         train_saes(model, tok, cfg, corpus=TEXTS)
     monkeypatch.setattr(train_mod, "write_safetensors", real)
-    step, _ = train_mod.load_checkpoint(tmp_path / "out" / train_mod.CHECKPOINT,
-                                        _trainers(model, cfg), _fingerprint(model, tok, cfg))
-    assert step == 4  # the first checkpoint is intact
-
-
-def _trainers(model, cfg):
-    specs = train_mod.build_specs(model, cfg)
-    return {s.name: train_mod.make_trainer(s, cfg.tokens // cfg.batch_size, 0, 10**6, "cpu") for s in specs}
-
-
-def _fingerprint(model, tok, cfg):
+    ckpt = tmp_path / "out" / train_mod.CHECKPOINT
     from safetensors import safe_open
 
-    with safe_open(str(tmp := (cfg.out + "/" + train_mod.CHECKPOINT)), framework="pt") as fh:
-        return json.loads(fh.metadata()["saecircuits"])["config"]
+    with safe_open(str(ckpt), framework="pt") as fh:
+        fingerprint = json.loads(fh.metadata()["saecircuits"])["config"]
+    specs = train_mod.build_specs(model, cfg)
+    trainers = {s.name: train_mod.make_trainer(s, cfg.tokens // cfg.batch_size, 0, 10**6, "cpu")
+                for s in specs}
+    step, scales = train_mod.load_checkpoint(ckpt, trainers, fingerprint)
+    assert step == 4 and set(scales) == {"resid.0", "resid.2"}  # the first checkpoint is intact
 
 
 def test_evaluate_reports_ce_scores_against_zero_ablation(tiny, tmp_path):

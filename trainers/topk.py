@@ -39,4 +39,4 @@ class TopKTrainer(Trainer):
         aux = self.aux_k_loss(x_c, x - x_hat, k_aux)
         fired = torch.unique(idx[vals > 0])
         l0 = float((vals > 0).sum()) / x.shape[0]
-        return fvu + AUX_ALPHA * aux, {"fvu": float(fvu), "aux": float(aux), "l0": l0}, fired
+        return fvu + AUX_ALPHA * aux, {"fvu": fvu.item(), "aux": aux.item(), "l0": l0}, fired

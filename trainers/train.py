@@ -352,4 +352,10 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
                                     context=cfg.context, prepend_bos=cfg.prepend_bos,
                                     progress=cfg.progress)
             write_reports(out / variant if variant else out, metrics)
+            for spec in specs:
+                if spec.hook in metrics and spec.name == (f"{variant}/{spec.hook}" if variant else spec.hook):
+                    scalars = {k: v for k, v in metrics[spec.hook].items()
+                               if isinstance(v, (int, float)) and math.isfinite(v)}
+                    saes[spec.name].cfg.metadata["metrics"] = scalars
+                    saes[spec.name].save(out / spec.name)
     return main

@@ -7,7 +7,7 @@ deltas `target − clean` for the chosen ablation (zero at padding positions):
 
     patch     target = the patch prompt's values
     zero      target = 0
-    mean      target = mean over all clean prompts and real positions
+    mean      target = per-position mean over the clean prompts (`dataset_means`)
     resample  target = the clean values of another prompt of the chunk (seeded permutation)
 """
 from __future__ import annotations
@@ -159,17 +159,26 @@ def values(model, saes, inputs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 
 def dataset_means(model, saes, all_chunks: list[Chunk]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """hook -> (mean f [d_sae], mean err [d_in]) over all clean prompts' real positions."""
+    """hook -> (mean f `[T, d_sae]`, mean err `[T, d_in]`): per position (column of the padded
+    batch), the mean over the clean prompts that have a real token there (feature-circuits'
+    mean ablation keeps positions); columns without any fall back to the overall mean."""
     sums: dict = {}
-    count = 0
+    count = None
     for ch in all_chunks:
         vals = values(model, saes, ch.clean)
-        m = ch.valid.to(next(iter(vals.values()))[0].device).unsqueeze(-1)
-        count += int(m.sum())
+        m = ch.valid.to(next(iter(vals.values()))[0].device).unsqueeze(-1).float()
+        count = m.sum(0) if count is None else count + m.sum(0)
         for h, (f, e) in vals.items():
             sf, se = sums.get(h, (0.0, 0.0))
-            sums[h] = (sf + (f * m).sum((0, 1)), se + (e * m).sum((0, 1)))
-    return {h: (sf / count, se / count) for h, (sf, se) in sums.items()}
+            sums[h] = (sf + (f * m).sum(0), se + (e * m).sum(0))
+    out = {}
+    for h, (sf, se) in sums.items():
+        means = []
+        for total in (sf, se):
+            overall = total.sum(0) / count.sum()
+            means.append(torch.where(count > 0, total / count.clamp(min=1), overall))
+        out[h] = (means[0], means[1])
+    return out
 
 
 def targets(model, saes, chunk: Chunk, clean_vals, ablation: str, means=None,

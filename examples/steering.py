@@ -105,7 +105,7 @@ def demo_topic(model, tok, saes, hook: str, factor: float, new_tokens: int) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saes", default="/work/saes/smol-topk")
-    parser.add_argument("--parens-hook", default="resid.16")
+    parser.add_argument("--parens-hook", default="resid.23")
     parser.add_argument("--ioi-hook", default="resid.23")
     parser.add_argument("--topic-hook", default="resid.10")
     parser.add_argument("--ioi-top", type=int, default=10)

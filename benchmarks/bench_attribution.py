@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--md", default="benchmarks/results_attribution.md")
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     model, tok = load_model(device="cpu")
     saes = SAESet.load(args.saes, model=model)
     hooks = ab.ordered_hooks(model, saes)

@@ -52,16 +52,12 @@ def fwd_bwd(model, saes, chunk) -> float:
 
 
 def contexts(model, tok, saes, feats, docs):
-    try:
-        from saecircuits.export.dashboards import top_contexts
-    except ImportError:
-        return {}
+    from saecircuits.export.dashboards import top_contexts
+
     found = top_contexts(model, tok, saes, feats, docs, n=3, context=48)
     out = {}
     for f, ctxs in found.items():
-        out[f"{f[0]}:{f[1]}"] = ["".join(c.tokens[max(0, c.argmax - 10):c.argmax]) + "[["
-                                 + c.tokens[c.argmax] + "]]" + "".join(c.tokens[c.argmax + 1:c.argmax + 4])
-                                 for c in ctxs]
+        out[f"{f[0]}:{f[1]}"] = [c.marked(before=10, after=3) for c in ctxs]
     return out
 
 

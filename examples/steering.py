@@ -21,7 +21,8 @@ import random
 import torch
 
 from saecircuits import SAESet, load_model
-from saecircuits.steering import Intervention, attribution_features, contrastive_features, feature_activations, steer, top_contexts
+from saecircuits.steering import Intervention, attribution_features, contrastive_features, feature_activations, steer
+from saecircuits.export.dashboards import top_contexts
 from saecircuits.tasks import ioi_task, parens_task
 from saecircuits.tasks.parens import closing_ids
 
@@ -93,7 +94,8 @@ def demo_ioi(model, tok, saes, hook: str, top: int) -> dict:
 def demo_topic(model, tok, saes, hook: str, factor: float, new_tokens: int) -> dict:
     (feature, diff), = contrastive_features(model, saes, hook, TOPICS["food"], TOPICS["other"], tok,
                                             top=1, position=None)
-    contexts = top_contexts(model, saes, hook, feature, TOPICS["food"] + TOPICS["other"], tok, top=5)
+    found = top_contexts(model, tok, saes, [(hook, feature)], TOPICS["food"] + TOPICS["other"], n=5)
+    contexts = [(c.max, c.marked(before=8, after=0)) for c in found[(hook, feature)]]
     value = factor * contexts[0][0]
     res = steer(model, saes, NEUTRAL, [Intervention(hook, feature, "set", value)], new_tokens, tokenizer=tok)
     return {"hook": hook, "feature": feature, "contrast": diff, "clamp_value": value,

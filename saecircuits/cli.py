@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"saecircuits.commands.{name}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         cmd.add_argument("--json", action="store_true", help="print a JSON summary to stdout")
-        cmd.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
         module.add_arguments(cmd)
         cmd.set_defaults(handler=module.run)
     return parser

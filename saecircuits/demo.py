@@ -178,7 +178,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             where = ""
             if ctx and ctx[0].max > 0:
                 c = ctx[0]
-                text = "".join(t if i != c.argmax else f"»{t}«" for i, t in enumerate(c.tokens))
+                text = c.marked("»", "«")
                 where = f"  max {c.max:.1f} in {text[-70:]!r}"
             print(f"  {hook}:{feat:<5d} effect {effect:+.3f}  promotes {label!r}{where}")
         summary["circuits"][task]["top_features"] = [

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from .errors import ConfigError, SAEFormatError, ShapeError
+from .errors import ConfigError, HookPointError, SAEFormatError, ShapeError
 from .fileio import read_safetensors, write_json, write_safetensors
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
@@ -264,7 +264,7 @@ class SAESet(Mapping[str, SAE]):
         try:
             return self._saes[hook]
         except KeyError:
-            raise ConfigError(f"no SAE at hook point {hook!r}; this set has "
+            raise HookPointError(f"no SAE at hook point {hook!r}; this set has "
                               f"{sorted(self._saes) or 'none'}") from None
 
     def __iter__(self) -> Iterator[str]:

@@ -72,13 +72,13 @@ def tiny(tiny_dir):
 @pytest.fixture(scope="session")
 def smol_saes_dir(smol, tmp_path_factory):
     """Directory of a small TopK SAE set trained here on SmolLM2 with the default corpus:
-    hooks resid.6, resid.16, resid.24; d_sae 1152, k 32, 20,400 tokens (`trainers.train_saes`)."""
+    hooks resid.6, resid.16, resid.24; d_sae 1152, k 32, 61,200 tokens (`trainers.train_saes`)."""
     from trainers import TrainConfig, train_saes
 
     model, tok = smol
     out = tmp_path_factory.mktemp("smol-saes") / "saes"
     cfg = TrainConfig(hooks=["resid.6", "resid.16", "resid.24"], architecture="topk", k=32,
-                      d_sae=1152, tokens=20_400, eval_tokens=0, out=str(out), progress=False,
+                      d_sae=1152, tokens=61_200, eval_tokens=0, out=str(out), progress=False,
                       windows_per_block=20, checkpoint_every=10_000)
     train_saes(model, tok, cfg)
     return out

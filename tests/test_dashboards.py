@@ -67,6 +67,9 @@ def test_top_contexts_are_the_highest_windows(tiny, tiny_saes):
         for c in got:
             assert c.acts[c.argmax] == pytest.approx(c.max, rel=1e-4)
             assert c.tokens[c.argmax] == tok.decode([int(fa.tokens[c.window, c.pos])])
+            assert c.marked() == "".join(c.tokens[:c.argmax]) + f"[[{c.tokens[c.argmax]}]]" \
+                + "".join(c.tokens[c.argmax + 1:])
+            assert c.marked("<", ">", before=0, after=0) == f"<{c.tokens[c.argmax]}>"
 
 
 def test_output_effects_use_the_final_norm_weight(tiny, tiny_saes):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from saecircuits import SAE, SAEConfig, SAESet
-from saecircuits.errors import ConfigError, SAEFormatError, ShapeError
+from saecircuits.errors import ConfigError, HookPointError, SAEFormatError, ShapeError
 from saecircuits.sae import ARCHITECTURES
 
 
@@ -143,8 +143,9 @@ def test_saeset_roundtrip_and_checks(tiny, tmp_path):
     assert list(SAESet.load(tmp_path / "set", hooks=["mlp.2"])) == ["mlp.2"]
     with pytest.raises(SAEFormatError, match="resid.5"):
         SAESet.load(tmp_path / "set", hooks=["resid.5"])
-    with pytest.raises(ConfigError, match="attn.1"):
+    with pytest.raises(HookPointError, match="attn.1"):
         again["attn.1"]
+    assert "attn.1" not in again and again.get("attn.1") is None and "mlp.2" in again
     narrow = SAESet({"resid.0": make("relu", d_in=16)})
     with pytest.raises(ShapeError, match="d_in=16"):
         narrow.check(model)

@@ -159,7 +159,7 @@ def test_seeded_sampling_is_reproducible_and_local(tiny, tiny_saes):
 
 
 def test_feature_selection_helpers(tiny, tiny_saes):
-    from saecircuits.steering import attribution_features, contrastive_features, top_contexts
+    from saecircuits.steering import attribution_features, contrastive_features
 
     model, tok = tiny
     found = contrastive_features(model, tiny_saes, "resid.2", PROMPTS[:2], PROMPTS[1:], tok, top=4)
@@ -167,8 +167,6 @@ def test_feature_selection_helpers(tiny, tiny_saes):
     dot = tok(".", add_special_tokens=False)["input_ids"][0]
     scored = attribution_features(model, tiny_saes, "resid.2", PROMPTS, lambda lg: lg[:, -1, dot], tok, top=3)
     assert len(scored) == 3 and scored[0][1] >= scored[2][1] and scored[0][1] > 0
-    contexts = top_contexts(model, tiny_saes, "resid.2", scored[0][0], PROMPTS, tok, top=2)
-    assert contexts and "[[" in contexts[0][1]
     with pytest.raises(ConfigError, match="resid.1"):
         contrastive_features(model, tiny_saes, "resid.1", PROMPTS, PROMPTS, tok)
     assert_model_clean(model)

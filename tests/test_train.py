@@ -125,8 +125,8 @@ def test_nan_activations_stop_training_and_keep_the_checkpoint(tiny, tmp_path, m
     cfg = _cfg(tmp_path, tokens=4032)
     real, calls = act.harvest, []
 
-    def poisoned(model, points, ids, attention_mask=None):
-        out = real(model, points, ids, attention_mask)
+    def poisoned(model, points, ids, attention_mask=None, **kwargs):
+        out = real(model, points, ids, attention_mask, **kwargs)
         calls.append(1)
         if len(calls) > 2:  # third block of windows (a checkpoint was written after two)
             out["resid.2"][0, 0] = float("inf")
@@ -197,7 +197,7 @@ def test_smollm2_saes_on_real_text_reconstruct_and_splice(smol, smol_saes, smol_
     assert metrics["l0"] <= 32 and metrics["explained_variance"] > 0.4, metrics
     assert metrics["ce_loss_score"] > 0.6 and metrics["ce_sae"] < metrics["ce_zero"], metrics
     cfg = json.loads((smol_saes_dir / "train_config.json").read_text())
-    assert cfg["tokens"] == 20_400 and (smol_saes_dir / "checkpoint.safetensors").is_file()
+    assert cfg["tokens"] == 61_200 and (smol_saes_dir / "checkpoint.safetensors").is_file()
 
 
 def test_cli_train_then_eval(tiny_dir, tmp_path, capsys):

@@ -248,8 +248,6 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     out = Path(cfg.out) if cfg.out else None
     if cfg.resume and out is None:
         raise ConfigError("resume needs an output directory (cfg.out) holding a checkpoint")
-    if out is not None:
-        _check_writable(out)
     specs = build_specs(model, cfg)
     points = hooks.sort_by_forward_order(model, cfg.hooks)
     batch = cfg.batch_size
@@ -287,6 +285,8 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     trainers = {s.name: make_trainer(s, total_steps, cfg.seed + i, dead_tokens, device)
                 for i, s in enumerate(specs)}
     fingerprint = _config_fingerprint(cfg, key)
+    if out is not None:  # only now, so that a bad config leaves no directory behind
+        _check_writable(out)
     start, scales = 0, {}
     ckpt = out / CHECKPOINT if out is not None else None
     if cfg.resume:

@@ -198,6 +198,15 @@ class Context:
     window: int
     pos: int
 
+    def marked(self, left: str = "[[", right: str = "]]", before: int | None = None,
+               after: int | None = None) -> str:
+        """The context as text with the max-activating token wrapped in `left`/`right`;
+        `before`/`after` limit how many tokens are kept on each side."""
+        lo = 0 if before is None else max(0, self.argmax - before)
+        hi = len(self.tokens) if after is None else self.argmax + after + 1
+        return ("".join(self.tokens[lo:self.argmax]) + left + self.tokens[self.argmax] + right
+                + "".join(self.tokens[self.argmax + 1:hi]))
+
 
 def _decode_tokens(tok, ids: Sequence[int]) -> list[str]:
     return tok.batch_decode([[int(i)] for i in ids])

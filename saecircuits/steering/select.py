@@ -1,4 +1,6 @@
-"""Pick features to steer: contrastive mean activation difference and top-activating contexts.
+"""Pick features to steer: contrastive mean activation difference and attribution scores.
+
+Top-activating contexts: `saecircuits.export.dashboards.top_contexts`.
 
 Both run the SAE spliced into a plain trace (`saecircuits.splice`) and stop the forward
 after the hook point.
@@ -53,20 +55,6 @@ def contrastive_features(model, saes: Mapping[str, SAE], hook: str, clean: Seque
     diff = a.mean(0) - b.mean(0)
     values, index = diff.topk(top)
     return [(int(i), float(v)) for i, v in zip(index, values)]
-
-
-def top_contexts(model, saes: Mapping[str, SAE], hook: str, feature: int, texts: Sequence[str], tok,
-                 top: int = 5, window: int = 8) -> list[tuple[float, str]]:
-    """The `top` (activation, context) pairs where `feature` fires most; the firing token in [[ ]]."""
-    found = []
-    for text, feats in zip(texts, feature_activations(model, saes, hook, texts, tok)):
-        ids = tok(text)["input_ids"]
-        for pos in range(feats.shape[0]):
-            value = float(feats[pos, feature])
-            if value > 0:
-                left = tok.decode(ids[max(0, pos - window):pos])
-                found.append((value, f"{left}[[{tok.decode(ids[pos:pos + 1])}]]"))
-    return sorted(found, reverse=True)[:top]
 
 
 def attribution_features(model, saes: Mapping[str, SAE], hook: str, prompts: Sequence[str], metric, tok,

@@ -75,6 +75,8 @@ def run_task(model, tok, saes, hooks, name, args, docs) -> dict:
     res["curve_ig"] = faithfulness_curve(ev, ig, args.sizes)
     res["curve_attrib"] = faithfulness_curve(ev, attrib, args.sizes)
     res["curve_ig_features_only"] = faithfulness_curve(ev, ig, args.sizes, errors=False)
+    res["curve_ig_all_errors"] = faithfulness_curve(ev, ig, args.sizes, errors="all")
+    res["curve_attrib_all_errors"] = faithfulness_curve(ev, attrib, args.sizes, errors="all")
     top = [n for n in ig.nodes() if n[2] != "err"][:args.top_agree]
     exact, t_exact = timed(exact_effects, model, saes, states, top, max_rows=args.exact_rows)
     res["agreement_ig"] = agreement(ig, exact)
@@ -106,8 +108,9 @@ def render_md(out: dict, command: str) -> str:
     """Markdown summary of the benchmark JSON."""
     lines = ["# Attribution benchmark (SmolLM2-135M-Instruct, CPU)", "", f"Command: `{command}`", "",
              f"SAEs: `{out['saes']}` at {', '.join(out['hooks'])}. Patch ablation for node effects; "
-             "faithfulness with the complement mean-ablated. CPU shared by 5 engineers (2 cores): "
-             "absolute seconds are noisy, ratios are measured side by side in one run.", ""]
+             "faithfulness with the complement mean-ablated; each prompt's first token is never "
+             "ablated. 2-core CPU: absolute seconds are noisy, ratios are measured side by side "
+             "in one run.", ""]
     for name in out["args"]["tasks"].split(","):
         if name not in out:
             continue
@@ -118,12 +121,15 @@ def render_md(out: dict, command: str) -> str:
                   f"(patch prompts {fm.get('patch_mean_metric', float('nan')):.3f}). "
                   f"F(M) {r['F_model']:.3f}, F(∅) mean-ablated {r['F_empty_mean']:.3f}.", "",
                   "Circuit = top-k feature nodes + error nodes at least as large as the k-th "
-                  "(feature-circuits threshold rule); last column: no error nodes (all ablated).", "",
-                  "| k | error nodes | faithfulness (IG ranking) | (attrib ranking) | features only (IG) |",
-                  "|---|---|---|---|---|"]
-        for a, b, c in zip(r["curve_ig"], r["curve_attrib"], r["curve_ig_features_only"]):
+                  "(feature-circuits threshold rule); then with every error node kept; last "
+                  "column: no error nodes (all ablated).", "",
+                  "| k | error nodes | faithfulness (IG ranking) | (attrib ranking) | all errors kept (IG) | (attrib) | features only (IG) |",
+                  "|---|---|---|---|---|---|---|"]
+        for a, b, c, d, e in zip(r["curve_ig"], r["curve_attrib"], r["curve_ig_all_errors"],
+                                 r["curve_attrib_all_errors"], r["curve_ig_features_only"]):
             lines.append(f"| {a['features']} | {a['errors']} | {a['faithfulness']:.3f} | "
-                         f"{b['faithfulness']:.3f} (errors {b['errors']}) | {c['faithfulness']:.3f} |")
+                         f"{b['faithfulness']:.3f} (errors {b['errors']}) | {c['faithfulness']:.3f} | "
+                         f"{d['faithfulness']:.3f} | {e['faithfulness']:.3f} |")
         ai, aa = r["agreement_ig"], r["agreement_attrib"]
         lines += ["", f"Agreement with exact patching on the top-{ai['n']} IG feature nodes: "
                   f"IG Pearson r {ai['pearson_r']:.3f}, sign agreement {ai['sign_agreement']:.3f}; "
@@ -149,7 +155,7 @@ def render_md(out: dict, command: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--saes", default="/work/saes/smol-topk")
+    ap.add_argument("--saes", required=True, help="SAE set trained on SmolLM2 (e.g. the demo's)")
     ap.add_argument("--tasks", default="ioi,parens")
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10)

@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--saes", default="/work/saes/smol-topk")
+    parser.add_argument("--saes", required=True, help="SAE set trained on SmolLM2 (e.g. the demo's)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

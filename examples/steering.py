@@ -10,7 +10,7 @@ token (`attribution_features`, through `splice(track_grad=True)`); the topic fea
 contrastive mean activation difference (food vs other texts). Selection prompts are disjoint
 from evaluation prompts.
 
-    python examples/steering.py --saes /work/saes/smol-topk [--json out.json]
+    python examples/steering.py --saes runs/saes [--json out.json]
 """
 from __future__ import annotations
 
@@ -106,8 +106,8 @@ def demo_topic(model, tok, saes, hook: str, factor: float, new_tokens: int) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--saes", default="/work/saes/smol-topk")
-    parser.add_argument("--parens-hook", default="resid.23")
+    parser.add_argument("--saes", required=True, help="SAE set trained on SmolLM2 (e.g. from train_saes.py)")
+    parser.add_argument("--parens-hook", default="resid.23", help="hook of the parens clamp")
     parser.add_argument("--ioi-hook", default="resid.23")
     parser.add_argument("--topic-hook", default="resid.10")
     parser.add_argument("--ioi-top", type=int, default=10)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError, ExportError, SAEFormatError
-from .fileio import write_json
+from .fileio import atomic_dir, write_json
 from .models import cache_dir, load_model, model_name_of
 from .sae import SAESet
 
@@ -52,7 +52,7 @@ class DemoConfig:
     k: int = 32
     n: int = 32
     top_k: int = 60
-    method: str = "ig"
+    method: str = "attrib"
     out: str = "saecircuits-demo"
     retrain: bool = False
     quick: bool = False
@@ -91,7 +91,8 @@ def demo_saes(model, tok, cfg: DemoConfig, start: float) -> SAESet:
 
     d_model = model.config.hidden_size if hasattr(model, "config") else None
     train_cfg = TrainConfig(hooks=list(cfg.hooks), architecture="topk", k=cfg.k, expansion=cfg.expansion,
-                            tokens=cfg.tokens, seed=cfg.seed, device=cfg.device)
+                            tokens=cfg.tokens, seed=cfg.seed, device=cfg.device,
+                            eval_tokens=2048 if cfg.quick else 4096)
     recipe = {"model": model_name_of(model), "d_model": d_model, **{
         k: v for k, v in asdict(train_cfg).items() if k not in ("out", "progress", "device", "resume")}}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -127,6 +128,24 @@ def top_features(graph, n: int) -> list[tuple[str, int, float, str]]:
                 best[key] = (float(d["effect"]), d.get("label") or "")
     rows = [(h, f, e, label) for (h, f), (e, label) in best.items()]
     return sorted(rows, key=lambda r: -abs(r[2]))[:n]
+
+
+def steering_feature(model, saes, graph, token_ids) -> tuple[str, int, float]:
+    """The circuit feature to clamp: among features with a positive effect on the metric, the
+    one whose decoder row most promotes `token_ids` (mean logit-lens value); (hook, feature, value)."""
+    from .export.dashboards import output_effects
+
+    ids = torch.as_tensor(list(token_ids), dtype=torch.long)
+    best: tuple[str, int, float] | None = None
+    for hook, feat, effect, _ in top_features(graph, 10**6):
+        if effect <= 0:
+            continue
+        promotes = float(output_effects(model, saes[hook], [feat])[0, ids].mean())
+        if best is None or promotes > best[2]:
+            best = (hook, feat, promotes)
+    if best is None:
+        raise ConfigError("the parens circuit has no feature with a positive effect to steer with")
+    return best
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -185,30 +204,33 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             {"hook": h, "feature": f, "effect": e, "label": lab} for h, f, e, lab in rows]
     print()
 
-    positive = [r for r in features["parens"] if r[2] > 0] or features["parens"]
-    hook, feat = positive[0][:2]
+    hook, feat, promotes = steering_feature(model, saes, graphs["parens"], closing_ids(tok))
     peak = float(acts.acts[..., acts.column((hook, feat))].max())
-    value = max(2.0 * peak, 1.0)
-    _say(f"steering: clamping parens feature {hook}:{feat} to {value:.1f} (2x its corpus max) "
-         "on prompts where ')' is not due", start)
+    value = max(3.0 * peak, 1.0)
+    _say(f"steering: clamping parens feature {hook}:{feat} (circuit effect > 0, decoder promotes ')' "
+         f"by {promotes:+.2f} logits per unit) to {value:.1f} (3x its corpus max) on prompts where "
+         "')' is not due", start)
     result = steer(model, saes, NOT_DUE_PROMPTS, [Intervention(hook, feat, "set", value, positions="all")],
                    max_new_tokens=12, track=closing_ids(tok))
     shift = result.steered_probs[:, 0].sum(-1) - result.baseline_probs[:, 0].sum(-1)
     print(result.format())
-    _say(f"  P(next token starts with ')') at step 0: mean shift {shift.mean():+.3f} "
-         f"(baseline {result.baseline_probs[:, 0].sum(-1).mean():.3f})", start)
+    every = float(result.prob_shift.sum(-1).mean())
+    _say(f"  P(next token starts with ')'): first step {result.baseline_probs[:, 0].sum(-1).mean():.4f}"
+         f" -> {result.steered_probs[:, 0].sum(-1).mean():.4f} (mean shift {shift.mean():+.4f}); "
+         f"mean over all {result.prob_shift.shape[1]} steps shifts {every:+.4f}", start)
     summary["steering"] = {**result.to_dict(), "feature": f"{hook}:{feat}", "value": value,
-                           "mean_prob_shift": float(shift.mean())}
+                           "decoder_promotes_close": promotes,
+                           "mean_prob_shift": float(shift.mean()), "mean_prob_shift_all_steps": float(every)}
 
     _prepare_out(out)
-    if out.exists():
-        shutil.rmtree(out)
-    dash_dir = out / "dashboards"
-    write_dashboards(model, tok, saes, all_nodes, None, dash_dir, activations=acts, progress=False)
-    for task, graph in graphs.items():
-        export_graph(graph, out / task, dashboards=dash_dir, tokenizer=tok)
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(out / DEMO_MARKER, summary)
+    with atomic_dir(out, overwrite=True) as tmp:  # an earlier demo output is replaced whole
+        write_dashboards(model, tok, saes, all_nodes, None, tmp / "dashboards", activations=acts,
+                         progress=False)
+        for task, graph in graphs.items():
+            export_graph(graph, tmp / task, dashboards=tmp / "dashboards", tokenizer=tok)
+        write_json(tmp / DEMO_MARKER, summary)
+    dash_dir = out / "dashboards"
     _say(f"wrote {out}/ioi, {out}/parens (graph.json, nodes.csv, edges.csv, graph.graphml, graph.svg, "
          f"index.html, ...) and {dash_dir}", start)
     print(f"\nOpen the circuits:  saecircuits serve {out}/ioi   (or {out}/parens)")

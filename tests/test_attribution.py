@@ -8,7 +8,7 @@ import saecircuits as sc
 from saecircuits.attribution import ablation as ab
 from saecircuits.attribution import trace_circuit
 from saecircuits.attribution.edges import compute_edges
-from saecircuits.attribution.evaluate import Evaluator, agreement, faithfulness_curve
+from saecircuits.attribution.evaluate import Evaluator, agreement, circuit_by_size, faithfulness_curve
 from saecircuits.attribution.nodes import attrib_scores, exact_effects, ig_scores, node_scores
 from saecircuits.cli import main
 from saecircuits.errors import ConfigError, GraphError, TaskError
@@ -75,6 +75,12 @@ def test_invariant4_patch_everything_and_nothing(setup):
                                sizes=(1, 5, 48 * 3))
     assert [c["features"] for c in curve][:2] == [1, 5]
     assert curve[-1]["faithfulness"] == pytest.approx(1.0, abs=0.01)   # zero-effect features ablated
+    scores = attrib_scores(states, HOOKS)
+    kept = circuit_by_size(scores, 2, errors="all")
+    assert [n for n in kept if n[2] == "err"] == [n for n in scores.nodes() if n[2] == "err"]
+    assert len(circuit_by_size(scores, 2, errors=False)) == 2
+    with pytest.raises(ConfigError, match="sometimes"):
+        circuit_by_size(scores, 2, errors="sometimes")
 
 
 def test_edges_split_each_upstream_effect_over_the_next_hook(setup):

@@ -9,6 +9,9 @@ deltas `target − clean` for the chosen ablation (zero at padding positions):
     zero      target = 0
     mean      target = per-position mean over the clean prompts (`dataset_means`)
     resample  target = the clean values of another prompt of the chunk (seeded permutation)
+
+Each prompt's first token (the attention sink, never seen by the SAEs in training) keeps its
+clean values under every ablation (`Chunk.ablatable`).
 """
 from __future__ import annotations
 
@@ -38,6 +41,20 @@ class Chunk:
     def valid(self) -> torch.Tensor:
         """`[B, T]` bool: real (non-padding) positions."""
         return self.clean["attention_mask"].bool()
+
+    @property
+    def ablatable(self) -> torch.Tensor:
+        """`[B, T]` bool: real positions except each prompt's first token.
+
+        The first token is the attention sink (huge residual norm) and lies outside the SAEs'
+        training distribution (harvesting skips it), so it is never a node: it keeps its
+        clean values under every ablation and gets no attribution.
+        """
+        valid = self.valid
+        first = valid.long().argmax(dim=1)
+        out = valid.clone()
+        out[torch.arange(valid.shape[0]), first] = False
+        return out
 
     def repeat(self, times: int) -> "Chunk":
         rep = lambda d: None if d is None else {k: v.repeat(times, 1) for k, v in d.items()}
@@ -160,13 +177,13 @@ def values(model, saes, inputs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 def dataset_means(model, saes, all_chunks: list[Chunk]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """hook -> (mean f `[T, d_sae]`, mean err `[T, d_in]`): per position (column of the padded
-    batch), the mean over the clean prompts that have a real token there (feature-circuits'
-    mean ablation keeps positions); columns without any fall back to the overall mean."""
+    batch), the mean over the clean prompts that have a real, non-first token there
+    (feature-circuits' mean ablation keeps positions); other columns take the overall mean."""
     sums: dict = {}
     count = None
     for ch in all_chunks:
         vals = values(model, saes, ch.clean)
-        m = ch.valid.to(next(iter(vals.values()))[0].device).unsqueeze(-1).float()
+        m = ch.ablatable.to(next(iter(vals.values()))[0].device).unsqueeze(-1).float()
         count = m.sum(0) if count is None else count + m.sum(0)
         for h, (f, e) in vals.items():
             sf, se = sums.get(h, (0.0, 0.0))
@@ -183,7 +200,8 @@ def dataset_means(model, saes, all_chunks: list[Chunk]) -> dict[str, tuple[torch
 
 def targets(model, saes, chunk: Chunk, clean_vals, ablation: str, means=None,
             seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """hook -> (target f, target err) `[B, T, *]` for the ablation (padding keeps clean values)."""
+    """hook -> (target f, target err) `[B, T, *]` for the ablation (padding and each prompt's
+    first token keep clean values)."""
     if ablation == "patch":
         if chunk.patch is None:
             raise TaskError(f"task {chunk.task.name!r} has no patch prompts for patch ablation")
@@ -209,7 +227,7 @@ def targets(model, saes, chunk: Chunk, clean_vals, ablation: str, means=None,
     for h, (tf, te) in raw.items():
         f, e = clean_vals[h]
         if valid is None:
-            valid = chunk.valid.to(f.device).unsqueeze(-1)
+            valid = chunk.ablatable.to(f.device).unsqueeze(-1)
         out[h] = (torch.where(valid, tf, f), torch.where(valid, te, e))
     return out
 

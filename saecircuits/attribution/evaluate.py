@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..errors import GraphError
+from ..errors import ConfigError, GraphError
 from . import ablation as ab
 from .ablation import State
 from .nodes import Node, NodeScores
@@ -88,10 +88,15 @@ class Evaluator:
         return (value - self.f_empty) / span
 
 
-def circuit_by_size(scores: NodeScores, k: int, errors: bool = True) -> list[Node]:
-    """Top-k feature nodes by |effect| plus (`errors`) the error nodes at least as large as the k-th."""
+def circuit_by_size(scores: NodeScores, k: int, errors: bool | str = True) -> list[Node]:
+    """Top-k feature nodes by |effect| plus error nodes: with `errors=True` those at least as
+    large as the k-th feature (feature-circuits' threshold rule), `"all"` every one, `False` none."""
+    if errors not in (True, False, "all"):
+        raise ConfigError(f"errors must be True, False or 'all', got {errors!r}")
     ranked = scores.nodes()
     feats = [nd for nd in ranked if nd[2] != "err"][:k]
+    if errors == "all":
+        return feats + [nd for nd in ranked if nd[2] == "err"]
     if not errors:
         return feats
     if not feats:
@@ -102,8 +107,8 @@ def circuit_by_size(scores: NodeScores, k: int, errors: bool = True) -> list[Nod
 
 def faithfulness_curve(ev: Evaluator, scores: NodeScores,
                        sizes: Sequence[int] = (5, 10, 20, 50, 100, 200),
-                       errors: bool = True) -> list[dict]:
-    """Faithfulness of the top-k circuits for each k in `sizes` (`errors`: with error nodes)."""
+                       errors: bool | str = True) -> list[dict]:
+    """Faithfulness of the top-k circuits for each k in `sizes` (`errors`: see `circuit_by_size`)."""
     out = []
     for k in sizes:
         nodes = circuit_by_size(scores, k, errors)

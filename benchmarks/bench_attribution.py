@@ -77,6 +77,9 @@ def run_task(model, tok, saes, hooks, name, args, docs) -> dict:
     res["curve_ig_features_only"] = faithfulness_curve(ev, ig, args.sizes, errors=False)
     res["curve_ig_all_errors"] = faithfulness_curve(ev, ig, args.sizes, errors="all")
     res["curve_attrib_all_errors"] = faithfulness_curve(ev, attrib, args.sizes, errors="all")
+    ev_patch = Evaluator(model, saes, states, "patch")  # complement patched from the patch prompts
+    res["F_empty_patch"] = ev_patch.f_empty
+    res["curve_ig_patch_eval"] = faithfulness_curve(ev_patch, ig, args.sizes, errors="all")
     top = [n for n in ig.nodes() if n[2] != "err"][:args.top_agree]
     exact, t_exact = timed(exact_effects, model, saes, states, top, max_rows=args.exact_rows)
     res["agreement_ig"] = agreement(ig, exact)
@@ -130,6 +133,10 @@ def render_md(out: dict, command: str) -> str:
             lines.append(f"| {a['features']} | {a['errors']} | {a['faithfulness']:.3f} | "
                          f"{b['faithfulness']:.3f} (errors {b['errors']}) | {c['faithfulness']:.3f} | "
                          f"{d['faithfulness']:.3f} | {e['faithfulness']:.3f} |")
+        if "curve_ig_patch_eval" in r:
+            lines += ["", f"Complement patched from the patch prompts instead (F(∅) = patch metric "
+                      f"{r['F_empty_patch']:.3f}), IG ranking, every error node kept: " + ", ".join(
+                          f"k={c['features']}: {c['faithfulness']:.3f}" for c in r["curve_ig_patch_eval"])]
         ai, aa = r["agreement_ig"], r["agreement_attrib"]
         lines += ["", f"Agreement with exact patching on the top-{ai['n']} IG feature nodes: "
                   f"IG Pearson r {ai['pearson_r']:.3f}, sign agreement {ai['sign_agreement']:.3f}; "

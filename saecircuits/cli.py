@@ -7,6 +7,7 @@ A returned dict is printed as JSON with `--json`. Errors print one line and exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -50,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = args.handler(args)
+    as_json = getattr(args, "json", False)
+    try:  # with --json, stdout carries only the JSON summary; messages go to stderr
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = args.handler(args)
     except KeyboardInterrupt:
         print("saecircuits: interrupted", file=sys.stderr)
         return 130
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"saecircuits {args.command}: error: {err}".splitlines()[0], file=sys.stderr)
         return 2
-    if getattr(args, "json", False) and result is not None:
+    if as_json and result is not None:
         print(json.dumps(result, indent=2, default=str))
     return 0
 

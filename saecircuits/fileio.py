@@ -18,6 +18,17 @@ from safetensors.torch import load_file, save_file
 from .errors import ExportError
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, directory: bool = False) -> None:
+    """Give a finished temporary file/dir the permissions a plain open()/mkdir() would."""
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success move it onto `path`."""
@@ -28,6 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _publish(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -71,6 +83,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _publish(tmp, directory=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)

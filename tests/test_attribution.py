@@ -109,7 +109,7 @@ def test_agreement_and_methods(setup):
         node_scores(model, saes, states, HOOKS, "bogus")
 
 
-def test_trace_circuit_and_cli(tiny, tiny_dir, tmp_path):
+def test_trace_circuit_and_cli(tiny, tiny_dir, tmp_path, capsys):
     model, tok = tiny
     saes = random_saes(HOOKS, 64, 48)
     graph, summary = trace_circuit(model, tok, saes, "ioi", n=4, top_k=10, batch_size=4,
@@ -125,8 +125,10 @@ def test_trace_circuit_and_cli(tiny, tiny_dir, tmp_path):
     out = tmp_path / "out"
     rc = main(["trace", "--model", str(tiny_dir("llama")), "--device", "cpu", "--saes",
                str(tmp_path / "saes"), "--task", "sva", "--n", "4", "--ablation", "mean",
-               "--influence", "0.9", "--edge-influence", "1.0", "--out", str(out)])
+               "--influence", "0.9", "--edge-influence", "1.0", "--out", str(out), "--json"])
     assert rc == 0
+    printed = json.loads(capsys.readouterr().out)   # with --json stdout is only the JSON summary
+    assert printed["task"] == "sva"
     assert {p.name for p in out.iterdir()} >= {"summary.json", "nodes.csv", "edges.csv",
                                                "featuregraph.json"}
     s = json.loads((out / "summary.json").read_text())

@@ -223,3 +223,27 @@ def test_cli_train_then_eval(tiny_dir, tmp_path, capsys):
     assert (tmp_path / "ev" / "resid.1" / "density.svg").is_file()
     assert main(["train", "--model", str(tiny_dir("llama")), "--device", "cpu", "--hooks", "resid.7",
                  "--corpus", str(corpus), "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+
+
+def test_sparse_topk_gradients_match_the_dense_computation():
+    """The sparse backward of the TopK encoder equals autograd through the dense pre-activations."""
+    from trainers.topk import sparse_topk
+
+    gen = torch.Generator().manual_seed(3)
+    enc = torch.randn(40, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    b_enc = torch.randn(40, generator=gen, dtype=torch.float64, requires_grad=True)
+    x_c = torch.randn(9, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(9, 5, generator=gen, dtype=torch.float64)
+    vals, idx = sparse_topk(enc, b_enc, x_c, 5)
+    grads = torch.autograd.grad((vals * weights).sum(), (enc, b_enc, x_c))
+    dense = torch.relu((x_c @ enc.T + b_enc).gather(1, idx))
+    torch.testing.assert_close(vals, dense)
+    for got, want in zip(grads, torch.autograd.grad((dense * weights).sum(), (enc, b_enc, x_c))):
+        torch.testing.assert_close(got, want)
+    # low-precision selection: same latents here (no near-ties), values still exact
+    x32, enc32, b32 = x_c.detach().float(), enc.detach().float(), b_enc.detach().float()
+    exact_vals, exact_idx = sparse_topk(enc32, b32, x32, 5)
+    fast_vals, fast_idx = sparse_topk(enc32, b32, x32, 5, select_dtype=torch.bfloat16)
+    order = exact_idx.argsort(dim=-1)
+    assert torch.equal(fast_idx, exact_idx.gather(1, order))
+    torch.testing.assert_close(fast_vals, exact_vals.gather(1, order))

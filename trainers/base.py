@@ -16,6 +16,8 @@ from torch import nn
 
 from saecircuits.sae import SAE, SAEConfig
 
+from . import distributed
+
 
 @dataclass
 class SAESpec:
@@ -54,6 +56,7 @@ class Trainer(nn.Module):
     architecture = ""
     default_lr = 2e-3
     unit_decoder = True
+    data_dependent_updates = False  # after_step changes weights from the local batch (DDP syncs them)
 
     def __init__(self, spec: SAESpec, total_steps: int, seed: int = 0,
                  dead_tokens: int = 1_000_000, device: torch.device | str = "cpu"):
@@ -80,9 +83,11 @@ class Trainer(nn.Module):
         return self.optim
 
     def init_from_data(self, x: torch.Tensor) -> None:
-        """b_dec = data mean (first batch); subclasses may add more."""
+        """b_dec = data mean (first batch, over all ranks); subclasses may add more."""
         with torch.no_grad():
-            self.b_dec.copy_(x.mean(0))
+            mean = x.mean(0)
+            distributed.mean_([mean])
+            self.b_dec.copy_(mean)
         self.initialised.fill_(True)
 
     def step(self, x: torch.Tensor, step: int) -> dict[str, float]:
@@ -95,17 +100,24 @@ class Trainer(nn.Module):
         opt.zero_grad(set_to_none=True)
         loss, stats, fired = self.loss(x, step)
         loss.backward()
+        if distributed.active():  # DDP: every rank applies the rank-averaged gradient
+            distributed.mean_([p.grad for p in self.parameters() if p.grad is not None])
+            mask = torch.zeros(self.spec.d_sae, dtype=torch.bool, device=self.enc.device)
+            mask[fired] = True
+            fired = distributed.any_(mask).nonzero().squeeze(-1)
         if self.unit_decoder:
             self._project_decoder_grad()
         opt.step()
         if self.unit_decoder:
             with torch.no_grad():
                 self.dec.div_(self.dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
-        self.since_fired += x.shape[0]
+        self.since_fired += x.shape[0] * distributed.world()[1]
         self.since_fired[fired] = 0
         self.fire_count[fired] += 1
         stats["dead"] = float((self.since_fired >= self.dead_tokens).float().mean())
         self.after_step(x, step)
+        if distributed.active() and self.data_dependent_updates:
+            distributed.sync_from_main(self, self.optim)
         return stats
 
     def after_step(self, x: torch.Tensor, step: int) -> None:
@@ -135,10 +147,14 @@ class Trainer(nn.Module):
         if n_dead == 0:
             return x_c.new_zeros(())
         k_aux = min(k_aux, n_dead)
-        pre = x_c @ self.enc[dead].T + self.b_enc[dead]
+        pre = x_c @ self.enc[dead].T + self.b_enc[dead]                     # [B, n_dead]
         vals, idx = pre.topk(k_aux, dim=-1)
-        e_hat = nn.functional.embedding_bag(idx, self.dec[dead], per_sample_weights=torch.relu(vals),
-                                            mode="sum")
+        if 4 * k_aux >= n_dead:  # most dead latents are used: a dense matmul is fastest
+            acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+            e_hat = acts @ self.dec[dead]
+        else:
+            e_hat = nn.functional.embedding_bag(idx, self.dec[dead],
+                                                per_sample_weights=torch.relu(vals), mode="sum")
         target = residual.detach()
         total = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
         return (target - e_hat).pow(2).sum() / total

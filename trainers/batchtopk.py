@@ -15,6 +15,7 @@ THRESHOLD_MOMENTUM = 0.99
 
 
 class BatchTopKTrainer(Trainer):
+    data_dependent_updates = True
     architecture = "batchtopk"
     default_lr = 2e-3
 

@@ -18,6 +18,7 @@ WARMUP = 0.05
 
 
 class ReluL1Trainer(Trainer):
+    data_dependent_updates = True
     architecture = "relu"
     default_lr = 2e-3
     unit_decoder = False

@@ -31,6 +31,7 @@ from saecircuits.models import model_device, model_name_of
 from saecircuits.sae import ARCHITECTURES, SAESet
 
 from .activations import ActivationCache, ActivationStream, windows_key
+from . import distributed
 from .base import SAESpec, Trainer
 from .corpus import TokenCorpus, default_corpus, load_corpus
 
@@ -245,13 +246,15 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     """
     from .evaluate import evaluate_saes, write_reports
 
+    distributed.init_from_env()
+    rank, n_ranks = distributed.world()
     out = Path(cfg.out) if cfg.out else None
     if cfg.resume and out is None:
         raise ConfigError("resume needs an output directory (cfg.out) holding a checkpoint")
     specs = build_specs(model, cfg)
     points = hooks.sort_by_forward_order(model, cfg.hooks)
     batch = cfg.batch_size
-    total_steps = cfg.tokens // batch
+    total_steps = cfg.tokens // (batch * n_ranks)  # under torchrun the budget is shared
     if total_steps < 1:
         raise ConfigError(f"tokens={cfg.tokens} is smaller than one batch of {batch} activations; "
                           "raise --tokens or lower --batch")
@@ -261,6 +264,7 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     else:
         train_corpus, eval_corpus = tc, None
     windows = train_corpus.windows(cfg.context, seed=cfg.seed, prepend_bos=cfg.prepend_bos)
+    windows = windows[rank::n_ranks]  # each rank harvests its own shard (all of it when alone)
     per_window = cfg.context - 1
     wpb = min(cfg.windows_per_block, windows.shape[0])
     if wpb * per_window < batch:
@@ -277,7 +281,8 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     stream.windows = windows
     key = windows_key(windows)
     if cfg.cache_activations:
-        stream.cache = ActivationCache.open(cfg.cache_activations, {
+        cache_dir = Path(cfg.cache_activations) / (f"rank{rank}-of-{n_ranks}" if n_ranks > 1 else "")
+        stream.cache = ActivationCache.open(cache_dir, {
             "model": model_name_of(model), "hooks": [p.name for p in points], "dtype": "bfloat16",
             "windows_key": key, "windows_per_block": wpb, "autocast": cfg.autocast})
     device = model_device(model) if cfg.device is None else torch.device(cfg.device)
@@ -289,11 +294,12 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
         _check_writable(out)
     start, scales = 0, {}
     ckpt = out / CHECKPOINT if out is not None else None
+    writer = out is not None and rank == 0  # under torchrun only rank 0 writes files
     if cfg.resume:
         if not ckpt.is_file():
             raise ConfigError(f"--resume: no checkpoint at {str(ckpt)!r}")
         start, scales = load_checkpoint(ckpt, trainers, fingerprint)
-    if out is not None and not cfg.resume:
+    if writer and not cfg.resume:
         write_json(out / "train_config.json", {**cfg.to_dict(), "steps": total_steps,
                                                 "batch_size": batch, "corpus_key": key})
     by_hook: dict[str, list[tuple[str, Trainer]]] = {}
@@ -301,7 +307,7 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
         by_hook.setdefault(spec.hook, []).append((spec.name, trainers[spec.name]))
     stats: dict[str, dict] = {}
     bar = tqdm(total=total_steps * batch, initial=start * batch, unit="tok", unit_scale=True,
-               disable=not cfg.progress, desc="train SAEs")
+               disable=not cfg.progress or rank != 0, desc="train SAEs")
     began, last_step = time.perf_counter(), start
     step = start
     try:
@@ -309,7 +315,9 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
             for hook, group in by_hook.items():
                 x = acts[hook].to(device)
                 if hook not in scales:
-                    scales[hook] = float(math.sqrt(x.shape[1]) / x.norm(dim=1).mean().clamp_min(1e-12))
+                    norm = x.norm(dim=1).mean().reshape(1)
+                    distributed.mean_([norm])
+                    scales[hook] = float(math.sqrt(x.shape[1]) / norm.clamp_min(1e-12))
                 x = x * scales[hook]
                 for name, tr in group:
                     stats[name] = tr.step(x, step)
@@ -323,7 +331,7 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
                     f"{n}: L0 {s['l0']:.0f} EV {1 - s['fvu']:.3f} dead {s['dead']:.1%}"
                     for n, s in stats.items() if "/" not in n))
             last_step = step + 1
-            if ckpt is not None and (last_step % cfg.checkpoint_every == 0 or last_step == total_steps
+            if writer and (last_step % cfg.checkpoint_every == 0 or last_step == total_steps
                                      or last_step == cfg.stop_at_step):
                 save_checkpoint(ckpt, trainers, last_step, scales, fingerprint)
             if cfg.stop_at_step is not None and last_step >= cfg.stop_at_step:
@@ -341,10 +349,10 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
                 "train_tokens_per_s": round((last_step - start) * batch / max(elapsed, 1e-9), 1)}
         saes[spec.name] = trainers[spec.name].to_sae(scales[spec.hook], model_name, meta)
     main = SAESet({s.hook: saes[s.name] for s in specs if "/" not in s.name})
-    if out is not None:
+    if writer:
         for name, sae in saes.items():
             sae.save(out / name)
-    if eval_corpus is not None and out is not None and last_step == total_steps:
+    if eval_corpus is not None and writer and last_step == total_steps:
         for variant in sorted({s.name.rsplit("/", 1)[0] if "/" in s.name else "" for s in specs}):
             group = {s.hook: saes[s.name] for s in specs
                      if (s.name.rsplit("/", 1)[0] if "/" in s.name else "") == variant}

@@ -61,6 +61,24 @@ def contexts(model, tok, saes, feats, docs):
     return out
 
 
+def cost_summary(args, chunks, n_exact, n_nodes, n_edges, t_fb, t_prep, t_attrib, t_ig, t_edges,
+                 t_exact) -> dict:
+    """Graph cost as ratios to one forward+backward; exact patching is linear in the node count,
+    so its cost for the graph's nodes is extrapolated from the n_exact nodes actually patched."""
+    per_node_exact = t_exact / n_exact
+    attrib_graph = t_prep + t_attrib + t_edges
+    return {
+        "prompts": args.n, "tokens_per_prompt": int(chunks[0].clean["input_ids"].shape[1]),
+        "fwd_bwd_s": t_fb, "prepare_s": t_prep, "attrib_nodes_s": t_attrib, "ig_nodes_s": t_ig,
+        "edges_s": t_edges, "graph_nodes": n_nodes, "graph_edges": n_edges,
+        "attrib_graph_over_fwd_bwd": attrib_graph / t_fb,
+        "ig_graph_over_fwd_bwd": (t_prep + t_ig + t_edges) / t_fb,
+        "exact_nodes_timed": n_exact, "exact_s_per_node": per_node_exact,
+        "exact_same_nodes_s_extrapolated": per_node_exact * n_nodes,
+        "exact_over_attrib_graph": per_node_exact * n_nodes / attrib_graph,
+    }
+
+
 def run_task(model, tok, saes, hooks, name, args, docs) -> dict:
     res: dict = {"task": name, "n": args.n}
     task = make_task(tok, name, n=args.n, seed=args.seed)
@@ -70,6 +88,14 @@ def run_task(model, tok, saes, hooks, name, args, docs) -> dict:
     t_fb = statistics.median(fwd_bwd(model, saes, chunks[0]) for _ in range(3))
     attrib, t_attrib = timed(attrib_scores, states, hooks)
     ig, t_ig = timed(ig_scores, model, saes, states, hooks, steps=args.steps, max_rows=args.ig_rows)
+    if args.cost_only:
+        top = [n for n in ig.nodes() if n[2] != "err"][:args.top_agree]
+        _, t_exact = timed(exact_effects, model, saes, states, top, max_rows=args.exact_rows)
+        circuit = circuit_by_size(ig, args.graph_k)
+        edges, t_edges = timed(compute_edges, model, saes, states, hooks, circuit)
+        res["cost"] = cost_summary(args, chunks, len(top), len(circuit), len(edges), t_fb, t_prep,
+                                   t_attrib, t_ig, t_edges, t_exact)
+        return res
     ev = Evaluator(model, saes, states, "mean")
     res["F_model"], res["F_empty_mean"] = ev.f_model, ev.f_empty
     res["curve_ig"] = faithfulness_curve(ev, ig, args.sizes)
@@ -86,17 +112,8 @@ def run_task(model, tok, saes, hooks, name, args, docs) -> dict:
     res["agreement_attrib"] = agreement(attrib, exact)
     circuit = circuit_by_size(ig, args.graph_k)
     edges, t_edges = timed(compute_edges, model, saes, states, hooks, circuit)
-    per_node_exact = t_exact / len(top)
-    res["cost"] = {
-        "prompts": args.n, "tokens_per_prompt": int(chunks[0].clean["input_ids"].shape[1]),
-        "fwd_bwd_s": t_fb, "prepare_s": t_prep, "attrib_nodes_s": t_attrib, "ig_nodes_s": t_ig,
-        "edges_s": t_edges, "graph_nodes": len(circuit), "graph_edges": len(edges),
-        "attrib_graph_over_fwd_bwd": (t_prep + t_attrib + t_edges) / t_fb,
-        "ig_graph_over_fwd_bwd": (t_prep + t_ig + t_edges) / t_fb,
-        "exact_s_per_node": per_node_exact,
-        "exact_same_nodes_s_extrapolated": per_node_exact * len(circuit),
-        "exact_over_attrib_graph": per_node_exact * len(circuit) / (t_prep + t_attrib + t_edges),
-    }
+    res["cost"] = cost_summary(args, chunks, len(top), len(circuit), len(edges), t_fb, t_prep,
+                               t_attrib, t_ig, t_edges, t_exact)
     feats = [n for n in circuit if n[2] != "err"][:args.show]
     labels = feature_labels(model, tok, saes, feats)
     ctx = contexts(model, tok, saes, [(h, int(i)) for h, _, i in feats], docs) if docs else {}
@@ -105,6 +122,16 @@ def run_task(model, tok, saes, hooks, name, args, docs) -> dict:
                             "contexts": ctx.get(f"{h}:{i}", [])} for h, p, i in feats]
     res["error_nodes"] = {h: ig.effect((h, None, "err")) for h in hooks}
     return res
+
+
+def cost_line(c: dict) -> str:
+    return (f"Cost ({c['prompts']} prompts x {c['tokens_per_prompt']} tokens, graph of "
+            f"{c['graph_nodes']} nodes / {c['graph_edges']} edges): one forward+backward "
+            f"{c['fwd_bwd_s']:.1f} s (median of 3); attrib graph (clean+patch runs, nodes, edges) = "
+            f"{c['attrib_graph_over_fwd_bwd']:.1f}x forward+backward; with IG nodes "
+            f"{c['ig_graph_over_fwd_bwd']:.1f}x; exact patching of the same nodes (batched, "
+            f"{c['exact_s_per_node']:.2f} s/node measured on {c.get('exact_nodes_timed', 'the top')} "
+            f"nodes, linear in the node count) = {c['exact_over_attrib_graph']:.1f}x the attrib graph.")
 
 
 def render_md(out: dict, command: str) -> str:
@@ -119,6 +146,9 @@ def render_md(out: dict, command: str) -> str:
             continue
         r = out[name]
         fm = r["full_model"]
+        if "curve_ig" not in r:                       # --cost-only
+            lines += [f"## {name} (n={r['n']}), cost only", "", cost_line(r["cost"]), ""]
+            continue
         lines += [f"## {name} (n={r['n']})", "",
                   f"Full model: accuracy {fm['accuracy']:.3f}, mean metric {fm['mean_metric']:.3f} "
                   f"(patch prompts {fm.get('patch_mean_metric', float('nan')):.3f}). "
@@ -141,14 +171,7 @@ def render_md(out: dict, command: str) -> str:
         lines += ["", f"Agreement with exact patching on the top-{ai['n']} IG feature nodes: "
                   f"IG Pearson r {ai['pearson_r']:.3f}, sign agreement {ai['sign_agreement']:.3f}; "
                   f"attribution patching r {aa['pearson_r']:.3f}, sign {aa['sign_agreement']:.3f}.", ""]
-        c = r["cost"]
-        lines += [f"Cost ({c['prompts']} prompts x {c['tokens_per_prompt']} tokens, graph of "
-                  f"{c['graph_nodes']} nodes / {c['graph_edges']} edges): one forward+backward "
-                  f"{c['fwd_bwd_s']:.1f} s (median of 3); attrib graph (clean+patch runs, nodes, edges) = "
-                  f"{c['attrib_graph_over_fwd_bwd']:.1f}x forward+backward; with IG nodes "
-                  f"{c['ig_graph_over_fwd_bwd']:.1f}x; exact patching of the same nodes "
-                  f"(batched, {c['exact_s_per_node']:.2f} s/node measured on the top-{ai['n']}) = "
-                  f"{c['exact_over_attrib_graph']:.1f}x the attrib graph.", "",
+        lines += [cost_line(r["cost"]), "",
                   "Top features (IG effect, exact effect, logit-lens label, top corpus contexts):", ""]
         for f in r["top_features"]:
             ex = "n/a" if f["exact_effect"] is None else f"{f['exact_effect']:+.3f}"
@@ -174,6 +197,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ig-rows", type=int, default=80, help="rows per IG forward (prompts x alphas)")
     ap.add_argument("--exact-rows", type=int, default=128, help="rows per exact-patching forward")
+    ap.add_argument("--cost-only", action="store_true",
+                    help="only the graph-cost ratios (e.g. --tasks ioi --n 64 --top-agree 20)")
     ap.add_argument("--json", default="benchmarks/results_attribution.json")
     ap.add_argument("--md", default="benchmarks/results_attribution.md")
     args = ap.parse_args()
@@ -183,7 +208,7 @@ def main() -> None:
     saes = SAESet.load(args.saes, model=model)
     hooks = ab.ordered_hooks(model, saes)
     docs = []
-    if args.docs:
+    if args.docs and not args.cost_only:
         from trainers.corpus import default_corpus
 
         corpus = default_corpus(tok).split(0.02, 0)[1]
@@ -195,7 +220,7 @@ def main() -> None:
         r = run_task(model, tok, saes, hooks, name, args, docs)
         out[name] = r
         print(json.dumps({k: v for k, v in r.items() if k != "top_features"}, indent=1))
-        for f in r["top_features"]:
+        for f in r.get("top_features", []):
             print(f"  {f['node']:>18} IG {f['ig_effect']:+.3f} exact {f['exact_effect'] if f['exact_effect'] is None else round(f['exact_effect'], 3)}  {f['label']}")
             for c in f["contexts"]:
                 print(f"        {c!r}")

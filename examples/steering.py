@@ -3,11 +3,13 @@
   (a) clamp the top closing-parenthesis feature high → P(")"-starting tokens) rises on held-out
       prompts where ")" is not due;
   (b) zero-ablate the top IOI features → the IOI logit difference logit(IO) − logit(S) drops;
-  (c) a topic feature (found from its top-activating contexts) clamped high changes free text.
+  (c) a topic feature (found from its top-activating contexts) clamped high or added changes
+      free text (food words counted in held-out generations).
 
 Features for (a) and (b) are selected by gradient × activation of the task metric at the last
 token (`attribution_features`, through `splice(track_grad=True)`); the topic feature of (c) by
-contrastive mean activation difference (food vs other texts). Selection prompts are disjoint
+contrastive mean activation difference (food vs other texts), then the intervention that adds the
+most food words on SELECT prompts is reported on NEUTRAL ones. Selection prompts are disjoint
 from evaluation prompts.
 
     python examples/steering.py --saes runs/saes [--json out.json]
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 
 import torch
 
@@ -44,7 +47,15 @@ TOPICS = {
               "The football team won the match with a late goal in the final minute.",
               "The software update fixed a bug that crashed the program on startup."],
 }
-NEUTRAL = ["I woke up this morning and", "The best thing about my town is", "Yesterday my friend told me that"]
+SELECT = ["I woke up this morning and", "The best thing about my town is", "Yesterday my friend told me that"]
+NEUTRAL = ["My favourite part of the weekend is", "Here is what happened at the meeting:",
+           "The old man walked slowly to", "After school the children", "Last summer we travelled to",
+           "The letter on the table said"]
+FOOD_WORDS = re.compile(
+    r"\b(food|cook\w*|recipe\w*|eat\w*|dish\w*|meal\w*|sauce|salt|oil|flour|butter|sugar|bread|soup|"
+    r"bak\w*|chef|kitchen|garlic|onion\w*|tomato\w*|pepper|cheese|rice|chicken|vegetable\w*|fruit\w*|"
+    r"delicious|flavou?r\w*|tast\w*|herb\w*|spice\w*|dinner|lunch|breakfast|egg\w*|milk|cream|cake|"
+    r"coffee|tea|wine|beer|pub|meat|fish|potato\w*|salad|fry|fried|roast\w*|grill\w*|treat\w*)\b", re.I)
 
 
 def demo_parens(model, tok, saes, hook: str, top: int, factor: float) -> dict:
@@ -91,15 +102,33 @@ def demo_ioi(model, tok, saes, hook: str, top: int) -> dict:
     return out
 
 
-def demo_topic(model, tok, saes, hook: str, factor: float, new_tokens: int) -> dict:
-    (feature, diff), = contrastive_features(model, saes, hook, TOPICS["food"], TOPICS["other"], tok,
-                                            top=1, position=None)
-    found = top_contexts(model, tok, saes, [(hook, feature)], TOPICS["food"] + TOPICS["other"], n=5)
-    contexts = [(c.max, c.marked(before=8, after=0)) for c in found[(hook, feature)]]
-    value = factor * contexts[0][0]
-    res = steer(model, saes, NEUTRAL, [Intervention(hook, feature, "set", value)], new_tokens, tokenizer=tok)
-    return {"hook": hook, "feature": feature, "contrast": diff, "clamp_value": value,
-            "top_contexts": [{"activation": a, "context": c} for a, c in contexts],
+def food_words(text: str) -> int:
+    return len(FOOD_WORDS.findall(text))
+
+
+def demo_topic(model, tok, saes, hook: str, factor: float, new_tokens: int, candidates: int,
+               adds: list[float]) -> dict:
+    """Find food features by contrast, pick the (feature, intervention) that puts the most food
+    words into generations from SELECT prompts, then report it on the held-out NEUTRAL prompts."""
+    feats = contrastive_features(model, saes, hook, TOPICS["food"], TOPICS["other"], tok,
+                                 top=candidates, position=None)
+    found = top_contexts(model, tok, saes, [(hook, f) for f, _ in feats], TOPICS["food"] + TOPICS["other"], n=5)
+    tried = []
+    for feature, diff in feats:
+        peak = found[(hook, feature)][0].max if found[(hook, feature)] else 1.0
+        for mode, value in [("set", factor * peak)] + [("add", a) for a in adds]:
+            res = steer(model, saes, SELECT, [Intervention(hook, feature, mode, value)], new_tokens, tokenizer=tok)
+            tried.append({"feature": feature, "contrast": diff, "mode": mode, "value": value,
+                          "select_food_words": sum(food_words(t) for t in res.steered)})
+    best = max(tried, key=lambda t: t["select_food_words"])
+    feature, mode, value = best["feature"], best["mode"], best["value"]
+    res = steer(model, saes, NEUTRAL, [Intervention(hook, feature, mode, value)], new_tokens, tokenizer=tok)
+    return {"hook": hook, "feature": feature, "contrast": best["contrast"], "mode": mode, "value": value,
+            "tried": tried,
+            "top_contexts": [{"activation": c.max, "context": c.marked(before=8, after=0)}
+                             for c in found[(hook, feature)]],
+            "food_words_baseline": sum(food_words(t) for t in res.baseline),
+            "food_words_steered": sum(food_words(t) for t in res.steered),
             "generations": [{"prompt": p, "baseline": b, "steered": s}
                             for p, b, s in zip(res.prompts, res.baseline, res.steered)]}
 
@@ -113,6 +142,8 @@ def main() -> None:
     parser.add_argument("--ioi-top", type=int, default=10)
     parser.add_argument("--factor", type=float, default=3.0, help="clamp = factor × max observed activation")
     parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--topic-candidates", type=int, default=3, help="contrastive food features tried")
+    parser.add_argument("--topic-adds", default="4,8", help="decoder-row multiples tried in `add` mode")
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -122,7 +153,8 @@ def main() -> None:
     results = {"saes": args.saes,
                "parens": demo_parens(model, tok, saes, args.parens_hook, 1, args.factor),
                "ioi": demo_ioi(model, tok, saes, args.ioi_hook, args.ioi_top),
-               "topic": demo_topic(model, tok, saes, args.topic_hook, args.factor, args.new_tokens)}
+               "topic": demo_topic(model, tok, saes, args.topic_hook, args.factor, args.new_tokens,
+                                   args.topic_candidates, [float(a) for a in args.topic_adds.split(",")])}
     p = results["parens"]
     print(f"(a) parens: {p['hook']} feature {p['feature']} clamped to {p['clamp_value']:.2f} at the last token: "
           f"P(')'…) {p['p_close_baseline']:.4f} -> {p['p_close_steered']:.4f} "
@@ -132,11 +164,12 @@ def main() -> None:
           f"{i['top_logit_diff_baseline']:.3f} -> {i['top_logit_diff_ablated']:.3f} (drop {i['top_drop']:.3f}); "
           f"{len(i['features'])} random features: drop {i['random_drop']:.3f}")
     t = results["topic"]
-    print(f"(c) topic: {t['hook']} feature {t['feature']} (food vs other, contrast {t['contrast']:.2f}); "
-          "top contexts:")
+    print(f"(c) topic: {t['hook']} feature {t['feature']} (food vs other, contrast {t['contrast']:.2f}; "
+          f"best of {len(t['tried'])} feature x intervention tries on separate prompts); top contexts:")
     for c in t["top_contexts"]:
         print(f"      {c['activation']:7.2f}  {c['context']!r}")
-    print(f"    clamped to {t['clamp_value']:.2f} at every position:")
+    print(f"    {t['mode']} {t['value']:.2f} at every position, on {len(t['generations'])} held-out prompts: "
+          f"food words {t['food_words_baseline']} -> {t['food_words_steered']}")
     for g in t["generations"]:
         print(f"    prompt   {g['prompt']!r}\n    baseline {g['baseline']!r}\n    steered  {g['steered']!r}")
     if args.json:

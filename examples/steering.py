@@ -55,7 +55,7 @@ FOOD_WORDS = re.compile(
     r"\b(food|cook\w*|recipe\w*|eat\w*|dish\w*|meal\w*|sauce|salt|oil|flour|butter|sugar|bread|soup|"
     r"bak\w*|chef|kitchen|garlic|onion\w*|tomato\w*|pepper|cheese|rice|chicken|vegetable\w*|fruit\w*|"
     r"delicious|flavou?r\w*|tast\w*|herb\w*|spice\w*|dinner|lunch|breakfast|egg\w*|milk|cream|cake|"
-    r"coffee|tea|wine|beer|pub|meat|fish|potato\w*|salad|fry|fried|roast\w*|grill\w*|treat\w*)\b", re.I)
+    r"coffee|tea|wine|meat|fish|potato\w*|salad|fry|fried|roast\w*|grill\w*)\b", re.I)
 
 
 def demo_parens(model, tok, saes, hook: str, top: int, factor: float) -> dict:

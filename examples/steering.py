@@ -117,7 +117,8 @@ def demo_topic(model, tok, saes, hook: str, factor: float, new_tokens: int, cand
     for feature, diff in feats:
         peak = found[(hook, feature)][0].max if found[(hook, feature)] else 1.0
         for mode, value in [("set", factor * peak)] + [("add", a) for a in adds]:
-            res = steer(model, saes, SELECT, [Intervention(hook, feature, mode, value)], new_tokens, tokenizer=tok)
+            res = steer(model, saes, SELECT, [Intervention(hook, feature, mode, value)], new_tokens,
+                        tokenizer=tok, baseline=False)   # selection needs only the steered text
             tried.append({"feature": feature, "contrast": diff, "mode": mode, "value": value,
                           "select_food_words": sum(food_words(t) for t in res.steered)})
     best = max(tried, key=lambda t: t["select_food_words"])

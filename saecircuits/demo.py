@@ -136,13 +136,16 @@ def steering_feature(model, saes, graph, token_ids) -> tuple[str, int, float]:
     from .export.dashboards import output_effects
 
     ids = torch.as_tensor(list(token_ids), dtype=torch.long)
-    best: tuple[str, int, float] | None = None
+    positive: dict[str, list[int]] = {}
     for hook, feat, effect, _ in top_features(graph, 10**6):
-        if effect <= 0:
-            continue
-        promotes = float(output_effects(model, saes[hook], [feat])[0, ids].mean())
-        if best is None or promotes > best[2]:
-            best = (hook, feat, promotes)
+        if effect > 0:
+            positive.setdefault(hook, []).append(feat)
+    best: tuple[str, int, float] | None = None
+    for hook, feats in positive.items():  # one logit-lens product per hook
+        promotes = output_effects(model, saes[hook], feats)[:, ids].mean(1)
+        i = int(promotes.argmax())
+        if best is None or float(promotes[i]) > best[2]:
+            best = (hook, feats[i], float(promotes[i]))
     if best is None:
         raise ConfigError("the parens circuit has no feature with a positive effect to steer with")
     return best

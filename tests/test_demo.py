@@ -1,0 +1,45 @@
+"""`saecircuits demo` end to end on SmolLM2 (small settings), as a user runs it."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from saecircuits.models import cache_dir
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_end_to_end(smol, tmp_path):
+    cache = tmp_path / "cache"  # fresh SAE cache; reuse the converted model and tokenized corpus
+    cache.mkdir()
+    for shared in ("models", "corpus"):
+        if (cache_dir() / shared).is_dir():
+            (cache / shared).symlink_to(cache_dir() / shared)
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "saecircuits", "demo", "--quick", "--tokens", "8160", "--n", "4",
+           "--top-k", "10", "--hooks", "resid.4,resid.23", "--expansion", "2", "--out", str(out), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "SAECIRCUITS_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # --json: stdout is the summary only
+
+    for task in ("ioi", "parens"):
+        circuit = summary["circuits"][task]
+        assert math.isfinite(circuit["faithfulness"])
+        assert circuit["top_features"], task
+        for name in ("graph.json", "nodes.csv", "edges.csv", "graph.svg", "index.html"):
+            assert (out / task / name).is_file(), (task, name)
+    assert any((out / "dashboards").iterdir())
+    steering = summary["steering"]
+    assert steering["feature"].split(":")[0] in ("resid.4", "resid.23")
+    assert steering["results"] and all(r["baseline"] and r["steered"] for r in steering["results"])
+    assert math.isfinite(steering["mean_prob_shift"])
+    assert "saecircuits serve" in proc.stderr  # the how-to-open line (stdout carries only JSON)
+    trained = list((cache / "saes").iterdir())
+    assert len(trained) == 1 and (trained[0] / "resid.23" / "sae.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo.")]  # no temp dirs left

@@ -138,7 +138,9 @@ def test_run_matches_the_bare_model_and_edits_get_sites(tiny):
         return None
 
     logits, acts = rm.run(inputs, edit=edit)
-    assert torch.equal(logits, bare_logits(model, tok, ["The cat sat", "A dog ran far away"]))
+    assert torch.equal(logits, rm.run(inputs, splice=False)[0])      # invariant 1: exact splice
+    torch.testing.assert_close(logits, bare_logits(model, tok, ["The cat sat", "A dog ran far away"]),
+                               rtol=0, atol=1e-5)
     assert [s.name for s in seen] == HOOKS and all(isinstance(s, sc.HookPoint) for s in seen)
     assert set(acts) == set(HOOKS) and acts["mlp.1"].features.shape[-1] == 48
     last, _ = rm.run(inputs, last=True)
@@ -171,7 +173,9 @@ def test_graph_labels_use_the_dashboards_logit_lens(tiny):
 def test_gpt_neox_logits_are_found_generically(tiny_dir):
     model, tok = sc.load_model(str(tiny_dir("gpt_neox")), device="cpu")
     site = logits_site(model)
-    assert site.module_path == "embed_out" and site.width == len(tok)
+    hf = sc.models.unwrap(model)   # GPT-NeoX's head is `embed_out` under transformers 4.x
+    assert hf.get_submodule(site.module_path) is hf.get_output_embeddings()
+    assert site.width == hf.config.vocab_size
     saes = {"resid.1": sc.SAE.random(sc.SAEConfig("relu", 64, 32, hook="resid.1"), seed=0)}
     logits, _ = ReplacementModel(model, saes, tok).run(encode_inputs(tok, ["Hello world"]))
     torch.testing.assert_close(logits, bare_logits(model, tok, ["Hello world"]), rtol=0, atol=1e-5)

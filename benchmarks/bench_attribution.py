@@ -29,8 +29,8 @@ from saecircuits.attribution.circuit import feature_labels  # noqa: E402
 from saecircuits.attribution.edges import compute_edges  # noqa: E402
 from saecircuits.attribution.evaluate import Evaluator, agreement, circuit_by_size, faithfulness_curve  # noqa: E402
 from saecircuits.attribution.nodes import attrib_scores, exact_effects, ig_scores  # noqa: E402
+from saecircuits.replacement import ReplacementModel  # noqa: E402
 from saecircuits.sae import SAESet  # noqa: E402
-from saecircuits.splice import splice  # noqa: E402
 from saecircuits.tasks import make_task, task_accuracy  # noqa: E402
 
 
@@ -44,9 +44,8 @@ def fwd_bwd(model, saes, chunk) -> float:
     """Seconds of one spliced forward + backward (gradients to every hook) over the chunk."""
     t = time.perf_counter()
     store: dict = {}
-    with model.trace(chunk.clean):
-        splice(model, saes, edit=ab.grad_edit(model, saes, store), track_grad=True)
-        logits = model.lm_head.output[:, -1].save()
+    rm = ReplacementModel(model, saes)
+    logits, _ = rm.run(chunk.clean, edit=ab.grad_edit(rm, store), grad=True, last=True)
     chunk.task.metric(logits).sum().backward()
     return time.perf_counter() - t
 
@@ -115,7 +114,7 @@ def run_task(model, tok, saes, hooks, name, args, docs) -> dict:
     res["cost"] = cost_summary(args, chunks, len(top), len(circuit), len(edges), t_fb, t_prep,
                                t_attrib, t_ig, t_edges, t_exact)
     feats = [n for n in circuit if n[2] != "err"][:args.show]
-    labels = feature_labels(model, tok, saes, feats)
+    labels = feature_labels(ReplacementModel(model, saes), tok, feats)
     ctx = contexts(model, tok, saes, [(h, int(i)) for h, _, i in feats], docs) if docs else {}
     res["top_features"] = [{"node": f"{h}/*/{i}", "ig_effect": ig.effect((h, p, i)),
                             "exact_effect": exact.get((h, p, i)), "label": labels[(h, p, i)],

@@ -1,7 +1,7 @@
 """saecircuits: sparse autoencoders, feature circuits and steering on any HF causal LM.
 
-Data flow: corpus -> activations -> `trainers` -> SAE files -> `splice` -> `attribution`
--> `FeatureGraph` -> `export` / `steering`. The heavier sub-packages are imported lazily on
+Data flow: corpus -> activations -> `trainers` -> SAE files -> `ReplacementModel` (model +
+SAEs bound once; `splice`) -> `attribution` -> `FeatureGraph` (`graph`) -> `export` / `steering`. The heavier sub-packages are imported lazily on
 first use of one of their names (`saecircuits.trace_circuit`, `saecircuits.steer`, ...).
 """
 from importlib import import_module
@@ -10,7 +10,9 @@ from .errors import (ConfigError, ExportError, GraphError, HookPointError, Inter
                      ModelLoadError, SAEFormatError, SaecircuitsError, ShapeError, TaskError,
                      TrainingError)
 from .hooks import HookPoint, hook_points, resolve
+from .graph import FeatureGraph, Node
 from .models import DEFAULT_MODEL, load_model
+from .replacement import ReplacementModel
 from .sae import SAE, SAEConfig, SAESet
 from .splice import Spliced, splice, spliced_logits
 
@@ -19,7 +21,7 @@ __version__ = "0.1.0"
 _LAZY = {  # public name -> sub-module that defines it
     "load_sae": "formats", "load_sae_set": "formats",
     "make_task": "tasks", "load_jsonl": "tasks", "Task": "tasks", "task_accuracy": "tasks",
-    "TraceConfig": "attribution", "trace_circuit": "attribution", "FeatureGraph": "attribution",
+    "TraceConfig": "attribution", "trace_circuit": "attribution",
     "node_scores": "attribution", "faithfulness_curve": "attribution",
     "steer": "steering", "Intervention": "steering", "SteerResult": "steering",
     "parse_spec": "steering",
@@ -27,7 +29,8 @@ _LAZY = {  # public name -> sub-module that defines it
     "top_contexts": "export.dashboards", "write_dashboards": "export.dashboards",
 }
 
-__all__ = ["SAE", "SAEConfig", "SAESet", "HookPoint", "Spliced", "load_model", "hook_points",
+__all__ = ["SAE", "SAEConfig", "SAESet", "HookPoint", "Spliced", "ReplacementModel", "Node",
+           "FeatureGraph", "load_model", "hook_points",
            "resolve", "splice", "spliced_logits", "DEFAULT_MODEL", "SaecircuitsError",
            "ConfigError", "ExportError", "GraphError", "HookPointError", "InterventionError",
            "ModelLoadError", "SAEFormatError", "ShapeError", "TaskError", "TrainingError",

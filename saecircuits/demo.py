@@ -21,6 +21,7 @@ import torch
 from .errors import ConfigError, ExportError, SAEFormatError
 from .fileio import atomic_dir, write_json
 from .models import cache_dir, load_model, model_name_of
+from .replacement import ReplacementModel
 from .sae import SAESet
 
 DEMO_MARKER = "demo.json"
@@ -73,6 +74,20 @@ class DemoConfig:
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"demo {name} must be a positive integer, got {value!r}")
 
+    def train_config(self):
+        """The `trainers.TrainConfig` of the demo's SAEs."""
+        from trainers import TrainConfig
+
+        return TrainConfig(hooks=list(self.hooks), architecture="topk", k=self.k,
+                           expansion=self.expansion, tokens=self.tokens, seed=self.seed,
+                           device=self.device, eval_tokens=2048 if self.quick else 4096)
+
+    def trace_config(self):
+        """The `TraceConfig` of the demo's circuits."""
+        from .attribution import TraceConfig
+
+        return TraceConfig(method=self.method, n=self.n, top_k=self.top_k, seed=self.seed)
+
 
 def _say(message: str, start: float) -> None:
     print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
@@ -87,12 +102,10 @@ def _prepare_out(out: Path) -> None:
 
 def demo_saes(model, tok, cfg: DemoConfig, start: float) -> SAESet:
     """Load the demo's SAEs from the cache, or train them (then cache them)."""
-    from trainers import TrainConfig, train_saes
+    from trainers import train_saes
 
     d_model = model.config.hidden_size if hasattr(model, "config") else None
-    train_cfg = TrainConfig(hooks=list(cfg.hooks), architecture="topk", k=cfg.k, expansion=cfg.expansion,
-                            tokens=cfg.tokens, seed=cfg.seed, device=cfg.device,
-                            eval_tokens=2048 if cfg.quick else 4096)
+    train_cfg = cfg.train_config()
     recipe = {"model": model_name_of(model), "d_model": d_model, **{
         k: v for k, v in asdict(train_cfg).items() if k not in ("out", "progress", "device", "resume")}}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -130,11 +143,9 @@ def top_features(graph, n: int) -> list[tuple[str, int, float, str]]:
     return sorted(rows, key=lambda r: -abs(r[2]))[:n]
 
 
-def steering_feature(model, saes, graph, token_ids) -> tuple[str, int, float]:
+def steering_feature(rm: ReplacementModel, graph, token_ids) -> tuple[str, int, float]:
     """The circuit feature to clamp: among features with a positive effect on the metric, the
     one whose decoder row most promotes `token_ids` (mean logit-lens value); (hook, feature, value)."""
-    from .export.dashboards import output_effects
-
     ids = torch.as_tensor(list(token_ids), dtype=torch.long)
     positive: dict[str, list[int]] = {}
     for hook, feat, effect, _ in top_features(graph, 10**6):
@@ -142,7 +153,7 @@ def steering_feature(model, saes, graph, token_ids) -> tuple[str, int, float]:
             positive.setdefault(hook, []).append(feat)
     best: tuple[str, int, float] | None = None
     for hook, feats in positive.items():  # one logit-lens product per hook
-        promotes = output_effects(model, saes[hook], feats)[:, ids].mean(1)
+        promotes = rm.lens(hook, feats)[:, ids].mean(1)
         i = int(promotes.argmax())
         if best is None or float(promotes[i]) > best[2]:
             best = (hook, feats[i], float(promotes[i]))
@@ -171,13 +182,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         metrics = sae.cfg.metadata.get("metrics") or {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
         _say(f"  SAE {hook}: d_sae {sae.cfg.d_sae}, k {sae.cfg.k}" + (f" ({shown})" if shown else ""), start)
+    rm = ReplacementModel(model, saes, tok)  # every step below uses this one bound model
 
     summary: dict[str, Any] = {"model": model_name_of(model), "config": asdict(cfg), "circuits": {}}
     graphs = {}
     for task in ("ioi", "parens"):
         _say(f"tracing the {task} circuit ({cfg.n} prompts, method {cfg.method}, top {cfg.top_k} nodes)", start)
-        graph, info = trace_circuit(model, tok, saes, task, method=cfg.method, n=cfg.n,
-                                    top_k=cfg.top_k, seed=cfg.seed)
+        graph, info = trace_circuit(rm, tok, None, task, cfg.trace_config())
         graphs[task] = graph
         summary["circuits"][task] = info
         _say(f"  {task}: clean metric {info['metric_clean']:.2f}, accuracy {info['accuracy_clean']:.2f}, "
@@ -207,13 +218,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             {"hook": h, "feature": f, "effect": e, "label": lab} for h, f, e, lab in rows]
     print()
 
-    hook, feat, promotes = steering_feature(model, saes, graphs["parens"], closing_ids(tok))
+    hook, feat, promotes = steering_feature(rm, graphs["parens"], closing_ids(tok))
     peak = float(acts.acts[..., acts.column((hook, feat))].max())
     value = max(3.0 * peak, 1.0)
     _say(f"steering: clamping parens feature {hook}:{feat} (circuit effect > 0, decoder promotes ')' "
          f"by {promotes:+.2f} logits per unit) to {value:.1f} (3x its corpus max) on prompts where "
          "')' is not due", start)
-    result = steer(model, saes, NOT_DUE_PROMPTS, [Intervention(hook, feat, "set", value, positions="all")],
+    result = steer(rm, None, NOT_DUE_PROMPTS, [Intervention(hook, feat, "set", value, positions="all")],
                    max_new_tokens=12, track=closing_ids(tok))
     shift = result.steered_probs[:, 0].sum(-1) - result.baseline_probs[:, 0].sum(-1)
     print(result.format())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import HookPointError
-from .models import unwrap
+from .wrapping import unwrap
 
 _CANONICAL = re.compile(r"^(resid|mlp|attn)\.(\d+)$")
 

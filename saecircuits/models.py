@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
+from .wrapping import model_device, model_dtype, model_name_of, unwrap  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -168,28 +169,9 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model = TransformersModel(hf, tokenizer=tok)
-    from .hooks import probe_model
+    from .hooks import probe_model  # models -> hooks only (hooks never imports models)
 
     probe_model(model)  # learn hook widths/order now: a probe inside a trace would disturb it
     log.info("loaded %s in %.1fs", model_name, time.perf_counter() - start)
     hf.saecircuits_name = model_name  # read by SAE cfgs and exports
     return model, tok
-
-
-def model_name_of(model) -> str:
-    """Name the model was loaded under (hub id, path, or the default's name)."""
-    hf = unwrap(model)
-    return getattr(hf, "saecircuits_name", None) or getattr(hf.config, "name_or_path", "") or "model"
-
-
-def unwrap(model) -> torch.nn.Module:
-    """The underlying HF module of an nnsight-wrapped model (or the module itself)."""
-    return getattr(model, "_module", model)
-
-
-def model_device(model) -> torch.device:
-    return next(unwrap(model).parameters()).device
-
-
-def model_dtype(model) -> torch.dtype:
-    return next(unwrap(model).parameters()).dtype

@@ -23,10 +23,11 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from . import architectures
 from .errors import ConfigError, HookPointError, SAEFormatError, ShapeError
 from .fileio import read_safetensors, write_json, write_safetensors
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+ARCHITECTURES = architectures.NAMES
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float64": torch.float64}
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae.safetensors"
@@ -65,7 +66,7 @@ class SAEConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"SAE {name} must be a positive integer, got {value!r}")
-        if self.architecture in ("topk", "batchtopk"):
+        if architectures.REGISTRY[self.architecture].uses_k:
             if not isinstance(self.k, int) or isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
                 raise ConfigError(f"SAE k must be an integer in 1..d_sae={self.d_sae} for "
                                   f"{self.architecture}, got {self.k!r}")
@@ -74,7 +75,7 @@ class SAEConfig:
 
     @property
     def has_threshold(self) -> bool:
-        return self.architecture in ("jumprelu", "batchtopk")
+        return architectures.REGISTRY[self.architecture].has_threshold
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,13 +157,8 @@ class SAE(nn.Module):
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
         """Sparse code from pre-activations `[..., d_sae]`."""
-        arch = self.cfg.architecture
-        if arch == "relu":
-            return torch.relu(pre)
-        if arch == "topk":
-            values, indices = pre.topk(self.cfg.k, dim=-1)
-            return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
-        return pre * (pre > self.threshold).to(pre.dtype)  # jumprelu / batchtopk at inference
+        arch = architectures.REGISTRY[self.cfg.architecture]
+        return arch.activation(pre, self.cfg.k, self.threshold if arch.has_threshold else None)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """`[..., d_in] -> [..., d_sae]` feature activations (in the SAE's dtype)."""

@@ -12,6 +12,7 @@ from saecircuits.attribution.evaluate import Evaluator, agreement, circuit_by_si
 from saecircuits.attribution.nodes import attrib_scores, exact_effects, ig_scores, node_scores
 from saecircuits.cli import main
 from saecircuits.errors import ConfigError, GraphError, TaskError
+from saecircuits.graph import Node
 from saecircuits.tasks import make_task
 from helpers import assert_model_clean
 
@@ -95,7 +96,7 @@ def test_edges_split_each_upstream_effect_over_the_next_hook(setup):
     last = [n for n in est.nodes() if n[0] == "resid.2"][:4]
     edges = compute_edges(model, saes, states, HOOKS, last, progress=False)
     for n in last:
-        assert edges.get((n, "metric"), 0.0) == pytest.approx(est.effect(n), rel=1e-4, abs=1e-7)
+        assert edges.get((n, Node.metric()), 0.0) == pytest.approx(est.effect(n), rel=1e-4, abs=1e-7)
 
 
 def test_agreement_and_methods(setup):

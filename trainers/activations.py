@@ -1,7 +1,7 @@
 """Harvest activations at many hook points in one forward pass; shuffle; cache on disk.
 
 `harvest(model, points, ids)` runs one nnsight trace that reads every hook point in forward
-order and stops right after the deepest one (later layers and lm_head never run). Position 0
+order and stops right after the deepest one (later layers and the output head never run). Position 0
 of every window (a BOS token, or the first token, which acts as an attention sink with
 outlier norms) and padding positions are dropped.
 

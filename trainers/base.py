@@ -164,19 +164,20 @@ class Trainer(nn.Module):
         return None
 
     def to_sae(self, scale: float, model_name: str = "", metadata: dict | None = None) -> SAE:
-        """Native SAE acting on raw activations (normalisation scale folded in)."""
+        """Native SAE acting on raw activations (normalisation scale folded in), on the
+        trainer's device (where the model's activations are: evaluation runs there too)."""
         spec = self.spec
         cfg = SAEConfig(architecture=spec.architecture, d_in=spec.d_in, d_sae=spec.d_sae,
                         k=spec.k if spec.architecture in ("topk", "batchtopk") else None,
                         hook=spec.hook, model_name=model_name, metadata=dict(metadata or {}))
-        sae = SAE(cfg)
+        sae = SAE(cfg, device=self.enc.device)
         with torch.no_grad():
-            sae.W_enc.copy_(self.enc.detach().T.cpu())
-            sae.b_enc.copy_(self.b_enc.detach().cpu())
-            sae.W_dec.copy_(self.dec.detach().cpu())
-            sae.b_dec.copy_(self.b_dec.detach().cpu())
+            sae.W_enc.copy_(self.enc.detach().T)
+            sae.b_enc.copy_(self.b_enc.detach())
+            sae.W_dec.copy_(self.dec.detach())
+            sae.b_dec.copy_(self.b_dec.detach())
             threshold = self.threshold_value()
             if threshold is not None:
-                sae.threshold.copy_(threshold.detach().cpu())
+                sae.threshold.copy_(threshold.detach())
         sae.fold_input_scale(float(scale))
         return sae

@@ -18,11 +18,10 @@ import torch
 from tqdm.auto import tqdm
 
 from saecircuits import hooks
-from saecircuits.errors import ConfigError
+from saecircuits.errors import ConfigError, ShapeError
 from saecircuits.fileio import write_json, write_text
-from saecircuits.models import model_device
+from saecircuits.replacement import ReplacementModel
 from saecircuits.sae import SAE
-from saecircuits.splice import splice
 
 from .corpus import TokenCorpus, load_corpus
 
@@ -30,10 +29,10 @@ DENSE = 0.1
 BINS = [-math.inf] + [x / 2 for x in range(-12, 1)]  # log10 frequency bin edges: dead, 1e-6 .. 1
 
 
-def _read_clean(model, points, acts: dict):
-    for hp in points:
-        acts[hp.name] = hooks.read(model, hp)
-    return model.lm_head.output
+def _read_clean(rm: ReplacementModel, acts: dict):
+    for hp in rm.points:
+        acts[hp.name] = rm.read(hp)
+    return rm.read_logits()
 
 
 def _zero(model, hp, keep_first: torch.Tensor):
@@ -72,12 +71,13 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
         raise ConfigError("evaluate_saes needs at least one SAE")
     if n_tokens <= 0:
         raise ConfigError(f"n_tokens must be positive, got {n_tokens}")
-    points = hooks.sort_by_forward_order(model, list(saes))
-    for hp in points:
-        if saes[hp.name].cfg.d_in != hp.width:
-            raise ConfigError(f"SAE at {hp.name!r} has d_in={saes[hp.name].cfg.d_in}, hook width {hp.width}")
+    try:
+        rm = ReplacementModel(model, saes, tok)  # SAEs moved to their sites' devices
+    except ShapeError as err:
+        raise ConfigError(str(err)) from err
+    points, saes = rm.points, rm.saes
     windows = eval_windows(tok, data, n_tokens, context, prepend_bos)
-    device = model_device(model)
+    device = rm.device
     acc = {hp.name: {"sse": 0.0, "sx": 0.0, "sxx": 0.0, "n": 0, "l0": 0.0, "cos": 0.0, "l2": 0.0,
                      "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0,
                      "fires": torch.zeros(saes[hp.name].cfg.d_sae, dtype=torch.int64)} for hp in points}
@@ -89,7 +89,7 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         acts: dict[str, torch.Tensor] = {}
         with model.trace(inputs):
-            logits = _read_clean(model, points, acts).save()
+            logits = _read_clean(rm, acts).save()
         ce, _, n, clean_logp = _next_token_stats(logits, ids, None)
         ce_clean += ce
         count += n
@@ -110,18 +110,18 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             a["cos"] += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).sum())
             a["l2"] += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum())
 
-            def drop_error(hook, feats, err):
+            def drop_error(site, feats, err):
                 return feats, err * keep_first.to(err.dtype)
 
             with model.trace(inputs):
-                splice(model, {hp.name: sae}, edit=drop_error)
-                logits_sae = model.lm_head.output.save()
+                rm.splice(drop_error, only=[hp.name])
+                logits_sae = rm.read_logits().save()
             ce, kl, _, _ = _next_token_stats(logits_sae, ids, clean_logp)
             a["ce_sae"] += ce
             a["kl_sae"] += kl
             with model.trace(inputs):
                 _zero(model, hp, keep_first)
-                logits_zero = model.lm_head.output.save()
+                logits_zero = rm.read_logits().save()
             ce, kl, _, _ = _next_token_stats(logits_zero, ids, clean_logp)
             a["ce_zero"] += ce
             a["kl_zero"] += kl

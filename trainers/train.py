@@ -150,13 +150,12 @@ def build_specs(model, cfg: TrainConfig) -> list[SAESpec]:
 
 
 def make_trainer(spec: SAESpec, total_steps: int, seed: int, dead_tokens: int, device) -> Trainer:
-    from .batchtopk import BatchTopKTrainer
-    from .jumprelu import JumpReLUTrainer
-    from .relu_l1 import ReluL1Trainer
-    from .topk import TopKTrainer
+    from importlib import import_module
 
-    cls = {"topk": TopKTrainer, "relu": ReluL1Trainer, "batchtopk": BatchTopKTrainer,
-           "jumprelu": JumpReLUTrainer}[spec.architecture]
+    from saecircuits import architectures
+
+    module, name = architectures.get(spec.architecture).trainer.split(":")
+    cls = getattr(import_module(f"trainers.{module}"), name)
     return cls(spec, total_steps, seed=seed, dead_tokens=dead_tokens, device=device)
 
 

@@ -15,18 +15,33 @@ clean values under every ablation (`Chunk.ablatable`).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
-from .. import hooks
 from ..errors import ConfigError, TaskError
+from ..replacement import ReplacementModel, bind
 from ..sae import SAE
-from ..splice import encode_inputs, plan, splice
+from ..splice import encode_inputs
 from ..tasks.base import Task
 
 ABLATIONS = ("patch", "zero", "mean", "resample")
+
+
+def bound(fn):
+    """Let `fn(rm, *args)` also be called the old way, `fn(model, saes, *args)`."""
+
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        if isinstance(model, ReplacementModel):
+            return fn(model, *args, **kwargs)
+        if not args:
+            raise ConfigError(f"{fn.__name__} needs a ReplacementModel or (model, saes)")
+        return fn(bind(model, args[0]), *args[1:], **kwargs)
+
+    return wrapper
 
 
 @dataclass
@@ -108,7 +123,7 @@ def to_device(inputs: Mapping[str, torch.Tensor], device) -> dict[str, torch.Ten
 
 
 # -- edits -------------------------------------------------------------------------------
-def grad_edit(model, saes, store: dict, fixed: Mapping[str, tuple] | None = None):
+def grad_edit(rm: ReplacementModel, store: dict, fixed: Mapping[str, tuple] | None = None):
     """Edit making true model gradients reach every hook's feature and error leaves.
 
     Each hook writes `decode(f_leaf) + err_leaf + (x − x.detach())`: numerically unchanged,
@@ -117,13 +132,14 @@ def grad_edit(model, saes, store: dict, fixed: Mapping[str, tuple] | None = None
     """
     fixed = fixed or {}
 
-    def edit(hook, f, err):
+    def edit(site, f, err):
+        hook = site.name
         if hook in fixed:
             fl = fixed[hook][0].detach().clone().requires_grad_(True)
             el = fixed[hook][1].detach().clone().requires_grad_(True)
             store[hook] = (fl, el)
             return fl, el
-        x = hooks.read(model, hooks.resolve(model, hook))
+        x = rm.read(site)
         fl = f.detach().requires_grad_(True)
         store[hook] = (fl, err)
         return fl, (err + (x - x.detach()) if x.requires_grad else err)
@@ -135,10 +151,10 @@ def set_edit(values: Mapping[str, tuple]):
     """Edit replacing `f`, `err` by `where(mask, target, current)`; `values[hook] =
     (mask_f [B,T,d_sae] | None, target_f, mask_err [B,T,1] | None, target_err)`."""
 
-    def edit(hook, f, err):
-        if hook not in values:
+    def edit(site, f, err):
+        if site.name not in values:
             return None
-        mf, tf, me, te = values[hook]
+        mf, tf, me, te = values[site.name]
         if mf is not None:
             f = torch.where(mf, tf.to(f.dtype), f)
         if me is not None:
@@ -149,40 +165,37 @@ def set_edit(values: Mapping[str, tuple]):
 
 
 def capture_edit(store: dict):
-    def edit(hook, f, err):
-        store[hook] = (f.detach(), err.detach())
+    def edit(site, f, err):
+        store[site.name] = (f.detach(), err.detach())
         return None
 
     return edit
 
 
-def run_metric(model, saes, chunk: Chunk, edit=None, inputs=None) -> torch.Tensor:
-    """`[B]` metric of one no-grad forward with `saes` spliced and `edit` applied."""
-    device = next(iter(saes.values())).device
-    inputs = to_device(inputs if inputs is not None else chunk.clean, device)
-    with torch.no_grad(), model.trace(inputs):
-        splice(model, saes, edit=edit)
-        logits = model.lm_head.output[:, -1].save()
+@bound
+def run_metric(rm: ReplacementModel, chunk: Chunk, edit=None, inputs=None) -> torch.Tensor:
+    """`[B]` metric of one no-grad forward with the dictionaries spliced and `edit` applied."""
+    logits, _ = rm.run(inputs if inputs is not None else chunk.clean, edit=edit, last=True)
     return chunk.task.metric(logits)
 
 
-def values(model, saes, inputs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def values(rm: ReplacementModel, inputs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """hook -> (f, err) of a no-grad spliced forward."""
     store: dict = {}
-    device = next(iter(saes.values())).device
-    with torch.no_grad(), model.trace(to_device(inputs, device)):
-        splice(model, saes, edit=capture_edit(store))
+    with torch.no_grad(), rm.model.trace(rm.inputs(inputs)):
+        rm.splice(capture_edit(store))
     return dict(store)
 
 
-def dataset_means(model, saes, all_chunks: list[Chunk]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+@bound
+def dataset_means(rm: ReplacementModel, all_chunks: list[Chunk]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """hook -> (mean f `[T, d_sae]`, mean err `[T, d_in]`): per position (column of the padded
     batch), the mean over the clean prompts that have a real, non-first token there
     (feature-circuits' mean ablation keeps positions); other columns take the overall mean."""
     sums: dict = {}
     count = None
     for ch in all_chunks:
-        vals = values(model, saes, ch.clean)
+        vals = values(rm, ch.clean)
         m = ch.ablatable.to(next(iter(vals.values()))[0].device).unsqueeze(-1).float()
         count = m.sum(0) if count is None else count + m.sum(0)
         for h, (f, e) in vals.items():
@@ -198,14 +211,15 @@ def dataset_means(model, saes, all_chunks: list[Chunk]) -> dict[str, tuple[torch
     return out
 
 
-def targets(model, saes, chunk: Chunk, clean_vals, ablation: str, means=None,
+@bound
+def targets(rm: ReplacementModel, chunk: Chunk, clean_vals, ablation: str, means=None,
             seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """hook -> (target f, target err) `[B, T, *]` for the ablation (padding and each prompt's
     first token keep clean values)."""
     if ablation == "patch":
         if chunk.patch is None:
             raise TaskError(f"task {chunk.task.name!r} has no patch prompts for patch ablation")
-        raw = values(model, saes, chunk.patch)
+        raw = values(rm, chunk.patch)
     elif ablation == "zero":
         raw = {h: (torch.zeros_like(f), torch.zeros_like(e)) for h, (f, e) in clean_vals.items()}
     elif ablation == "mean":
@@ -232,20 +246,18 @@ def targets(model, saes, chunk: Chunk, clean_vals, ablation: str, means=None,
     return out
 
 
-def prepare(model, saes, all_chunks: list[Chunk], ablation: str, means=None, seed: int = 0,
-            progress=None) -> list[State]:
+@bound
+def prepare(rm: ReplacementModel, all_chunks: list[Chunk], ablation: str, means=None,
+            seed: int = 0, progress=None) -> list[State]:
     """Clean forward + backward (true gradients) and ablation deltas for every chunk."""
     states = []
     for i, ch in enumerate(all_chunks):
         store: dict = {}
-        device = next(iter(saes.values())).device
-        with model.trace(to_device(ch.clean, device)):
-            splice(model, saes, edit=grad_edit(model, saes, store), track_grad=True)
-            logits = model.lm_head.output[:, -1].save()
+        logits, _ = rm.run(ch.clean, edit=grad_edit(rm, store), grad=True, last=True)
         metric = ch.task.metric(logits)
         metric.sum().backward()
         clean_vals = {h: (fl.detach(), el.detach()) for h, (fl, el) in store.items()}
-        tg = targets(model, saes, ch, clean_vals, ablation, means, seed + i)
+        tg = targets(rm, ch, clean_vals, ablation, means, seed + i)
         states.append(State(
             chunk=ch, metric=metric.detach(),
             f={h: v[0] for h, v in clean_vals.items()}, err={h: v[1] for h, v in clean_vals.items()},
@@ -258,5 +270,6 @@ def prepare(model, saes, all_chunks: list[Chunk], ablation: str, means=None, see
     return states
 
 
-def ordered_hooks(model, saes: Mapping[str, SAE]) -> list[str]:
-    return [hp.name for hp in plan(model, saes)]
+@bound
+def ordered_hooks(rm: ReplacementModel) -> list[str]:
+    return rm.hooks

@@ -18,18 +18,17 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .. import hooks as hk
-from ..splice import splice
-from .ablation import State, to_device
-from .nodes import Node
+from ..replacement import ReplacementModel
+from .ablation import State, bound
+from ..graph import Node
 
 
-def _direct_edit(model, saes, store: dict):
-    def edit(hook, f, err):
-        x = hk.read(model, hk.resolve(model, hook))
+def _direct_edit(rm: ReplacementModel, store: dict):
+    def edit(site, f, err):
+        x = rm.read(site)
         fl = f.detach().requires_grad_(True)
-        err_conn = x - saes[hook].decode(f, dtype=x.dtype) if x.requires_grad else None
-        store[hook] = (f, err_conn, fl, err)
+        err_conn = x - rm.saes[site.name].decode(f, dtype=x.dtype) if x.requires_grad else None
+        store[site.name] = (f, err_conn, fl, err)
         return fl, err
 
     return edit
@@ -37,14 +36,13 @@ def _direct_edit(model, saes, store: dict):
 
 def _seed(st: State, node: Node, which: str) -> torch.Tensor:
     """Seed `[B, T, d]` for a downstream node: its clean-point gradient at its position(s)."""
-    hook, pos, feat = node
-    g = st.grad_err[hook] if which == "err" else st.grad_f[hook]
+    g = st.grad_err[node.hook] if which == "err" else st.grad_f[node.hook]
     seed = torch.zeros_like(g)
-    where = slice(None) if pos is None else pos
+    where = slice(None) if node.pos is None else node.pos
     if which == "err":
         seed[:, where] = g[:, where]
     else:
-        seed[:, where, feat] = g[:, where, feat]
+        seed[:, where, node.feature] = g[:, where, node.feature]
     return seed
 
 
@@ -61,39 +59,36 @@ def _products(gf, ge, st: State, hook: str, positional: bool, n: int):
     return cf, ce
 
 
-def compute_edges(model, saes, states: Sequence[State], hooks: Sequence[str], kept: Sequence[Node],
+@bound
+def compute_edges(rm: ReplacementModel, states: Sequence[State], hooks: Sequence[str], kept: Sequence[Node],
                   positional: bool = False, seed_batch: int = 16,
-                  progress: bool = True) -> dict[tuple[Node, object], float]:
-    """Edge weights `{(upstream node, downstream node or "metric"): weight}` among `kept` nodes."""
+                  progress: bool = True) -> dict[tuple[Node, Node], float]:
+    """Edge weights `{(upstream node, downstream node or Node.metric()): weight}` among `kept`."""
     order = {h: i for i, h in enumerate(hooks)}
-    kept = list(kept)
+    kept = [Node.coerce(nd) for nd in kept]
     kept_set = set(kept)
-    by_hook: dict[str, list[Node]] = {h: [nd for nd in kept if nd[0] == h] for h in hooks}
+    by_hook: dict[str, list[Node]] = {h: [nd for nd in kept if nd.hook == h] for h in hooks}
     n = sum(len(s.chunk.task) for s in states)
     edges: dict[tuple, float] = {}
-    device = next(iter(saes.values())).device
 
     def add(up_hook: str, contrib_f, contrib_e, targets: list):
         for u in by_hook[up_hook]:
-            _, pos, feat = u
-            p = 0 if pos is None else pos
-            src = contrib_e if feat == "err" else contrib_f
+            p = 0 if u.pos is None else u.pos
+            src = contrib_e if u.is_error else contrib_f
             if src is None:
                 continue
-            vals = src[:, p] if feat == "err" else src[:, p, feat]
+            vals = src[:, p] if u.is_error else src[:, p, u.feature]
             for tgt, v in zip(targets, vals.tolist()):
                 if v != 0.0:
                     edges[(u, tgt)] = edges.get((u, tgt), 0.0) + v
 
-    downstream = [nd for nd in kept if order[nd[0]] > 0]
+    downstream = [nd for nd in kept if order[nd.hook] > 0]
     steps = len(states) * (1 + -(-len(downstream) // seed_batch))
     bar = tqdm(total=steps, desc="edges", disable=not progress, leave=False)
     try:
         for st in states:
             store: dict = {}
-            with model.trace(to_device(st.chunk.clean, device)):
-                splice(model, saes, edit=_direct_edit(model, saes, store), track_grad=True)
-                logits = model.lm_head.output[:, -1].save()
+            logits, _ = rm.run(st.chunk.clean, edit=_direct_edit(rm, store), grad=True, last=True)
             metric = st.chunk.task.metric(logits)
             leaves = [t for h in hooks for t in (store[h][2], store[h][3])]
             grads = torch.autograd.grad(metric.sum(), leaves, retain_graph=True, allow_unused=True)
@@ -101,7 +96,7 @@ def compute_edges(model, saes, states: Sequence[State], hooks: Sequence[str], ke
                 gf, ge = grads[2 * i], grads[2 * i + 1]
                 add(h, *_products(None if gf is None else gf.unsqueeze(0),
                                   None if ge is None else ge.unsqueeze(0), st, h, positional, n),
-                    ["metric"])
+                    [Node.metric()])
             bar.update(1)
             for d_hook in hooks[1:]:
                 targets_all = by_hook[d_hook]
@@ -111,9 +106,9 @@ def compute_edges(model, saes, states: Sequence[State], hooks: Sequence[str], ke
                 f_conn, err_conn = store[d_hook][0], store[d_hook][1]
                 for s in range(0, len(targets_all), seed_batch):
                     tg = targets_all[s:s + seed_batch]
-                    sf = torch.stack([_seed(st, t, "f") if t[2] != "err" else
+                    sf = torch.stack([_seed(st, t, "f") if not t.is_error else
                                       torch.zeros_like(st.grad_f[d_hook]) for t in tg])
-                    se = torch.stack([_seed(st, t, "err") if t[2] == "err" else
+                    se = torch.stack([_seed(st, t, "err") if t.is_error else
                                       torch.zeros_like(st.grad_err[d_hook]) for t in tg])
                     inputs = [t for h in ups for t in (store[h][2], store[h][3])]
                     outs, seeds = [f_conn], [sf]

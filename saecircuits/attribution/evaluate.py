@@ -15,9 +15,11 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from ..errors import ConfigError, GraphError
+from ..replacement import bind
 from . import ablation as ab
 from .ablation import State
-from .nodes import Node, NodeScores
+from ..graph import Node
+from .nodes import NodeScores
 
 
 def _masks(state: State, keep: set[Node], invert: bool):
@@ -27,14 +29,14 @@ def _masks(state: State, keep: set[Node], invert: bool):
         T, d = f.shape[1], f.shape[2]
         kf = torch.zeros(T, d, dtype=torch.bool, device=f.device)
         ke = torch.zeros(T, 1, dtype=torch.bool, device=f.device)
-        for hook, pos, feat in keep:
-            if hook != h:
+        for node in keep:
+            if node.hook != h:
                 continue
-            where = slice(None) if pos is None else pos
-            if feat == "err":
+            where = slice(None) if node.pos is None else node.pos
+            if node.is_error:
                 ke[where] = True
             else:
-                kf[where, feat] = True
+                kf[where, node.feature] = True
         if invert:
             out[h] = (kf.unsqueeze(0), ke.unsqueeze(0))
         else:
@@ -52,13 +54,19 @@ def _nonempty(keep: Iterable[Node]) -> list[Node]:
 class Evaluator:
     """Runs circuits with the complement ablated; targets are computed once per chunk."""
 
-    def __init__(self, model, saes, states: Sequence[State], ablation: str = "mean", means=None,
-                 seed: int = 0):
+    def __init__(self, model, saes=None, states: Sequence[State] = (), ablation: str = "mean",
+                 means=None, seed: int = 0):
+        """`Evaluator(rm, states=states, ...)` (bound) or `Evaluator(model, saes, states, ...)`."""
+        rm = bind(model, saes)
+        states = list(states)
+        if not states:
+            raise ConfigError("Evaluator needs at least one prepared chunk state")
         ab.check_ablation(ablation, states[0].chunk.task)
-        self.model, self.saes, self.states, self.ablation = model, saes, list(states), ablation
+        self.rm, self.states, self.ablation = rm, states, ablation
+        self.model, self.saes = rm.model, rm.saes
         if ablation == "mean" and means is None:
-            means = ab.dataset_means(model, saes, [s.chunk for s in self.states])
-        self.targets = [ab.targets(model, saes, s.chunk, {h: (s.f[h], s.err[h]) for h in s.f},
+            means = ab.dataset_means(rm, [s.chunk for s in self.states])
+        self.targets = [ab.targets(rm, s.chunk, {h: (s.f[h], s.err[h]) for h in s.f},
                                    ablation, means, seed + i) for i, s in enumerate(self.states)]
         self.n = sum(len(s.chunk.task) for s in self.states)
         self.f_model = float(torch.cat([s.metric for s in self.states]).mean())
@@ -66,12 +74,12 @@ class Evaluator:
 
     def metric(self, keep: Iterable[Node], invert: bool = False) -> float:
         """Mean metric with every node outside `keep` ablated (`invert`: ablate `keep` only)."""
-        keep = set(keep)
+        keep = {Node.coerce(nd) for nd in keep}
         total = 0.0
         for st, tg in zip(self.states, self.targets):
             masks = _masks(st, keep, invert)
             vals = {h: (masks[h][0], tg[h][0], masks[h][1], tg[h][1]) for h in st.f}
-            total += float(ab.run_metric(self.model, self.saes, st.chunk, edit=ab.set_edit(vals)).sum())
+            total += float(ab.run_metric(self.rm, st.chunk, edit=ab.set_edit(vals)).sum())
         return total / self.n
 
     def faithfulness(self, keep: Iterable[Node]) -> float:
@@ -94,15 +102,15 @@ def circuit_by_size(scores: NodeScores, k: int, errors: bool | str = True) -> li
     if errors not in (True, False, "all"):
         raise ConfigError(f"errors must be True, False or 'all', got {errors!r}")
     ranked = scores.nodes()
-    feats = [nd for nd in ranked if nd[2] != "err"][:k]
+    feats = [nd for nd in ranked if not nd.is_error][:k]
     if errors == "all":
-        return feats + [nd for nd in ranked if nd[2] == "err"]
+        return feats + [nd for nd in ranked if nd.is_error]
     if not errors:
         return feats
     if not feats:
-        return [nd for nd in ranked if nd[2] == "err"] if k == 0 else []
+        return [nd for nd in ranked if nd.is_error] if k == 0 else []
     floor = abs(scores.effect(feats[-1]))
-    return feats + [nd for nd in ranked if nd[2] == "err" and abs(scores.effect(nd)) >= floor]
+    return feats + [nd for nd in ranked if nd.is_error and abs(scores.effect(nd)) >= floor]
 
 
 def faithfulness_curve(ev: Evaluator, scores: NodeScores,
@@ -112,7 +120,7 @@ def faithfulness_curve(ev: Evaluator, scores: NodeScores,
     out = []
     for k in sizes:
         nodes = circuit_by_size(scores, k, errors)
-        n_feat = sum(1 for nd in nodes if nd[2] != "err")
+        n_feat = sum(1 for nd in nodes if not nd.is_error)
         val = ev.metric(nodes)
         out.append({"k": k, "features": n_feat, "errors": len(nodes) - n_feat, "metric": val,
                     "faithfulness": ev._normalise(val)})
@@ -122,9 +130,10 @@ def faithfulness_curve(ev: Evaluator, scores: NodeScores,
 def edge_faithfulness_linear(ev: Evaluator, nodes: Sequence[Node], all_edges: dict,
                              kept_edges: set) -> float:
     """Faithfulness of the circuit minus the direct effects of its pruned internal edges."""
-    node_set = set(nodes)
+    node_set = {Node.coerce(nd) for nd in nodes}
     removed = sum(w for (u, v), w in all_edges.items()
-                  if (u, v) not in kept_edges and u in node_set and (v == "metric" or v in node_set))
+                  if (u, v) not in kept_edges and u in node_set
+                  and (v.kind == "metric" or v in node_set))
     return ev._normalise(ev.metric(nodes) - removed)
 
 

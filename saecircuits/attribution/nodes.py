@@ -8,8 +8,9 @@ error node) from its clean value to its ablation target, averaged over prompts.
             mean gradient times delta is the effect; several α share one batched forward
     exact   activation patching: one patched forward per node, many nodes stacked in a batch
 
-Nodes are `(hook, pos, feature)` with `pos=None` when summed over positions (`*`) and
-`feature="err"` for the error node. Effects are summed over positions when `positional` is
+Nodes are `saecircuits.graph.Node`s (feature or error kind) with `pos=None` when summed over
+positions (`*`); legacy `(hook, pos, feature | "err")` tuples are accepted as input.
+Effects are summed over positions when `positional` is
 False and averaged over prompts.
 """
 from __future__ import annotations
@@ -21,11 +22,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..splice import splice
-from .ablation import Chunk, State, grad_edit, run_metric, set_edit, to_device
+from ..graph import Node
+from ..replacement import ReplacementModel
+from .ablation import State, bound, grad_edit, run_metric, set_edit
 
 METHODS = ("attrib", "ig", "exact")
-Node = tuple  # (hook, pos | None, feature int | "err")
 
 
 @dataclass
@@ -58,9 +59,9 @@ class NodeScores:
         for h in self.hooks:
             fe, ee = self.feature_effect[h], self.error_effect[h]
             for p, i in (fe.abs() > min_abs).nonzero().tolist():
-                out.append((abs(float(fe[p, i])), (h, p if self.positional else None, i)))
+                out.append((abs(float(fe[p, i])), Node.feat(h, p if self.positional else None, i)))
             for p in range(ee.shape[0]):
-                out.append((abs(float(ee[p])), (h, p if self.positional else None, "err")))
+                out.append((abs(float(ee[p])), Node.error(h, p if self.positional else None)))
         out.sort(key=lambda t: -t[0])
         return [n for _, n in out]
 
@@ -70,9 +71,11 @@ class NodeScores:
 
 
 def _lookup(features: dict, errors: dict, node: Node) -> float:
-    hook, pos, feat = node
-    p = 0 if pos is None else pos
-    return float(errors[hook][p]) if feat == "err" else float(features[hook][p, feat])
+    node = Node.coerce(node)
+    p = 0 if node.pos is None else node.pos
+    if node.is_error:
+        return float(errors[node.hook][p])
+    return float(features[node.hook][p, node.feature])
 
 
 def _reduce(x: torch.Tensor, positional: bool) -> torch.Tensor:
@@ -120,7 +123,8 @@ def attrib_scores(states: Sequence[State], hooks, positional: bool = False) -> N
     return _scores(hooks, states, positional, "attrib", fe, ee, n)
 
 
-def ig_scores(model, saes, states: Sequence[State], hooks, positional: bool = False,
+@bound
+def ig_scores(rm: ReplacementModel, states: Sequence[State], hooks, positional: bool = False,
               steps: int = 10, max_rows: int = 64, progress: bool = True) -> NodeScores:
     """Integrated gradients per hook (later hooks recompute; gradients pass straight through)."""
     if not isinstance(steps, int) or steps < 1:
@@ -128,7 +132,7 @@ def ig_scores(model, saes, states: Sequence[State], hooks, positional: bool = Fa
     n = sum(len(s.chunk.task) for s in states)
     fe, ee = _empty(states, positional)
     alphas = [(k + 0.5) / steps for k in range(steps)]
-    device = next(iter(saes.values())).device
+    device = rm.device
     total = sum(len(hooks) * -(-steps // max(1, max_rows // len(s.chunk.task))) for s in states)
     bar = tqdm(total=total, desc="integrated gradients", disable=not progress, leave=False)
     try:
@@ -146,9 +150,8 @@ def ig_scores(model, saes, states: Sequence[State], hooks, positional: bool = Fa
                     fixed = {h: (st.f[h].repeat(k, 1, 1) + a * st.delta_f[h].repeat(k, 1, 1),
                                  st.err[h].repeat(k, 1, 1) + a * st.delta_err[h].repeat(k, 1, 1))}
                     store: dict = {}
-                    with model.trace(to_device(rep.clean, device)):
-                        splice(model, saes, edit=grad_edit(model, saes, store, fixed), track_grad=True)
-                        logits = model.lm_head.output[:, -1].save()
+                    logits, _ = rm.run(rep.clean, edit=grad_edit(rm, store, fixed), grad=True,
+                                       last=True)
                     rep.task.metric(logits).sum().backward()
                     fl, el = store[h]
                     gf += fl.grad.view(k, B, *fl.shape[1:]).sum(0) / steps
@@ -167,22 +170,23 @@ def _mask(st: State, hook: str, rows_nodes: Sequence[Node], B: int):
     R = len(rows_nodes) * B
     mf = torch.zeros(R, f.shape[1], f.shape[2], dtype=torch.bool, device=f.device)
     me = torch.zeros(R, e.shape[1], 1, dtype=torch.bool, device=f.device)
-    for j, (h, pos, feat) in enumerate(rows_nodes):
-        if h != hook:
+    for j, node in enumerate(rows_nodes):
+        if node.hook != hook:
             continue
         rows = slice(j * B, (j + 1) * B)
-        where = slice(None) if pos is None else pos
-        if feat == "err":
+        where = slice(None) if node.pos is None else node.pos
+        if node.is_error:
             me[rows, where] = True
         else:
-            mf[rows, where, feat] = True
+            mf[rows, where, node.feature] = True
     return mf, me
 
 
-def exact_effects(model, saes, states: Sequence[State], nodes: Sequence[Node],
+@bound
+def exact_effects(rm: ReplacementModel, states: Sequence[State], nodes: Sequence[Node],
                   alpha: float = 1.0, max_rows: int = 64, progress: bool = True) -> dict[Node, float]:
     """Exact activation patching of each node (to clean + alpha·delta), mean metric change."""
-    nodes = list(nodes)
+    nodes = [Node.coerce(nd) for nd in nodes]
     if not nodes:
         return {}
     n = sum(len(s.chunk.task) for s in states)
@@ -198,12 +202,12 @@ def exact_effects(model, saes, states: Sequence[State], nodes: Sequence[Node],
                 k = len(group)
                 rep = st.chunk.repeat(k)
                 vals = {}
-                for h in {node[0] for node in group}:
+                for h in {node.hook for node in group}:
                     mf, me = _mask(st, h, group, B)
                     tf = (st.f[h] + alpha * st.delta_f[h]).repeat(k, 1, 1)
                     te = (st.err[h] + alpha * st.delta_err[h]).repeat(k, 1, 1)
                     vals[h] = (mf, tf, me, te)
-                m = run_metric(model, saes, rep, edit=set_edit(vals))
+                m = run_metric(rm, rep, edit=set_edit(vals))
                 diff = (m.view(k, B) - st.metric.to(m.device)).sum(1) / n
                 for node, d in zip(group, diff.tolist()):
                     out[node] += d
@@ -213,7 +217,8 @@ def exact_effects(model, saes, states: Sequence[State], nodes: Sequence[Node],
     return out
 
 
-def node_scores(model, saes, states: Sequence[State], hooks, method: str = "attrib",
+@bound
+def node_scores(rm: ReplacementModel, states: Sequence[State], hooks, method: str = "attrib",
                 positional: bool = False, steps: int = 10, max_rows: int = 64,
                 exact_candidates: int = 200, progress: bool = True) -> NodeScores:
     """Node effects by `method`. `exact` patches the `exact_candidates` nodes with the largest
@@ -223,18 +228,18 @@ def node_scores(model, saes, states: Sequence[State], hooks, method: str = "attr
     if method == "attrib":
         return attrib_scores(states, hooks, positional)
     if method == "ig":
-        return ig_scores(model, saes, states, hooks, positional, steps, max_rows, progress)
+        return ig_scores(rm, states, hooks, positional, steps, max_rows, progress)
     est = attrib_scores(states, hooks, positional)
     cand = est.nodes()[:exact_candidates]
-    exact = exact_effects(model, saes, states, cand, max_rows=max_rows, progress=progress)
+    exact = exact_effects(rm, states, cand, max_rows=max_rows, progress=progress)
     fe = {h: torch.zeros_like(v) for h, v in est.feature_effect.items()}
     ee = {h: torch.zeros_like(v) for h, v in est.error_effect.items()}
-    for (h, pos, feat), v in exact.items():
-        p = 0 if pos is None else pos
-        if feat == "err":
-            ee[h][p] = v
+    for node, v in exact.items():
+        p = 0 if node.pos is None else node.pos
+        if node.is_error:
+            ee[node.hook][p] = v
         else:
-            fe[h][p, feat] = v
+            fe[node.hook][p, node.feature] = v
     return NodeScores(hooks=est.hooks, positional=positional, method="exact", feature_effect=fe,
                       error_effect=ee, feature_act=est.feature_act, error_act=est.error_act,
                       metric_clean=est.metric_clean, info={"exact_candidates": len(cand)})

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import networkx as nx
 
 from ..errors import ConfigError, GraphError
-from .graph import FeatureGraph
+from ..graph import FeatureGraph
 
 SCORED = ("feature", "error")
 

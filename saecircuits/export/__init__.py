@@ -12,3 +12,7 @@ __all__ = ["FORMATS", "edges_df", "export_graph", "from_dataframes", "from_netwo
            "graph_json", "graph_metadata", "load_graph", "node_link", "nodes_df", "read_csv",
            "read_graphml", "read_node_link", "read_parquet", "render_svg", "summarize", "to_dot",
            "to_networkx", "write_csv", "write_graphml", "write_node_link", "write_parquet"]
+
+from ..graph import register_exporter as _register  # noqa: E402
+
+_register(export_graph)  # FeatureGraph.export without an import from the graph up to export

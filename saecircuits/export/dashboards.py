@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from .. import hooks
 from ..errors import ConfigError, ExportError
 from ..fileio import atomic_dir, read_safetensors, write_json, write_safetensors, write_text
-from ..models import model_device, model_name_of, unwrap
+from ..models import model_name_of
+from ..replacement import ReplacementModel, final_norm, logit_lens
 from ..sae import SAE
 from .viewer import asset, fill_page
 
@@ -154,10 +155,11 @@ def collect_activations(model, tok, saes: Mapping[str, SAE], features: Sequence[
     """Run the corpus once through the model and keep the chosen features' activations."""
     features = _check_features(saes, features)
     ids, mask = windows_of(tok, texts, context, max_windows)
-    points = hooks.sort_by_forward_order(model, sorted({h for h, _ in features}))
+    rm = ReplacementModel(model, {h: saes[h] for h in sorted({h for h, _ in features})}, tok)
+    points = rm.points
     columns = {hp.name: [j for j, (h, _) in enumerate(features) if h == hp.name] for hp in points}
     index = {name: torch.tensor([features[j][1] for j in cols]) for name, cols in columns.items()}
-    device = model_device(model)
+    device = rm.device
     acts = torch.zeros((*ids.shape, len(features)), dtype=torch.float32)
     bar = tqdm(total=len(ids), desc="feature activations", unit="window", disable=not progress)
     try:
@@ -166,7 +168,7 @@ def collect_activations(model, tok, saes: Mapping[str, SAE], features: Sequence[
                      "attention_mask": mask[start:start + batch_size].long().to(device)}
             got: dict[str, torch.Tensor] = {}
             with torch.no_grad(), model.trace(batch) as tracer:
-                _encode_points(model, saes, points, index, got, tracer)
+                _encode_points(model, rm.saes, points, index, got, tracer)
             for name, cols in columns.items():
                 acts[start:start + batch_size, :, cols] = got[name].float().cpu()
             bar.update(len(batch["input_ids"]))
@@ -244,40 +246,14 @@ def top_contexts(model, tok, saes: Mapping[str, SAE], features: Sequence[Feature
 
 def final_norm_scale(model) -> tuple[torch.Tensor | None, bool]:
     """(elementwise weight of the final norm or None, whether the norm centres its input)."""
-    hf = unwrap(model)
-    base = getattr(hf, hf.base_model_prefix, hf) if getattr(hf, "base_model_prefix", "") else hf
-    for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f"):
-        norm = getattr(base, name, None)
-        if isinstance(norm, torch.nn.Module):
-            weight = getattr(norm, "weight", None)
-            centres = isinstance(norm, torch.nn.LayerNorm)
-            if weight is None:
-                return None, centres
-            weight = weight.detach()
-            if "gemma" in type(norm).__name__.lower():  # Gemma RMSNorm scales by (1 + w)
-                weight = 1.0 + weight
-            return weight, centres
-    return None, False
+    return final_norm(model)
 
 
 def output_effects(model, sae: SAE, indices: Sequence[int]) -> torch.Tensor:
-    """Direct effect of each feature's decoder row on the logits: `[len(indices), vocab]`.
-
-    W_dec[i] (centred if the final norm is a LayerNorm) ⊙ final-norm weight, times the
-    unembedding matrix; the norm's scale factor is left out (it is positive).
-    """
-    hf = unwrap(model)
-    unembed = hf.get_output_embeddings()
-    if unembed is None:
-        raise ConfigError(f"model {model_name_of(model)!r} has no output embedding (lm_head)")
-    w_u = unembed.weight.detach()
-    rows = sae.W_dec.detach()[torch.as_tensor(list(indices), dtype=torch.long)].to(w_u)
-    weight, centres = final_norm_scale(model)
-    if centres:
-        rows = rows - rows.mean(dim=-1, keepdim=True)
-    if weight is not None:
-        rows = rows * weight.to(w_u)
-    return (rows @ w_u.T).float().cpu()
+    """Direct effect of each feature's decoder row on the logits: `[len(indices), vocab]`
+    (the model's one logit lens, `saecircuits.replacement.logit_lens`: final norm applied)."""
+    rows = sae.W_dec.detach()[torch.as_tensor(list(indices), dtype=torch.long)]
+    return logit_lens(model, rows)
 
 
 def _histogram(values: torch.Tensor, bins: int) -> dict[str, list[float]]:

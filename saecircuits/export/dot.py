@@ -16,7 +16,7 @@ from pathlib import Path
 
 import graphviz
 
-from ..attribution.graph import FeatureGraph
+from ..graph import FeatureGraph
 from ..errors import ExportError
 from ..fileio import write_text
 

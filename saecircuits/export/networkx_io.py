@@ -6,7 +6,6 @@ load, nested extras and the metadata are stored as JSON text (`meta_json`, `<att
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import networkx as nx
 
-from ..attribution.graph import FeatureGraph
+from ..graph import FeatureGraph
 from ..errors import GraphError
 from ..fileio import atomic_path, write_json
 
@@ -24,33 +23,12 @@ _JSON_SUFFIX = "__json"
 
 def to_networkx(graph: FeatureGraph) -> nx.DiGraph:
     """A copy of the graph; `G.graph["meta"]` is a deep copy of `graph.meta`."""
-    out = graph.graph.copy()
-    out.graph = {"meta": copy.deepcopy(graph.meta)}
-    return out
+    return graph.to_networkx()
 
 
 def from_networkx(g: nx.DiGraph, meta: dict[str, Any] | None = None) -> FeatureGraph:
     """Validate and wrap a DiGraph (nodes need `kind`; edges need `weight`)."""
-    if not isinstance(g, nx.DiGraph) or g.is_multigraph():
-        raise GraphError(f"expected a networkx DiGraph, got {type(g).__name__}")
-    out = FeatureGraph(meta=copy.deepcopy(meta if meta is not None else g.graph.get("meta", {})))
-    try:
-        for n, d in g.nodes(data=True):
-            d = dict(d)
-            if "kind" not in d:
-                raise GraphError(f"node {n!r} has no 'kind' attribute")
-            out.add_node(str(n), **d)
-        for u, v, d in g.edges(data=True):
-            d = dict(d)
-            if "weight" not in d:
-                raise GraphError(f"edge {u!r} -> {v!r} has no 'weight' attribute")
-            out.add_edge(str(u), str(v), d.pop("weight"))
-            out.graph.edges[str(u), str(v)].update(d)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, GraphError):
-            raise
-        raise GraphError(f"invalid graph attributes: {err}") from err
-    return out
+    return FeatureGraph.from_networkx(g, meta)
 
 
 def _flat(attrs: dict[str, Any]) -> dict[str, Any]:

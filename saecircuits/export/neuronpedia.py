@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from .. import __version__ as _version
-from ..attribution.graph import FeatureGraph
+from ..graph import FeatureGraph
 
 FEATURE_TYPES = {"feature": "cross layer transcoder", "error": "mlp reconstruction error",
                  "embed": "embedding", "metric": "logit", "logit": "logit"}

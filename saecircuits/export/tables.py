@@ -14,12 +14,10 @@ from typing import Any
 
 import pandas as pd
 
-from ..attribution.graph import FeatureGraph
 from ..errors import GraphError
 from ..fileio import atomic_path
+from ..graph import EDGE_COLUMNS, NODE_COLUMNS, FeatureGraph
 
-NODE_COLUMNS = ("id", "kind", "hook", "layer", "pos", "feature", "activation", "effect", "label")
-EDGE_COLUMNS = ("source", "target", "weight")
 _INT = ("layer", "pos", "feature")
 _FLOAT = ("activation", "effect", "weight")
 _STR = ("id", "kind", "hook", "label", "source", "target")
@@ -36,25 +34,12 @@ def _check_extra(name: str, value: Any) -> Any:
 
 def nodes_df(graph: FeatureGraph) -> pd.DataFrame:
     """Nodes as a DataFrame (nullable `Int64` for layer/pos/feature, None for missing hooks)."""
-    rows = [{"id": n, **d} for n, d in graph.graph.nodes(data=True)]
-    extras = sorted({k for r in rows for k in r} - set(NODE_COLUMNS))
-    frame = pd.DataFrame(rows, columns=list(NODE_COLUMNS) + extras)
-    for col in _INT:
-        frame[col] = frame[col].astype("Int64")
-    for col in ("activation", "effect"):
-        frame[col] = frame[col].astype("float64")
-    for col in ("id", "kind", "hook", "label") + tuple(extras):
-        frame[col] = frame[col].astype(object)
-    return frame
+    return graph.nodes_df()
 
 
 def edges_df(graph: FeatureGraph) -> pd.DataFrame:
     """Edges as a DataFrame (`source`, `target`, `weight` float64, extras)."""
-    rows = [{"source": u, "target": v, **d} for u, v, d in graph.graph.edges(data=True)]
-    extras = sorted({k for r in rows for k in r} - set(EDGE_COLUMNS))
-    frame = pd.DataFrame(rows, columns=list(EDGE_COLUMNS) + extras)
-    frame["weight"] = frame["weight"].astype("float64")
-    return frame
+    return graph.edges_df()
 
 
 def _missing(value: Any) -> bool:

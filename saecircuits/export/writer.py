@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..attribution.graph import GRAPH_FILE, FeatureGraph
+from ..graph import GRAPH_FILE, FeatureGraph
 from ..errors import ExportError, GraphError
 from ..fileio import atomic_dir, write_json, write_text
 from . import dot as dot_mod

@@ -25,9 +25,9 @@ import torch
 
 from .. import hooks
 from ..errors import ConfigError
-from ..models import unwrap
+from ..replacement import ReplacementModel
 from ..sae import SAE
-from ..splice import encode_inputs, plan
+from ..splice import encode_inputs
 from .spec import Intervention, Resolved, check_generation_args, resolve_all
 
 _DANGLING = r".*was never reached: the loop asked for a step the run did not make.*"
@@ -161,16 +161,14 @@ class _Group:
     items: list[Resolved]
 
 
-def _groups(model, saes, resolved: list[Resolved]) -> list[_Group]:
+def _groups(saes, resolved: list[Resolved]) -> list[_Group]:
+    """Interventions grouped by site, in forward order (widths were checked by `resolve_all`)."""
     by_hook: dict[str, _Group] = {}
     for r in resolved:
         group = by_hook.setdefault(r.hook.name, _Group(r.hook, None, []))
         group.items.append(r)
         if r.index is not None:
             group.sae = saes[r.hook.name]
-    with_sae = {name: g.sae for name, g in by_hook.items() if g.sae is not None}
-    if with_sae:
-        plan(model, with_sae)  # width/type checks shared with splice
     return sorted(by_hook.values(), key=lambda g: g.hook.order)
 
 
@@ -224,19 +222,13 @@ def _step(model, groups: list[_Group], step: int, plen: int, prompt_mask: torch.
             hooks.write(model, group.hook, x + delta.to(x.dtype))
 
 
-def _lm_head(model) -> hooks.HookPoint:
-    hf = unwrap(model)
-    head = hf.get_output_embeddings()
-    path = next(name for name, module in hf.named_modules() if module is head)
-    return hooks.resolve(model, path)
-
-
-def _run(model, tok, inputs, groups, *, edit, record_means, max_new_tokens, use_cache,
-         do_sample, temperature, top_p, seed, tracked):
+def _run(rm: ReplacementModel, tok, inputs, groups, *, edit, record_means, max_new_tokens,
+         use_cache, do_sample, temperature, top_p, seed, tracked):
     """One generation -> (ids `[batch, steps]`, tracked logits and probs `[batch, steps, T]` or None)."""
     batch, plen = inputs["input_ids"].shape
     prompt_mask = inputs["attention_mask"].bool()
-    head = _lm_head(model) if tracked else None
+    model = rm.model
+    head = rm.logits if tracked else None
     track = torch.tensor(tracked, dtype=torch.long)
     logged: list[torch.Tensor] = []
     collect = _Collect()
@@ -304,27 +296,32 @@ def steer(model, saes: Mapping[str, SAE] | None, prompts: Sequence[str] | str,
     Returns:
         SteerResult with both generations and per-step tracked logits/probabilities.
     """
-    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if isinstance(model, ReplacementModel):
+        saes = model.saes if saes is None else saes
+        tok = tokenizer if tokenizer is not None else model.tokenizer
+        rm = model
+    else:
+        tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        rm = ReplacementModel(model, None, tok)  # the sites used are resolved once, on demand
     if tok is None:
         raise ConfigError("steer needs the model's tokenizer (pass tokenizer=...)")
     check_generation_args(max_new_tokens, temperature, top_p)
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
     inputs = encode_inputs(tok, prompt_list)
-    device = next(unwrap(model).parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    resolved = resolve_all(model, saes, interventions, inputs["attention_mask"], max_new_tokens)
-    groups = _groups(model, saes or {}, resolved)
+    inputs = rm.inputs(inputs)
+    resolved = resolve_all(rm, saes, interventions, inputs["attention_mask"], max_new_tokens)
+    groups = _groups(saes or {}, resolved)
     tracked = track_ids(tok, track)
     opts = dict(max_new_tokens=max_new_tokens, use_cache=use_cache, do_sample=do_sample,
                 temperature=temperature, top_p=top_p, seed=seed, tracked=tracked)
     needs_means = any(r.spec.mode == "ablate" and r.spec.ablation == "mean" for r in resolved)
     base_ids = base_logits = base_probs = None
     if baseline:
-        base_ids, base_logits, base_probs = _run(model, tok, inputs, groups if needs_means else [],
+        base_ids, base_logits, base_probs = _run(rm, tok, inputs, groups if needs_means else [],
                                                  edit=False, record_means=needs_means, **opts)
     elif needs_means:
-        _run(model, tok, inputs, groups, edit=False, record_means=True, **{**opts, "max_new_tokens": 1})
-    steer_ids, steer_logits, steer_probs = _run(model, tok, inputs, groups, edit=True, record_means=False, **opts)
+        _run(rm, tok, inputs, groups, edit=False, record_means=True, **{**opts, "max_new_tokens": 1})
+    steer_ids, steer_logits, steer_probs = _run(rm, tok, inputs, groups, edit=True, record_means=False, **opts)
     result = SteerResult(
         prompts=prompt_list, interventions=[r.spec.describe() for r in resolved],
         baseline=None if base_ids is None else tok.batch_decode(base_ids, skip_special_tokens=True),

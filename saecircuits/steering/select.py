@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ..errors import ConfigError
-from ..models import model_device
+from ..replacement import ReplacementModel
 from ..sae import SAE
-from ..splice import encode_inputs, splice
+from ..splice import encode_inputs
 
 
 def feature_activations(model, sae_or_saes: Mapping[str, SAE], hook: str, prompts: Sequence[str],
@@ -22,13 +22,12 @@ def feature_activations(model, sae_or_saes: Mapping[str, SAE], hook: str, prompt
     """Per prompt, `[n_tokens, d_sae]` activations at `hook` over its non-pad tokens."""
     if hook not in list(sae_or_saes):
         raise ConfigError(f"no SAE at hook point {hook!r}; SAEs are at {sorted(sae_or_saes)}")
-    one = {hook: sae_or_saes[hook]}
+    rm = ReplacementModel(model, {hook: sae_or_saes[hook]}, tok)
     out: list[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
-        inputs = encode_inputs(tok, list(prompts[start:start + batch_size]))
-        inputs = {k: v.to(model_device(model)) for k, v in inputs.items()}
+        inputs = rm.inputs(encode_inputs(tok, list(prompts[start:start + batch_size])))
         with torch.no_grad(), model.trace(inputs) as tracer:
-            acts = splice(model, one)
+            acts = rm.splice()
             tracer.stop()
         feats = acts[hook].features.detach().cpu()
         mask = inputs["attention_mask"].bool().cpu()
@@ -67,11 +66,8 @@ def attribution_features(model, saes: Mapping[str, SAE], hook: str, prompts: Seq
     """
     if hook not in list(saes):
         raise ConfigError(f"no SAE at hook point {hook!r}; SAEs are at {sorted(saes)}")
-    inputs = encode_inputs(tok, list(prompts))
-    inputs = {k: v.to(model_device(model)) for k, v in inputs.items()}
-    with model.trace(inputs):
-        acts = splice(model, {hook: saes[hook]}, track_grad=True)
-        logits = model.lm_head.output.save()
+    rm = ReplacementModel(model, {hook: saes[hook]}, tok)
+    logits, acts = rm.run(encode_inputs(tok, list(prompts)), grad=True)
     metric(logits).sum().backward()
     feats = acts[hook].features
     score = (feats.detach() * feats.grad)[:, position].mean(0)

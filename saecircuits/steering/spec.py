@@ -24,7 +24,9 @@ import torch
 from .. import hooks
 from ..errors import ConfigError, InterventionError
 from ..hooks import HookPoint
+from ..replacement import ReplacementModel
 from ..sae import SAE
+from ..wrapping import model_device
 
 MODES = ("set", "scale", "add", "ablate")
 ABLATIONS = ("zero", "mean")
@@ -185,7 +187,7 @@ def _resolve(model, saes, iv: Intervention, attention_mask, max_new_tokens) -> R
         raise InterventionError(f"unknown steering mode {iv.mode!r}; expected one of {', '.join(MODES)}")
     if iv.ablation not in ABLATIONS:
         raise InterventionError(f"unknown ablation {iv.ablation!r} for {iv.hook}; expected zero or mean")
-    hp = hooks.resolve(model, iv.hook)
+    hp = model.site(iv.hook) if isinstance(model, ReplacementModel) else hooks.resolve(model, iv.hook)
     if iv.is_direction:
         direction = iv.feature.detach().flatten()
         if direction.numel() != hp.width:
@@ -202,6 +204,8 @@ def _resolve(model, saes, iv: Intervention, attention_mask, max_new_tokens) -> R
             raise InterventionError(f"no SAE at hook point {iv.hook!r} for feature intervention "
                                     f"{iv.describe()}; SAEs are at {sorted(saes) or 'no hook'}")
         sae = saes[iv.hook]
+        if not isinstance(sae, SAE):
+            raise InterventionError(f"value for hook {iv.hook!r} is {type(sae).__name__}, not an SAE")
         if sae.cfg.d_in != hp.width:
             raise InterventionError(f"SAE at {iv.hook!r} has d_in={sae.cfg.d_in} but the hook point "
                                     f"has width {hp.width}")
@@ -219,9 +223,7 @@ def _resolve(model, saes, iv: Intervention, attention_mask, max_new_tokens) -> R
 
 
 def _device(model) -> torch.device:
-    from ..models import model_device
-
-    return model_device(model)
+    return model.device if isinstance(model, ReplacementModel) else model_device(model)
 
 
 def _value(iv: Intervention, n: int, rows: torch.Tensor) -> torch.Tensor:

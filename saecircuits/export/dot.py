@@ -6,6 +6,11 @@ node's short description; fill colour follows the sign of the node's effect (blu
 positive, red negative), edge colour the sign of the weight and edge width |weight|;
 error nodes are grey dashed boxes. Labels are HTML-escaped Graphviz HTML labels, so
 any token text (quotes, newlines, `<script>`) is drawn literally.
+
+To be readable at a glance the picture keeps only the `max_nodes` largest-|effect| nodes
+(plus the metric / logit nodes) and the strongest edges between them, carries a legend in
+its title, and is scaled down by Graphviz to at most `MAX_SIZE_IN` inches (<= 1600 pt)
+wide; the full graph stays in graph.json, the CSVs and the HTML viewer.
 """
 from __future__ import annotations
 
@@ -21,6 +26,13 @@ from ..errors import ExportError
 from ..fileio import write_text
 
 MAX_LABEL = 28
+TOP_NODES = 40  # default number of non-output nodes drawn
+MAX_SIZE_IN = 22.0  # Graphviz `size`: 22 in = 1584 pt, the bound on the picture's width
+LEGEND = (("#6f8fef", "ellipse", "feature raising the metric"),
+          ("#ef7f7f", "ellipse", "feature lowering it"),
+          ("#e6e6e6", "box", "SAE error (unexplained part)"),
+          ("#f4f1de", "box", "token embedding"),
+          ("#ffe8a3", "octagon", "metric / logit"))
 
 
 def short(text: str, limit: int = MAX_LABEL) -> str:
@@ -59,18 +71,58 @@ def _fill(effect: float, scale: float) -> str:
     return f"#{shade:02x}{shade:02x}ff" if effect >= 0 else f"#ff{shade:02x}{shade:02x}"
 
 
-def to_dot(graph: FeatureGraph, title: str | None = None) -> str:
-    """DOT source for the graph (readable for ~30–200 nodes)."""
+def top_nodes(graph: FeatureGraph, max_nodes: int | None = TOP_NODES) -> list[str]:
+    """The metric / logit nodes plus the `max_nodes` others with the largest |effect|."""
+    data = dict(graph.graph.nodes(data=True))
+    outs = [n for n, d in data.items() if d["kind"] in ("metric", "logit")]
+    rest = sorted((n for n, d in data.items() if d["kind"] not in ("metric", "logit")),
+                  key=lambda n: -abs(data[n].get("effect") or 0.0))
+    return outs + (rest if max_nodes is None else rest[:max(0, int(max_nodes))])
+
+
+def _token(graph: FeatureGraph, pos) -> str | None:
+    tokens = graph.meta.get("prompt_tokens") or []
+    return str(tokens[pos]) if isinstance(pos, int) and 0 <= pos < len(tokens) else None
+
+
+def _legend(title: str | None) -> str:
+    """An HTML-label table: the title, then one swatch per node kind and the edge colours."""
+    cells = "".join(f'<td bgcolor="{c}" border="1"> </td><td align="left">{html.escape(t)}</td>'
+                    for c, _, t in LEGEND)
+    edges = ('<td><font color="#3060c0"><b>&#8594;</b></font></td><td align="left">positive edge</td>'
+             '<td><font color="#c03030"><b>&#8594;</b></font></td>'
+             '<td align="left">negative edge (width = |weight|; node colour strength = |effect|)</td>')
+    head = f'<tr><td><b>{html.escape(short(title, 140))}</b></td></tr>' if title else ""
+    row = '<tr><td><table border="0" cellspacing="3" cellpadding="1"><tr>{}</tr></table></td></tr>'
+    return (f'<<table border="0" cellspacing="0" cellpadding="1">{head}{row.format(cells)}'
+            f'{row.format(edges)}</table>>')
+
+
+def to_dot(graph: FeatureGraph, title: str | None = None,
+           max_nodes: int | None = TOP_NODES) -> str:
+    """DOT source for the `max_nodes` largest-|effect| nodes (None: all) and the strongest
+    edges among them (at most 3 per node); a legend under the title; width <= 1584 pt."""
     g = graphviz.Digraph("featuregraph", engine="dot")
-    g.attr(rankdir="BT", newrank="true", nodesep="0.15", ranksep="0.55", splines="true",
-           fontname="Helvetica", fontsize="11")
-    if title:
-        g.attr(label=f"<{html.escape(short(title, 120))}>", labelloc="t")
+    g.attr(rankdir="BT", newrank="true", nodesep="0.15", ranksep="0.45", splines="true",
+           fontname="Helvetica", fontsize="11", size=f"{MAX_SIZE_IN:g},{MAX_SIZE_IN:g}")
+    every = dict(graph.graph.nodes(data=True))
+    keep = top_nodes(graph, max_nodes)
+    n_drawn = sum(1 for n in keep if every[n]["kind"] not in ("metric", "logit"))
+    n_total = sum(1 for d in every.values() if d["kind"] not in ("metric", "logit"))
+    if n_drawn < n_total:
+        title = (f"{title}  |  " if title else "") + \
+            f"top {n_drawn} of {n_total} nodes by |effect| (all in index.html / graph.json)"
+    g.attr(label=_legend(title), labelloc="t")
     g.attr("node", fontname="Helvetica", fontsize="9", style="filled", margin="0.04,0.02")
-    nodes = dict(graph.graph.nodes(data=True))
-    eff_scale = max((abs(d.get("effect", 0.0)) for d in nodes.values()
+    nodes = {n: every[n] for n in keep}
+    kept = set(keep)
+    all_edges = [(u, v, d["weight"]) for u, v, d in graph.graph.edges(data=True)
+                 if u in kept and v in kept]
+    all_edges.sort(key=lambda e: -abs(e[2]))
+    edges = all_edges if max_nodes is None else all_edges[:3 * max(1, len(keep))]
+    eff_scale = max((abs(d.get("effect") or 0.0) for d in nodes.values()
                      if d["kind"] not in ("metric", "logit")), default=0.0)
-    w_scale = max((abs(d["weight"]) for _, _, d in graph.graph.edges(data=True)), default=0.0)
+    w_scale = max((abs(w) for _, _, w in edges), default=0.0)
     ranks: dict[float, list[str]] = defaultdict(list)
     for nid, d in nodes.items():
         ranks[_rank_key(d)].append(nid)
@@ -81,15 +133,22 @@ def to_dot(graph: FeatureGraph, title: str | None = None) -> str:
             sub.attr(rank="same")
             for nid in members:
                 d = nodes[nid]
-                lines = [f"<b>{html.escape(short(node_title(nid, d), 40))}</b>"]
+                effect = d.get("effect") or 0.0
+                lines = []
                 if d.get("label"):
-                    lines.append(html.escape(short(d["label"])))
-                lines.append(f"eff {d.get('effect', 0.0):+.3g}")
+                    lines.append(f"<b>{html.escape(short(d['label']))}</b>")
+                where = node_title(nid, d)
+                tok = _token(graph, d.get("pos"))
+                if tok is not None:
+                    where += f" {short(repr(tok), 14)}"
+                lines.append(html.escape(short(where, 44)) if d.get("label")
+                             else f"<b>{html.escape(short(where, 44))}</b>")
+                lines.append(f"eff {effect:+.3g}")
                 attrs = {"label": "<" + "<br/>".join(lines) + ">", "tooltip": short(nid, 80),
-                         "fillcolor": _fill(d.get("effect", 0.0), eff_scale)}
+                         "fillcolor": _fill(effect, eff_scale)}
                 if d["kind"] == "error":
                     attrs.update(shape="box", style="filled,dashed", fillcolor="#e6e6e6",
-                                 color="#777777")
+                                 color="#3060c0" if effect >= 0 else "#c03030")
                 elif d["kind"] == "embed":
                     attrs.update(shape="box", style="filled,rounded", fillcolor="#f4f1de")
                 elif d["kind"] in ("metric", "logit"):
@@ -99,8 +158,7 @@ def to_dot(graph: FeatureGraph, title: str | None = None) -> str:
                 sub.node(_gv_id(nid), **attrs)
             for a, b in zip(members, members[1:]):  # keep position order inside the rank
                 sub.edge(_gv_id(a), _gv_id(b), style="invis")
-    for u, v, d in graph.graph.edges(data=True):
-        w = d["weight"]
+    for u, v, w in edges:
         width = 0.4 + 4.0 * (abs(w) / w_scale if w_scale > 0 else 0.0)
         g.edge(_gv_id(u), _gv_id(v), penwidth=f"{width:.2f}", arrowsize="0.5",
                color="#3060c0" if w >= 0 else "#c03030", tooltip=f"{w:+.4g}")
@@ -114,8 +172,13 @@ def _gv_id(nid: str) -> str:
 
 def render_svg(dot_source: str) -> str:
     """Render DOT to SVG text with the `dot` binary (ExportError if it is missing or fails)."""
+    return render(dot_source, "svg").decode("utf-8")
+
+
+def render(dot_source: str, fmt: str = "svg") -> bytes:
+    """Render DOT with the `dot` binary to `fmt` ("svg", "png"); ExportError if it fails."""
     try:
-        out = graphviz.pipe("dot", "svg", dot_source.encode("utf-8"), quiet=True)
+        out = graphviz.pipe("dot", fmt, dot_source.encode("utf-8"), quiet=True)
     except graphviz.ExecutableNotFound as err:
         raise ExportError("cannot render SVG: the Graphviz 'dot' binary is not on PATH "
                           "(install graphviz, e.g. `apt-get install graphviz` or "
@@ -123,10 +186,11 @@ def render_svg(dot_source: str) -> str:
                           "with `dot -Tsvg graph.dot -o graph.svg`") from err
     except graphviz.CalledProcessError as err:
         raise ExportError(f"Graphviz 'dot' failed: {err.stderr!r}") from err
-    return out.decode("utf-8")
+    return out
 
 
-def write_dot(graph: FeatureGraph, path: str | os.PathLike, title: str | None = None) -> str:
-    source = to_dot(graph, title)
+def write_dot(graph: FeatureGraph, path: str | os.PathLike, title: str | None = None,
+              max_nodes: int | None = TOP_NODES) -> str:
+    source = to_dot(graph, title, max_nodes)
     write_text(Path(path), source)
     return source

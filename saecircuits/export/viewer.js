@@ -210,9 +210,11 @@
 
   let svg = null, nodeEls = new Map(), edgeEls = [], viewport = null;
   function render() {
+    const {vn, ve} = visibleSets();
+    document.getElementById("counts").textContent = vn.size + " nodes, " + ve.length + " edges shown";
+    if (!svg) renderPins();  // the bar and panel take their final size before measuring
     const W = Math.max(300, canvas.clientWidth), H = Math.max(200, canvas.clientHeight);
     lastSize = canvas.clientWidth + "x" + canvas.clientHeight;
-    const {vn, ve} = visibleSets();
     const lay = layout(W, H, vn);
     if (svg) svg.remove();
     svg = sv("svg", {id: "graph", width: W, height: H, viewBox: `0 0 ${W} ${H}`}, canvas);
@@ -285,7 +287,6 @@
     svg.addEventListener("click", () => { if (!dragged) { selected = null; refreshState(); showDetails(null); } });
     wirePanZoom();
     refreshState();
-    document.getElementById("counts").textContent = vn.size + " nodes, " + ve.length + " edges shown";
   }
 
   function showTip(n) {
@@ -449,5 +450,9 @@
   render();
   const m = /^#node=(.+)$/.exec(location.hash);
   if (m && byId.has(decodeURIComponent(m[1]))) window.saecircuitsSelect(decodeURIComponent(m[1]));
-  document.body.setAttribute("data-ready", "1");
+  // ready once the layout has settled (a late change of the canvas size re-renders first)
+  requestAnimationFrame(() => requestAnimationFrame(() => {
+    if (canvas.clientWidth + "x" + canvas.clientHeight !== lastSize) render();
+    document.body.setAttribute("data-ready", "1");
+  }));
 })();

@@ -4,7 +4,7 @@ Nodes are ranked by layer (embeddings at the bottom, the metric on top) and orde
 token position inside a rank; labels show the hook, feature index, position and the
 node's short description; fill colour follows the sign of the node's effect (blue
 positive, red negative), edge colour the sign of the weight and edge width |weight|;
-error nodes are grey dashed boxes. Labels are HTML-escaped Graphviz HTML labels, so
+features are rounded boxes, error nodes grey dashed boxes. Labels are HTML-escaped Graphviz HTML labels, so
 any token text (quotes, newlines, `<script>`) is drawn literally.
 
 To be readable at a glance the picture keeps only the `max_nodes` largest-|effect| nodes
@@ -25,11 +25,14 @@ from ..attribution.graph import FeatureGraph
 from ..errors import ExportError
 from ..fileio import write_text
 
-MAX_LABEL = 28
+MAX_LABEL = 26
 TOP_NODES = 40  # default number of non-output nodes drawn
+ROW_NODES = 8  # at most this many nodes side by side in one row of the picture
+SPLINE_NODES = 80
+CELL_W, ROW_H = 2.45, 0.95  # grid spacing in inches (a node is at most ~2.2 in wide)
 MAX_SIZE_IN = 22.0  # Graphviz `size`: 22 in = 1584 pt, the bound on the picture's width
-LEGEND = (("#6f8fef", "ellipse", "feature raising the metric"),
-          ("#ef7f7f", "ellipse", "feature lowering it"),
+LEGEND = (("#6f8fef", "box", "feature raising the metric"),
+          ("#ef7f7f", "box", "feature lowering it"),
           ("#e6e6e6", "box", "SAE error (unexplained part)"),
           ("#f4f1de", "box", "token embedding"),
           ("#ffe8a3", "octagon", "metric / logit"))
@@ -81,8 +84,13 @@ def top_nodes(graph: FeatureGraph, max_nodes: int | None = TOP_NODES) -> list[st
 
 
 def _token(graph: FeatureGraph, pos) -> str | None:
+    """The prompt token at node position `pos`; task batches are left-padded, so when node
+    positions reach past the prompt, its tokens are aligned to the last position."""
     tokens = graph.meta.get("prompt_tokens") or []
-    return str(tokens[pos]) if isinstance(pos, int) and 0 <= pos < len(tokens) else None
+    last = max((d["pos"] for _, d in graph.graph.nodes(data=True)
+                if isinstance(d.get("pos"), int)), default=-1)
+    i = pos - max(0, last + 1 - len(tokens)) if isinstance(pos, int) else -1
+    return str(tokens[i]) if 0 <= i < len(tokens) else None
 
 
 def _legend(title: str | None) -> str:
@@ -103,10 +111,14 @@ def to_dot(graph: FeatureGraph, title: str | None = None,
     """DOT source for the `max_nodes` largest-|effect| nodes (None: all) and the strongest
     edges among them (at most 3 per node); a legend under the title; width <= 1584 pt."""
     g = graphviz.Digraph("featuregraph", engine="dot")
-    g.attr(rankdir="BT", newrank="true", nodesep="0.15", ranksep="0.45", splines="true",
-           fontname="Helvetica", fontsize="11", size=f"{MAX_SIZE_IN:g},{MAX_SIZE_IN:g}")
+    # `layout=neato` with pinned positions: a fixed grid (see below) that `dot -Tsvg
+    # graph.dot` reproduces; rank/rankdir keep the file meaningful for a plain dot layout
     every = dict(graph.graph.nodes(data=True))
     keep = top_nodes(graph, max_nodes)
+    g.attr(layout="neato", rankdir="BT", newrank="true", nodesep="0.15", ranksep="0.45",
+           # edges routed around nodes; straight lines for big pictures (routing is slow)
+           splines="true" if len(keep) <= SPLINE_NODES else "line", overlap="true",
+           fontname="Helvetica", fontsize="11", size=f"{MAX_SIZE_IN:g},{MAX_SIZE_IN:g}")
     n_drawn = sum(1 for n in keep if every[n]["kind"] not in ("metric", "logit"))
     n_total = sum(1 for d in every.values() if d["kind"] not in ("metric", "logit"))
     if n_drawn < n_total:
@@ -126,9 +138,19 @@ def to_dot(graph: FeatureGraph, title: str | None = None,
     ranks: dict[float, list[str]] = defaultdict(list)
     for nid, d in nodes.items():
         ranks[_rank_key(d)].append(nid)
+    rows: list[list[str]] = []
     for rank, members in sorted(ranks.items()):
         members.sort(key=lambda n: (-1 if nodes[n].get("pos") is None else nodes[n]["pos"],
                                     str(nodes[n].get("hook")), str(nodes[n].get("feature"))))
+        # a wide layer is folded into stacked rows of at most ROW_NODES (invisible edges
+        # stack all rows in layer order), so the picture stays narrow enough to read unscaled
+        chunk = -(-len(members) // -(-len(members) // ROW_NODES))
+        rows += [members[i:i + chunk] for i in range(0, len(members), chunk)]
+    pos = {}  # fixed grid: rows bottom to top, token order left to right, rows centred
+    for r, members in enumerate(rows):
+        for i, nid in enumerate(members):
+            pos[nid] = f"{(i - (len(members) - 1) / 2) * CELL_W:.2f},{r * ROW_H:.2f}!"
+    for members in rows:
         with g.subgraph(name=f"rank_{len(g.body)}") as sub:
             sub.attr(rank="same")
             for nid in members:
@@ -145,16 +167,17 @@ def to_dot(graph: FeatureGraph, title: str | None = None,
                              else f"<b>{html.escape(short(where, 44))}</b>")
                 lines.append(f"eff {effect:+.3g}")
                 attrs = {"label": "<" + "<br/>".join(lines) + ">", "tooltip": short(nid, 80),
+                         "pos": pos[nid],
                          "fillcolor": _fill(effect, eff_scale)}
                 if d["kind"] == "error":
                     attrs.update(shape="box", style="filled,dashed", fillcolor="#e6e6e6",
                                  color="#3060c0" if effect >= 0 else "#c03030")
                 elif d["kind"] == "embed":
-                    attrs.update(shape="box", style="filled,rounded", fillcolor="#f4f1de")
+                    attrs.update(shape="box", style="filled", fillcolor="#f4f1de")
                 elif d["kind"] in ("metric", "logit"):
                     attrs.update(shape="doubleoctagon", fillcolor="#ffe8a3")
-                else:
-                    attrs.update(shape="ellipse")
+                else:  # rounded boxes: narrower than ellipses around the same label
+                    attrs.update(shape="box", style="filled,rounded")
                 sub.node(_gv_id(nid), **attrs)
             for a, b in zip(members, members[1:]):  # keep position order inside the rank
                 sub.edge(_gv_id(a), _gv_id(b), style="invis")

@@ -439,12 +439,8 @@
   nodeThr.addEventListener("input", render); edgeThr.addEventListener("input", render);
   nLabels.addEventListener("input", render);
   document.getElementById("fit").addEventListener("click", fit);
-  let resizeTimer = null, lastSize = "";
-  const onResize = () => {
-    const size = canvas.clientWidth + "x" + canvas.clientHeight;
-    if (size === lastSize) return;
-    clearTimeout(resizeTimer); resizeTimer = setTimeout(() => { lastSize = size; render(); }, 50);
-  };
+  let lastSize = "";
+  const onResize = () => { if (canvas.clientWidth + "x" + canvas.clientHeight !== lastSize) render(); };
   if (window.ResizeObserver) new ResizeObserver(onResize).observe(canvas);
   window.addEventListener("resize", onResize);
   render();

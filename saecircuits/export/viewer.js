@@ -150,8 +150,8 @@
     for (const [key, list] of cells) {
       const [r, c] = key.split("|");
       const g = colGeom.get(c), n = list.length, inner = Math.max(6, g.w - 6);
-      const sp = Math.max(7, Math.min(2.3 * rMax, inner / n));
-      const perLine = Math.max(1, Math.floor(inner / sp)), lines = Math.ceil(n / perLine);
+      const sp = Math.max(7, Math.min(90, inner / n));  // wide cells leave room for labels
+      const perLine = Math.max(1, Math.floor(inner / sp + 1e-6)), lines = Math.ceil(n / perLine);
       const gap = Math.min(2.2 * rMax, (rh * 0.8) / lines);
       list.forEach((nd, i) => {
         const line = Math.floor(i / perLine), inLine = Math.min(perLine, n - line * perLine);

@@ -155,7 +155,7 @@ def test_click_node_shows_its_dashboard(tiny, tmp_path):
                               ".map(r => [...r.querySelectorAll('.tok')].map(t => t.textContent).join(''))")
             selected = browser.js("document.querySelector('g.node.selected').dataset.id")
             png = base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"])
-            # the threshold filter hides low-|effect| nodes and their edges
+            # the threshold filter hides low-|effect| nodes (not pinned ones) and their edges
             browser.js("(() => { const s = document.getElementById('nodeThr'); s.value = '0.5';"
                        " s.dispatchEvent(new Event('input')); })()")
             visible = browser.js("[...document.querySelectorAll('g.node')]"
@@ -163,8 +163,9 @@ def test_click_node_shows_its_dashboard(tiny, tmp_path):
     finally:
         browser.close()
     max_eff = max(abs(a["effect"]) for _, a in graph.nodes(data=True) if a["kind"] != "metric")
-    assert visible == sum(1 for _, a in graph.nodes(data=True)
-                          if a["kind"] == "metric" or abs(a["effect"]) >= 0.5 * max_eff)
+    assert visible == sum(1 for n, a in graph.nodes(data=True)  # the pinned node stays
+                          if a["kind"] == "metric" or abs(a["effect"]) >= 0.5 * max_eff
+                          or n == target)
     assert visible < len(graph)
     requests = [e["params"]["request"]["url"] for e in browser.events
                 if e["method"] == "Network.requestWillBeSent"]
@@ -181,3 +182,107 @@ def test_click_node_shows_its_dashboard(tiny, tmp_path):
     shot = Path(os.environ.get("SAECIRCUITS_SCREENSHOT_DIR", tmp_path)) / "viewer-click.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     shot.write_bytes(png)
+
+
+def _box(browser: Browser, selector: str) -> dict:
+    return browser.js(f"""(() => {{ const r = document.querySelector({json.dumps(selector)})
+        .getBoundingClientRect(); return {{x: r.left + r.width / 2, y: r.top + r.height / 2}}; }})()""")
+
+
+def test_viewer_fits_labels_top_nodes_and_saves_pins(tmp_path):
+    """A 150-node layered graph: everything fits the window, the largest-|effect| nodes carry
+    non-overlapping visible labels, the legend is there, hovering shows the explanation,
+    clicking pins nodes and highlights paths, and the downloaded graph.json carries the pins."""
+    from test_export import make_graph
+
+    graph = make_graph(n_layers=4, n_pos=8, per=3)
+    graph.add_node("resid.1/*/99", kind="feature", hook="resid.1", layer=1, pos=None,
+                   feature=99, effect=0.05, activation=2.0, label="summed node",
+                   explanation="fires on the second name")
+    graph.add_edge("resid.1/*/99", "metric", 0.2)
+    export_graph(graph, tmp_path / "e", formats=["html", "neuronpedia"])
+    np_id = {n["saecircuits_id"]: n["node_id"]
+             for n in json.loads((tmp_path / "e" / "graph.json").read_text())["nodes"]}
+    browser = Browser(tmp_path / "profile")
+    try:
+        with serve(tmp_path / "e") as server:
+            browser.call("Runtime.enable")
+            browser.call("Network.enable")
+            browser.call("Page.navigate", url=server.url)
+            browser.wait_for("document.body && document.body.dataset.ready === '1'")
+            fit = browser.js("""(() => {
+                const c = document.getElementById('canvas').getBoundingClientRect();
+                const out = [...document.querySelectorAll('g.node')].filter(g => {
+                    const r = g.getBoundingClientRect();
+                    return r.left < c.left || r.right > c.right || r.top < c.top || r.bottom > c.bottom; });
+                return {page: document.documentElement.scrollWidth - window.innerWidth,
+                        canvas: document.getElementById('canvas').scrollWidth - document.getElementById('canvas').clientWidth,
+                        outside: out.length, nodes: document.querySelectorAll('g.node').length}; })()""")
+            n_labels = browser.js("+document.getElementById('nLabels').value")
+            labels = browser.js("""(() => {
+                const c = document.getElementById('canvas').getBoundingClientRect();
+                return [...document.querySelectorAll('text.nlabel')].map(t => {
+                    const r = t.getBoundingClientRect();
+                    return {id: t.dataset.id, text: t.textContent, l: r.left, r: r.right, t: r.top, b: r.bottom,
+                            inside: r.width > 0 && r.left >= c.left && r.right <= c.right && r.top >= c.top && r.bottom <= c.bottom,
+                            shown: getComputedStyle(t).visibility !== 'hidden' && +getComputedStyle(t).opacity > 0.5}; }); })()""")
+            legend = browser.js("document.getElementById('legend').textContent")
+            # hover an unlabelled node: the tooltip shows its label, effect, explanation
+            hover = _box(browser, 'g.node[data-id="resid.1/*/99"]')
+            browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=hover["x"], y=hover["y"])
+            tip = browser.js("document.getElementById('tip').textContent")
+            # pin two nodes with real clicks, then unpin the second by clicking it again
+            first, second = "resid.3/7/3", "resid.0/0/0"
+            for nid in (first, second):
+                box = _box(browser, f'g.node[data-id="{nid}"]')
+                browser.click(box["x"], box["y"])
+            focus = browser.js("""({focus: document.getElementById('graph').classList.contains('focus'),
+                path: [...document.querySelectorAll('g.node.path')].map(g => g.dataset.id)})""")
+            pinned_two = browser.js("window.saecircuitsGraphJson().qParams")
+            browser.js("document.getElementById('superName').value = 'names'")
+            box = _box(browser, "#group")
+            browser.click(box["x"], box["y"])
+            box = _box(browser, f'g.node[data-id="{second}"]')
+            browser.click(box["x"], box["y"])
+            # the download button hands over the same JSON
+            browser.js("window._blobs = []; const o = URL.createObjectURL;"
+                       "URL.createObjectURL = b => { window._blobs.push(b); return o(b); }; 1")
+            box = _box(browser, "#download")
+            browser.click(box["x"], box["y"])
+            browser.wait_for("window._blobs.length === 1")
+            downloaded = json.loads(browser.js("window._blobs[0].text()"))
+            # the wheel zooms, 'fit' restores the fitted view
+            browser.call("Input.dispatchMouseEvent", type="mouseWheel", x=300, y=300, deltaX=0,
+                         deltaY=-400)
+            zoomed = browser.js("document.getElementById('viewport').getAttribute('transform')")
+            box = _box(browser, "#fit")
+            browser.click(box["x"], box["y"])
+            fitted = browser.js("document.getElementById('viewport').getAttribute('transform')")
+    finally:
+        browser.close()
+    assert fit == {"page": 0, "canvas": 0, "outside": 0, "nodes": len(graph)}
+    effects = {n: abs(a["effect"]) for n, a in graph.nodes(data=True) if a["kind"] != "metric"}
+    top = sorted(effects, key=effects.get, reverse=True)[:n_labels]
+    by_id = {lab["id"]: lab for lab in labels}
+    assert n_labels >= 10 and set(top) | {"metric"} <= set(by_id)
+    for nid in top:
+        lab = by_id[nid]
+        assert lab["inside"] and lab["shown"], lab
+        assert graph.nodes[nid]["label"] in lab["text"]
+    for a, b in itertools.combinations(labels, 2):  # no label covers another
+        assert a["r"] <= b["l"] or b["r"] <= a["l"] or a["b"] <= b["t"] or b["b"] <= a["t"], (a, b)
+    assert "SAE error" in legend and "lowering" in legend and "raising" in legend
+    assert tip.startswith("resid.1 #99 @*") and "summed node" in tip
+    assert "fires on the second name" in tip and "effect 0.050" in tip
+    assert focus["focus"] and second in focus["path"] and "metric" in focus["path"]
+    assert pinned_two["pinnedIds"] == [np_id[first], np_id[second]]
+    assert pinned_two["clickedId"] == np_id[second]
+    assert downloaded["qParams"]["pinnedIds"] == [np_id[first]]
+    assert downloaded["qParams"]["supernodes"] == [["names", np_id[first], np_id[second]]]
+    assert len(downloaded["nodes"]) == len(graph) and downloaded["metadata"]["prompt_tokens"]
+    assert zoomed != fitted and fitted == "translate(0,0) scale(1)"
+    requests = [e["params"]["request"]["url"] for e in browser.events
+                if e["method"] == "Network.requestWillBeSent"]
+    assert all(u == server.url or u.startswith("blob:") for u in requests), requests
+    assert not [e for e in browser.events if e["method"] == "Runtime.exceptionThrown"]
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 import xml.etree.ElementTree as ET
 
 import networkx as nx
@@ -12,13 +13,15 @@ import pytest
 from saecircuits.attribution.graph import FeatureGraph
 from saecircuits.cli import main
 from saecircuits.errors import ExportError, GraphError
+from saecircuits.export.dot import TOP_NODES
 from saecircuits.export import (edges_df, export_graph, from_dataframes, from_networkx,
                                 graph_json, load_graph, nodes_df, read_csv, read_graphml,
                                 read_node_link, read_parquet, to_dot, to_networkx)
 
 EVIL = 'x"\'\n<script>alert(1)</script> & \\N é🙂'
 DESIGN_FILES = {"graph.json", "graph-metadata.json", "nodes.csv", "edges.csv", "graph.graphml",
-                "graph.nodelink.json", "graph.dot", "graph.svg", "index.html", "summary.json"}
+                "graph.nodelink.json", "graph.dot", "graph.svg", "graph.png", "index.html",
+                "summary.json"}
 
 
 def make_graph(n_layers: int = 3, n_pos: int = 4, per: int = 2, label: str = "tok") -> FeatureGraph:
@@ -217,9 +220,23 @@ def test_dot_renders_readably_at_200_nodes(tmp_path):
     assert 150 <= len(g) <= 250
     export_graph(g, tmp_path / "big", formats=["svg"])
     svg = (tmp_path / "big" / "graph.svg").read_text()
-    width, height = (float(v) for v in re.search(r'viewBox="0.00 0.00 ([\d.]+) ([\d.]+)"', svg).groups())
-    assert svg.count('class="node"') == len(g)
-    assert width < 12000 and height < 2000  # layers stack vertically, positions spread out
+    width, height = (float(v) for v in re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"', svg).groups())
+    drawn = re.findall(r'class="node">\s*<title>([^<]+)</title>', svg)
+    effects = {n: abs(a["effect"]) for n, a in g.nodes(data=True) if a["kind"] != "metric"}
+    top = sorted(effects, key=effects.get, reverse=True)[:TOP_NODES]
+    assert sorted(drawn) == sorted(top + ["metric"])  # the top nodes by |effect| and the metric
+    assert width <= 1600 and height < 1600  # whole picture readable on one screen
+    assert "feature lowering it" in svg and "SAE error" in svg  # the legend
+    assert f"top {TOP_NODES} of {len(g) - 1} nodes" in svg
+    png = (tmp_path / "big" / "graph.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    png_w, png_h = struct.unpack(">II", png[16:24])
+    assert 600 < png_w <= 1600 * 96 / 72 + 1 and png_h > 200
+    # configurable: all nodes on request; bad values refused
+    export_graph(g, tmp_path / "all", formats=["svg"], svg_nodes=None)
+    assert (tmp_path / "all" / "graph.svg").read_text().count('class="node"') == len(g)
+    with pytest.raises(ExportError, match="svg_nodes"):
+        export_graph(g, tmp_path / "bad", formats=["svg"], svg_nodes=0)
 
 
 def test_cli_export_formats_and_overwrite(graph, tmp_path, capsys):

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from saecircuits.attribution import trace_circuit
+from saecircuits.export.dot import TOP_NODES, top_nodes
 from saecircuits.export import export_graph, graph_json, load_graph, read_csv, read_node_link
 from saecircuits.models import unwrap
 from saecircuits.sae import SAE, SAEConfig, SAESet
@@ -40,4 +41,4 @@ def test_export_of_a_traced_circuit_round_trips(tiny, traced, tmp_path):
     assert len(logits) == 1 and logits[0]["layer"] == str(max(
         int(n["layer"]) for n in data["nodes"] if n["layer"] != "E" and not n["is_target_logit"]) + 1)
     svg = (tmp_path / "e" / "graph.svg").read_text()
-    assert svg.count('class="node"') == len(graph)
+    assert svg.count('class="node"') == len(top_nodes(graph)) == min(len(graph), TOP_NODES + 1)

@@ -84,3 +84,31 @@ def test_cli_serve_is_bounded(tmp_path, capsys):
     assert done == [0]
     assert "serving" in capsys.readouterr().out
     assert main(["serve", str(tmp_path / "nothing"), "--port", "0", "--seconds", "0"]) == 2
+
+
+def test_viewer_nodes_carry_graph_json_ids_and_optional_fields(tmp_path):
+    """The page maps its nodes to graph.json `node_id`s (for `qParams.pinnedIds`) through the
+    `saecircuits_id` field, embeds graph.json itself for the download button, and passes on
+    `explanation` / `ctx_idx` when a node has them."""
+    g = make_graph()
+    g.graph.nodes["resid.0/0/0"]["explanation"] = "fires on names"
+    export_graph(g, tmp_path / "e", formats=["html", "neuronpedia"])
+    data = _data((tmp_path / "e" / "index.html").read_text())
+    on_disk = json.loads((tmp_path / "e" / "graph.json").read_text())
+    assert data["graphJson"] == on_disk
+    by_id = {n["saecircuits_id"]: n["node_id"] for n in on_disk["nodes"]}
+    assert {n["id"]: n["np_id"] for n in data["graph"]["nodes"]} == by_id
+    nodes = {n["id"]: n for n in data["graph"]["nodes"]}
+    assert nodes["resid.0/0/0"]["explanation"] == "fires on names"
+    assert "explanation" not in nodes["resid.0/1/0"]
+
+
+def test_svg_tolerates_missing_and_star_positions():
+    from saecircuits.export import to_dot
+
+    g = make_graph(n_layers=1, n_pos=2, per=1)
+    g.add_node("resid.0/*/7", kind="feature", hook="resid.0", layer=0, pos=None, feature=7,
+               effect=0.9, label="summed")
+    dot = to_dot(g, max_nodes=3)
+    assert "resid.0 #7 @*" in dot and "summed" in dot
+    assert dot.count("pos=") == 4  # the three top nodes and the metric, each pinned

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..attribution.graph import FeatureGraph
 from ..fileio import write_text
+from . import neuronpedia
 
 _ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -29,16 +30,31 @@ def asset(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
+NODE_KEYS = ("kind", "hook", "layer", "pos", "feature", "activation", "effect", "label")
+EXTRA_KEYS = ("explanation", "ctx_idx", "prob", "token")  # passed on when a node has them
+
+
 def viewer_data(graph: FeatureGraph, summary: dict[str, Any],
-                dashboards: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The object the page reads: graph nodes/edges, summary, dashboards by `hook:index`."""
-    nodes = [{"id": n, **{k: d.get(k) for k in ("kind", "hook", "layer", "pos", "feature",
-                                                  "activation", "effect", "label")}}
-             for n, d in graph.graph.nodes(data=True)]
+                dashboards: dict[str, Any] | None = None,
+                graph_json: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The object the page reads: graph nodes/edges, summary, dashboards by `hook:index`,
+    and `graphJson` (the Neuronpedia graph.json the page's "download graph.json" button
+    re-emits with `qParams.pinnedIds` / `supernodes` set; each node carries its `np_id`)."""
+    if graph_json is None:
+        graph_json = neuronpedia.graph_json(graph)
+    np_ids = {n["saecircuits_id"]: n["node_id"] for n in graph_json.get("nodes", [])
+              if isinstance(n, dict) and n.get("saecircuits_id") is not None and "node_id" in n}
+    nodes = []
+    for n, d in graph.graph.nodes(data=True):
+        row = {"id": n, **{k: d.get(k) for k in NODE_KEYS},
+               **{k: d[k] for k in EXTRA_KEYS if d.get(k) is not None}}
+        if n in np_ids:
+            row["np_id"] = np_ids[n]
+        nodes.append(row)
     edges = [{"source": u, "target": v, "weight": d["weight"]}
              for u, v, d in graph.graph.edges(data=True)]
     return {"graph": {"nodes": nodes, "edges": edges}, "summary": summary,
-            "dashboards": dashboards or {}}
+            "dashboards": dashboards or {}, "graphJson": graph_json}
 
 
 def render_html(data: dict[str, Any]) -> str:
@@ -56,7 +72,8 @@ def fill_page(page: str, script: str, data: Any) -> str:
 
 
 def write_viewer(graph: FeatureGraph, path: str | os.PathLike, summary: dict[str, Any],
-                 dashboards: dict[str, Any] | None = None) -> Path:
+                 dashboards: dict[str, Any] | None = None,
+                 graph_json: dict[str, Any] | None = None) -> Path:
     path = Path(path)
-    write_text(path, render_html(viewer_data(graph, summary, dashboards)))
+    write_text(path, render_html(viewer_data(graph, summary, dashboards, graph_json)))
     return path

@@ -1,7 +1,7 @@
 """Write a FeatureGraph's export directory (design.md) atomically, and load graphs back.
 
 Directory contents (format "all"): graph.json + graph-metadata.json (Neuronpedia),
-nodes.csv, edges.csv, graph.graphml, graph.nodelink.json, graph.dot, graph.svg,
+nodes.csv, edges.csv, graph.graphml, graph.nodelink.json, graph.dot, graph.svg, graph.png,
 index.html (viewer), summary.json; `parquet=True` adds nodes/edges.parquet.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _formats(formats: Iterable[str] | str) -> list[str]:
 def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: bool = False,
                  dashboards: Mapping[str, Any] | str | os.PathLike | None = None,
                  formats: Iterable[str] | str = "all", parquet: bool = False,
-                 tokenizer=None) -> dict[str, Any]:
+                 tokenizer=None, svg_nodes: int | None = dot_mod.TOP_NODES) -> dict[str, Any]:
     """Write the export directory for `graph`; returns the summary (with `files`).
 
     Args:
@@ -75,8 +75,10 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
         overwrite: replace an existing non-empty directory (refused otherwise).
         tokenizer: if given and `graph.meta` has a `prompt` but no `prompt_tokens`, the
             prompt's tokens are added to the views (viewer axis, graph.json, summary).
-    If the Graphviz `dot` binary is missing, graph.dot is still written, graph.svg is left
-    out and `summary["svg_error"]` says why (a warning is logged).
+        svg_nodes: graph.dot / graph.svg / graph.png draw only this many largest-|effect|
+            nodes (plus the metric); None draws all of them.
+    If the Graphviz `dot` binary is missing, graph.dot is still written, graph.svg and
+    graph.png are left out and `summary["svg_error"]` says why (a warning is logged).
     """
     if not isinstance(graph, FeatureGraph):
         raise ExportError(f"expected a FeatureGraph, got {type(graph).__name__}")
@@ -91,9 +93,10 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
         shown.meta["prompt_tokens"] = tokenizer.batch_decode([[int(i)] for i in ids])
     summary = summarize(shown)
     files: list[str] = []
+    gj = neuronpedia.graph_json(shown) if "neuronpedia" in chosen or "html" in chosen else None
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         if "neuronpedia" in chosen:
-            write_json(tmp / "graph.json", neuronpedia.graph_json(shown))
+            write_json(tmp / "graph.json", gj)
             write_json(tmp / "graph-metadata.json", neuronpedia.graph_metadata(shown))
             files += ["graph.json", "graph-metadata.json"]
         if "csv" in chosen:
@@ -109,17 +112,21 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
             networkx_io.write_node_link(graph, tmp / "graph.nodelink.json")
             files.append("graph.nodelink.json")
         if "dot" in chosen or "svg" in chosen:
-            source = dot_mod.write_dot(shown, tmp / "graph.dot", title=_title(summary))
+            if svg_nodes is not None and (not isinstance(svg_nodes, int) or svg_nodes < 1):
+                raise ExportError(f"svg_nodes must be a positive integer or None, got {svg_nodes!r}")
+            source = dot_mod.write_dot(shown, tmp / "graph.dot", title=_title(summary),
+                                       max_nodes=svg_nodes)
             files.append("graph.dot")
             if "svg" in chosen:
                 try:
                     write_text(tmp / "graph.svg", dot_mod.render_svg(source))
-                    files.append("graph.svg")
+                    (tmp / "graph.png").write_bytes(dot_mod.render(source, "png"))
+                    files += ["graph.svg", "graph.png"]
                 except ExportError as err:
                     summary["svg_error"] = str(err)
                     log.warning("%s", err)
         if "html" in chosen:
-            viewer.write_viewer(shown, tmp / "index.html", summary, dash)
+            viewer.write_viewer(shown, tmp / "index.html", summary, dash, gj)
             files.append("index.html")
         summary["dashboards"] = sorted(dash)
         summary["files"] = files + ["summary.json"]

@@ -9,14 +9,14 @@ from importlib import import_module
 from .errors import (ConfigError, ExportError, GraphError, HookPointError, InterventionError,
                      ModelLoadError, SAEFormatError, SaecircuitsError, ShapeError, TaskError,
                      TrainingError)
-from .hooks import HookPoint, hook_points, resolve
-from .models import DEFAULT_MODEL, load_model
-from .sae import SAE, SAEConfig, SAESet
-from .splice import Spliced, splice, spliced_logits
 
 __version__ = "0.1.0"
 
-_LAZY = {  # public name -> sub-module that defines it
+_LAZY = {  # public name -> sub-module that defines it (nothing imports torch until used)
+    "HookPoint": "hooks", "hook_points": "hooks", "resolve": "hooks",
+    "DEFAULT_MODEL": "models", "load_model": "models",
+    "SAE": "sae", "SAEConfig": "sae", "SAESet": "sae",
+    "Spliced": "splice", "splice": "splice", "spliced_logits": "splice",
     "load_sae": "formats", "load_sae_set": "formats",
     "make_task": "tasks", "load_jsonl": "tasks", "Task": "tasks", "task_accuracy": "tasks",
     "TraceConfig": "attribution", "trace_circuit": "attribution", "FeatureGraph": "attribution",
@@ -27,8 +27,7 @@ _LAZY = {  # public name -> sub-module that defines it
     "top_contexts": "export.dashboards", "write_dashboards": "export.dashboards",
 }
 
-__all__ = ["SAE", "SAEConfig", "SAESet", "HookPoint", "Spliced", "load_model", "hook_points",
-           "resolve", "splice", "spliced_logits", "DEFAULT_MODEL", "SaecircuitsError",
+__all__ = ["SaecircuitsError",
            "ConfigError", "ExportError", "GraphError", "HookPointError", "InterventionError",
            "ModelLoadError", "SAEFormatError", "ShapeError", "TaskError", "TrainingError",
            *_LAZY]

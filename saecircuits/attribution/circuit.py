@@ -138,6 +138,10 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE], task: Task | str, method:
     else:
         raise TaskError(f"task must be a Task, a built-in name or a .jsonl path, got {task!r}")
     ab.check_ablation(cfg.ablation, task)
+    from ..limits import check_tokens  # before any allocation sized by the prompts
+
+    check_tokens(model, max(len(ids) for ids in tok(task.clean + (task.patch or []))["input_ids"]),
+                 f"task {task.name!r}'s longest prompt")
     hooks = ab.ordered_hooks(model, saes)
     chunks = ab.chunks(tok, task, cfg.batch_size)
     bar = tqdm(total=len(chunks), desc="clean/target runs", disable=not cfg.progress, leave=False)

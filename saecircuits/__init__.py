@@ -4,6 +4,8 @@ Data flow: corpus -> activations -> `trainers` -> SAE files -> `splice` -> `attr
 -> `FeatureGraph` -> `export` / `steering`. The heavier sub-packages are imported lazily on
 first use of one of their names (`saecircuits.trace_circuit`, `saecircuits.steer`, ...).
 """
+import sys
+import types
 from importlib import import_module
 
 from .errors import (ConfigError, ExportError, GraphError, HookPointError, InterventionError,
@@ -39,3 +41,16 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'saecircuits' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Keeps `saecircuits.splice` the function: importing the `saecircuits.splice` submodule
+    (lazily, from anywhere) would otherwise rebind the package attribute to the module."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -136,7 +136,10 @@ def error_line(command: str, err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # usage errors (exit 2, one line) and --help (exit 0) return too
+        return stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     as_json = getattr(args, "json", False)

@@ -215,8 +215,8 @@ def load_checkpoint(path: Path, trainers: dict[str, Trainer], fingerprint: dict)
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {})["saecircuits"])
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        old, int(meta["step"]), dict(meta["scales"]), meta["param_groups"]
         old = meta["config"]
+        int(meta["step"]), dict(meta["scales"]), meta["param_groups"]  # KeyError if absent
         if not isinstance(old, dict):
             raise TypeError("config is not an object")
     except KeyError as err:

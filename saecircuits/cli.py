@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import math
+import re
 import sys
 
 COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo")
@@ -114,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_UNSAFE_ADVICE = ("weights_only=False", "weights_only = False", "torch.serialization.add_safe_globals",
-                  "safe_globals")
+# torch's advice on a refused pickle ("weights_only=False", "`weights_only` set to `False`",
+# "add_safe_globals"): never passed on
+_UNSAFE_ADVICE = re.compile(r"weights_only\W+(set to\W+)?False|safe_globals|Weights only load failed")
 
 
 def error_line(command: str, err: BaseException) -> str:
@@ -124,7 +126,7 @@ def error_line(command: str, err: BaseException) -> str:
     from .errors import SaecircuitsError
 
     text = (str(err).strip().splitlines() or [""])[0].strip()
-    if any(advice in str(err) for advice in _UNSAFE_ADVICE):
+    if _UNSAFE_ADVICE.search(str(err)):
         text = ("refusing to unpickle a file (only safetensors or weights_only loading is allowed); "
                 "convert it to safetensors")
     if not isinstance(err, SaecircuitsError):

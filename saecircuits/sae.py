@@ -324,6 +324,8 @@ class SAESet(Mapping[str, SAE]):
         folder = Path(folder)
         for hook, sae in self._saes.items():
             sae.save(folder / hook)
+            if sae.cfg.hook != hook:  # the set's key names the hook: keep cfg.json consistent
+                write_json(folder / hook / CFG_FILE, {**sae.cfg.to_dict(), "hook": hook})
         return folder
 
     @classmethod

@@ -302,6 +302,11 @@ def reliability_api_cases(tmp_path, model, tok, saes_dir, finished, tiny_dir):
          InterventionError, "resid.0:1=1"),
         ("steering prompt longer than the context",
          lambda: steer(model, saes, ["word " * 300], set_1(1.0), 3), ConfigError, "128"),
+        ("dashboards with zero windows",
+         lambda: sc.write_dashboards(model, tok, saes, [("resid.0", 1)], ["some text"], work / "d",
+                                     max_windows=0), ConfigError, "max_windows"),
+        ("training windows longer than the context",
+         lambda: train_saes(model, tok, _train_cfg(work / "long", context=1000)), ConfigError, "128"),
         ("steering prompt of 1M characters",
          lambda: steer(model, saes, ["x" * 1_000_000], set_1(1.0), 3), ConfigError, "1,000,000"),
     ]
@@ -422,6 +427,8 @@ def reliability_cli_cases(tmp_path, model, saes_dir, finished, pickled):
         (["serve", str(saes_dir), "--port", "70000"], "'70000'"),
         (["demo", "--expansion", "0"], "'0'"),
         (["eval", *m, *s, "--tokens", "0"], "'0'"),
+        (["dashboards", *m, *s, "--features", "resid.0:1", "--context", "1000", "--out", out], "128"),
+        (["train", *m, "--hooks", "resid.0", "--context", "1000", "--out", out], "128"),
     ] + ([] if torch.cuda.is_available() else [(["steer", *m, *s, "--prompt", "hi", "--clamp",
                                                  "resid.0:1=1", "--device", "cuda"], "'cuda'")])
 

@@ -284,6 +284,9 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     if cfg.resume and out is None:
         raise ConfigError("resume needs an output directory (cfg.out) holding a checkpoint")
     specs = build_specs(model, cfg)
+    from saecircuits.limits import check_tokens
+
+    check_tokens(model, cfg.context, "a training window (context)")
     points = hooks.sort_by_forward_order(model, cfg.hooks)
     batch = cfg.batch_size
     total_steps = cfg.tokens // (batch * n_ranks)  # under torchrun the budget is shared

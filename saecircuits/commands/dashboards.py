@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> dict:
 
     check_output_dir(args.out, overwrite=args.overwrite)
     features = parse_features(args.features)
+    from ..limits import check_tokens
+
     model, tok = load_model(args.model, device=args.device)
+    check_tokens(model, args.context, "--context")
     saes = SAESet.load(args.saes, model=model, hooks=sorted({h for h, _ in features}),
                         device=model_device(model))
     stored = FeatureActivations.load(args.activations) if args.activations else None

@@ -34,7 +34,10 @@ def run(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--context must be at least 2 tokens, got {args.context}")
     if args.out:
         check_output_dir(args.out)
+    from ..limits import check_tokens
+
     model, tok = load_model(args.model, device=args.device)
+    check_tokens(model, args.context, "--context")
     hooks = [h.strip() for h in args.hooks.split(",")] if args.hooks else None
     saes = SAESet.load(args.saes, model=model, hooks=hooks)
     if args.corpus is None:

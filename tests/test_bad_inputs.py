@@ -238,6 +238,9 @@ def reliability_api_cases(tmp_path, model, tok, saes_dir, finished, tiny_dir):
     long_row = work / "long.jsonl"
     long_row.write_text(json.dumps({"clean_prefix": "one two " * 200, "patch_prefix": None,
                                     "clean_answer": " a", "patch_answer": " b"}) + "\n")
+    one_token = work / "one.jsonl"
+    one_token.write_text(json.dumps({"clean_prefix": "Hi", "patch_prefix": None,
+                                     "clean_answer": " a", "patch_answer": " b"}) + "\n")
     huge_line = work / "huge.jsonl"
     huge_line.write_text(json.dumps({"clean_prefix": "x" * 1_000_000}) + "\n")
     nested_cfg = _sae_dir(work, "nested_cfg")
@@ -272,6 +275,8 @@ def reliability_api_cases(tmp_path, model, tok, saes_dir, finished, tiny_dir):
         ("a 1 MB task line", lambda: load_jsonl(tok, huge_line), TaskError, "characters"),
         ("task prompt longer than the context",
          lambda: trace_circuit(model, tok, saes, str(long_row), ablation="zero", n=1), ConfigError, "128"),
+        ("one-token task prompts",
+         lambda: trace_circuit(model, tok, saes, str(one_token), ablation="zero", n=1), TaskError, "'Hi'"),
         ("deeply nested cfg.json", lambda: sc.SAE.load(nested_cfg), SAEFormatError, "nested"),
         ("cfg.json d_sae 1e12", lambda: sc.SAE.load(big), SAEFormatError, "1000000000000"),
         ("normalization_scale NaN", lambda: sc.SAE.load(nan_scale), SAEFormatError, "nan"),

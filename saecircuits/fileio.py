@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -66,33 +67,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(directory: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """Delete the temporary files/dirs (`.NAME.*.tmp`, `.NAME.tmp-*`, `.NAME.old-*`) that a killed
-    or failed write left in `directory`; a temp of a still-running writer (its pid alive) is kept.
-    Returns the removed paths."""
+# names of our own temporaries: atomic_path/atomic_dir (`.NAME.[pPID.]XXXXXXXX.tmp`, mkstemp's
+# 8-character suffix) and atomic_dir's displaced old copy (`.NAME.old-PID`)
+_TEMP_NAME = re.compile(r"^\..+?\.(?:p(?P<pid>\d+)\.)?[a-z0-9_]{8}\.tmp$|^\..+\.old-(?P<old>\d+)$")
+
+
+def remove_stale_temps(directory: str | os.PathLike, depth: int = 3) -> list[Path]:
+    """Delete the temporaries a killed or failed write left in `directory` (and its
+    subdirectories down to `depth` levels); a temporary of a still-running writer (its pid is
+    alive) is kept, and files not named like ours are never touched. Returns the removed paths."""
     root = Path(directory)
     removed: list[Path] = []
     if not root.is_dir():
         return removed
-    entries = root.rglob(".*") if recursive else root.glob(".*")
-    for entry in sorted(entries, key=lambda p: len(p.parts), reverse=True):
-        name = entry.name
-        if not (name.endswith(".tmp") or ".tmp-" in name or ".old-" in name):
-            continue
-        pid = None
-        for part in name.split("."):
-            if part[:1] == "p" and part[1:].isdigit():
-                pid = int(part[1:])
-        for tag in (".tmp-", ".old-"):
-            if tag in name and name.rsplit(tag, 1)[1].isdigit():
-                pid = int(name.rsplit(tag, 1)[1])
-        if pid is not None and _pid_alive(pid):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
-        removed.append(entry)
+    for level in range(depth, -1, -1):  # deepest first
+        for entry in sorted(root.glob("/".join(["*"] * level + [".*"]))):
+            found = _TEMP_NAME.match(entry.name)
+            if found is None or entry.is_symlink() and entry.is_dir():
+                continue
+            pid = found.group("pid") or found.group("old")
+            if pid is not None and _pid_alive(int(pid)):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
     return removed
 
 

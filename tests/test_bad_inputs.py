@@ -362,15 +362,18 @@ def test_stale_temp_files_of_a_killed_write_are_removed_on_the_next_run(tiny, tm
     out = tmp_path / "out"
     train_saes(*tiny, _train_cfg(out, stop_at_step=2, corpus=None), corpus=TRAIN_TEXTS)
     dead = 2 ** 22 + 12345  # above any pid this test machine hands out
-    debris = [out / f".checkpoint.safetensors.p{dead}.abc.tmp", out / ".checkpoint.safetensors.xyz.tmp",
-              out / "resid.0" / f".sae.safetensors.p{dead}.q.tmp"]
+    debris = [out / f".checkpoint.safetensors.p{dead}.abcd_123.tmp",
+              out / ".checkpoint.safetensors.xyz12345.tmp",  # an older release's name (no pid)
+              out / "resid.0" / f".sae.safetensors.p{dead}.q1234567.tmp"]
     for path in debris:
         path.write_bytes(b"\0" * 1024)
-    live = out / f".cfg.json.p{os.getpid()}.live.tmp"  # a write still in progress is kept
+    live = out / f".cfg.json.p{os.getpid()}.live1234.tmp"  # a write still in progress is kept
     live.write_text("{}")
+    foreign = out / ".notes.tmp"  # not named like ours: never touched
+    foreign.write_text("x")
     train_saes(*tiny, _train_cfg(out, resume=True, corpus=None), corpus=TRAIN_TEXTS)
     assert not any(p.exists() for p in debris)
-    assert live.exists()
+    assert live.exists() and foreign.exists()
 
 
 def test_output_dir_checks_create_nothing(tmp_path):

@@ -4,21 +4,22 @@ Data flow: corpus -> activations -> `trainers` -> SAE files -> `ReplacementModel
 SAEs bound once; `splice`) -> `attribution` -> `FeatureGraph` (`graph`) -> `export` / `steering`. The heavier sub-packages are imported lazily on
 first use of one of their names (`saecircuits.trace_circuit`, `saecircuits.steer`, ...).
 """
+import sys
+import types
 from importlib import import_module
 
 from .errors import (ConfigError, ExportError, GraphError, HookPointError, InterventionError,
                      ModelLoadError, SAEFormatError, SaecircuitsError, ShapeError, TaskError,
                      TrainingError)
-from .hooks import HookPoint, hook_points, resolve
-from .graph import FeatureGraph, Node
-from .models import DEFAULT_MODEL, load_model
-from .replacement import ReplacementModel
-from .sae import SAE, SAEConfig, SAESet
-from .splice import Spliced, splice, spliced_logits
 
 __version__ = "0.1.0"
 
-_LAZY = {  # public name -> sub-module that defines it
+_LAZY = {  # public name -> sub-module that defines it (nothing imports torch until used)
+    "HookPoint": "hooks", "hook_points": "hooks", "resolve": "hooks",
+    "DEFAULT_MODEL": "models", "load_model": "models",
+    "SAE": "sae", "SAEConfig": "sae", "SAESet": "sae",
+    "ReplacementModel": "replacement", "Node": "graph", "FeatureGraph": "graph",
+    "Spliced": "splice", "splice": "splice", "spliced_logits": "splice",
     "load_sae": "formats", "load_sae_set": "formats",
     "make_task": "tasks", "load_jsonl": "tasks", "Task": "tasks", "task_accuracy": "tasks",
     "TraceConfig": "attribution", "trace_circuit": "attribution",
@@ -29,9 +30,7 @@ _LAZY = {  # public name -> sub-module that defines it
     "top_contexts": "export.dashboards", "write_dashboards": "export.dashboards",
 }
 
-__all__ = ["SAE", "SAEConfig", "SAESet", "HookPoint", "Spliced", "ReplacementModel", "Node",
-           "FeatureGraph", "load_model", "hook_points",
-           "resolve", "splice", "spliced_logits", "DEFAULT_MODEL", "SaecircuitsError",
+__all__ = ["SaecircuitsError",
            "ConfigError", "ExportError", "GraphError", "HookPointError", "InterventionError",
            "ModelLoadError", "SAEFormatError", "ShapeError", "TaskError", "TrainingError",
            *_LAZY]
@@ -43,3 +42,16 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'saecircuits' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Keeps `saecircuits.splice` the function: importing the `saecircuits.splice` submodule
+    (lazily, from anywhere) would otherwise rebind the package attribute to the module."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -1,7 +1,9 @@
 """The `saecircuits` command line: one subcommand module per job under `saecircuits.commands`.
 
 Each module defines `HELP` (one line), `add_arguments(parser)` and `run(args) -> dict | None`.
-A returned dict is printed as JSON with `--json`. Errors print one line and exit 2
+Building the parser imports no torch (`saecircuits --help` stays fast): command modules import
+their heavy dependencies inside `run`. A returned dict is printed as JSON with `--json`.
+Every error, whatever its type, prints one line `saecircuits <cmd>: error: ...` and exits 2
 (`--debug` shows the traceback).
 """
 from __future__ import annotations
@@ -12,9 +14,77 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
+import re
 import sys
 
 COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Usage errors print one line `saecircuits <cmd>: error: ...` (no usage block) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, text: str, check, need: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {need}, got {text!r}") from None
+    if not check(value):
+        raise argparse.ArgumentTypeError(f"expected {need}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _number(int, text, lambda v: v >= 1, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _number(int, text, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_ints(text: str) -> int | list[int]:
+    """argparse type: one positive integer or a comma list of them (a list when several)."""
+    values = [positive_int(v.strip()) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _number(float, text, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number(float, text, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+def unit_float(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    return _number(float, text, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 0..65535 (0: any free port)."""
+    return _number(int, text, lambda v: 0 <= v <= 65535, "a port in 0..65535")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends `(default: X)` to an option's help unless the text already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text.lower() or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+                or action.required or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +95,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="saecircuits",
+    parser = ArgumentParser(
+        prog="saecircuits", formatter_class=HelpFormatter,
         description="Sparse autoencoders, feature circuits and steering for HF causal LMs.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -35,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         if importlib.util.find_spec(f"saecircuits.commands.{name}") is None:
             continue
         module = importlib.import_module(f"saecircuits.commands.{name}")
-        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP,
+                             formatter_class=HelpFormatter)
         cmd.add_argument("--json", action="store_true", help="print a JSON summary to stdout")
         cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help=argparse.SUPPRESS)
@@ -44,11 +115,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+# torch's advice on a refused pickle ("weights_only=False", "`weights_only` set to `False`",
+# "add_safe_globals"): never passed on
+_UNSAFE_ADVICE = re.compile(r"weights_only\W+(set to\W+)?False|safe_globals|Weights only load failed")
+
+
+def error_line(command: str, err: BaseException) -> str:
+    """The one-line message for `err`: its type when it is not a saecircuits error, never advice
+    to load pickles unsafely."""
     from .errors import SaecircuitsError
 
+    text = (str(err).strip().splitlines() or [""])[0].strip()
+    if _UNSAFE_ADVICE.search(str(err)):
+        text = ("refusing to unpickle a file (only safetensors or weights_only loading is allowed); "
+                "convert it to safetensors")
+    if not isinstance(err, SaecircuitsError):
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    if not text:
+        text = type(err).__name__
+    return f"saecircuits {command}: error: {text}"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # usage errors (exit 2, one line) and --help (exit 0) return too
+        return stop.code if isinstance(stop.code, int) else 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     as_json = getattr(args, "json", False)
@@ -58,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("saecircuits: interrupted", file=sys.stderr)
         return 130
-    except (SaecircuitsError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
+    except Exception as err:  # noqa: BLE001 - the boundary: every error is one line, exit 2
         if args.debug:
             raise
-        print(f"saecircuits {args.command}: error: {err}".splitlines()[0], file=sys.stderr)
+        print(error_line(args.command, err), file=sys.stderr)
         return 2
     if as_json and result is not None:
         print(json.dumps(result, indent=2, default=str))

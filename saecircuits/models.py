@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -103,9 +104,20 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ModelLoadError(f"unknown device {device!r}") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
+            raise ModelLoadError(f"device {device!r} requested but torch has no CUDA here ({build}); "
+                                 "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r} requested but only {torch.cuda.device_count()} "
+                                 "GPU(s) are visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r} requested but MPS is not available; use --device cpu")
+    return dev
 
 
 def _load_hf(source: str, dtype: torch.dtype, device: torch.device, **kwargs):
@@ -162,6 +174,10 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
             hf, tok = _load_hf(str(local) if local.exists() else model_name, dtype, dev, **hf_kwargs)
         except (OSError, ValueError, KeyError) as err:
             raise ModelLoadError(f"could not load model {model_name!r}: {err}".split("\n")[0]) from err
+        except pickle.UnpicklingError:  # never repeat torch's advice to load with weights_only=False
+            raise ModelLoadError(f"could not load model {model_name!r}: its weights are a pickle "
+                                 "that weights_only loading refuses (it names code to run); "
+                                 "use a safetensors checkpoint") from None
     hf.eval()
     for param in hf.parameters():
         param.requires_grad_(False)

@@ -72,6 +72,15 @@ class SAEConfig:
                                   f"{self.architecture}, got {self.k!r}")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"unknown SAE dtype {self.dtype!r}; expected one of {list(_DTYPES)}")
+        scale = self.normalization_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                                  or not math.isfinite(scale) or scale <= 0):
+            raise ConfigError(f"SAE normalization_scale must be null or a finite number > 0, "
+                              f"got {scale!r}")
+        if not isinstance(self.metadata, dict):
+            raise ConfigError(f"SAE metadata must be a JSON object, got {self.metadata!r:.60}")
+        if self.hook is not None and not isinstance(self.hook, str):
+            raise ConfigError(f"SAE hook must be a string or null, got {self.hook!r:.60}")
 
     @property
     def has_threshold(self) -> bool:
@@ -212,10 +221,11 @@ class SAE(nn.Module):
         for path in (cfg_path, weights_path):
             if not path.is_file():
                 raise SAEFormatError(f"SAE directory {str(folder)!r} lacks {path.name}")
-        try:
-            cfg = SAEConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise SAEFormatError(f"{cfg_path} is not valid JSON: {err}") from err
+        from .fileio import parse_json, read_text
+
+        cfg = SAEConfig.from_dict(parse_json(read_text(cfg_path, "SAE config", SAEFormatError),
+                                             str(cfg_path), SAEFormatError))
+        _check_header(weights_path, cfg)  # shapes from the file's header before allocating
         try:
             tensors = read_safetensors(weights_path)
         except (SafetensorError, OSError, RuntimeError) as err:
@@ -244,6 +254,30 @@ class SAE(nn.Module):
     def extra_repr(self) -> str:
         k = f", k={self.cfg.k}" if self.cfg.k else ""
         return f"{self.cfg.architecture}, hook={self.cfg.hook!r}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}"
+
+
+def _check_header(path: Path, cfg: SAEConfig) -> None:
+    """Compare the tensor shapes in a safetensors header with `cfg` (nothing is allocated)."""
+    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in),
+                "b_dec": (cfg.d_in,)}
+    if cfg.has_threshold:
+        expected["threshold"] = (cfg.d_sae,)
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 0 < size <= 100_000_000:
+                raise ValueError(f"header size {size}")
+            header = json.loads(fh.read(size))
+        shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise SAEFormatError(f"{path} is not a readable safetensors file: {err}") from None
+    missing, extra = set(expected) - set(shapes), set(shapes) - set(expected)
+    if missing or extra:
+        raise SAEFormatError(f"{path}: missing tensors {sorted(missing)}, unexpected tensors {sorted(extra)}")
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise SAEFormatError(f"{path}: {name} has shape {shapes[name]}, expected {shape} from "
+                                 f"cfg.json (d_in={cfg.d_in}, d_sae={cfg.d_sae})")
 
 
 class SAESet(Mapping[str, SAE]):
@@ -286,6 +320,8 @@ class SAESet(Mapping[str, SAE]):
         folder = Path(folder)
         for hook, sae in self._saes.items():
             sae.save(folder / hook)
+            if sae.cfg.hook != hook:  # the set's key names the hook: keep cfg.json consistent
+                write_json(folder / hook / CFG_FILE, {**sae.cfg.to_dict(), "hook": hook})
         return folder
 
     @classmethod
@@ -306,6 +342,10 @@ class SAESet(Mapping[str, SAE]):
         if missing:
             raise SAEFormatError(f"SAE set {str(folder)!r} has no SAE for {missing}; it has {found}")
         saes = cls({h: SAE.load(folder / h, device=device) for h in wanted})
+        for hook, sae in saes.items():
+            if sae.cfg.hook and sae.cfg.hook != hook:
+                raise SAEFormatError(f"{str(folder / hook / CFG_FILE)!r} says hook "
+                                     f"{sae.cfg.hook!r} but lies in directory {hook!r}")
         if model is not None:
             saes.check(model)
         return saes

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +291,11 @@ def tokenize(tok, docs: Sequence[Document], cache: bool = True,
                 return TokenCorpus(tokens, offsets, names, eos, bos, key)
         except (OSError, ValueError):
             pass  # unreadable cache: rebuild it below
+    size = sum(len(d.text) for d in docs)
+    if size > 1_000_000:  # minutes on a small CPU: say what is happening (the bar is not started yet)
+        print(f"saecircuits: tokenizing the corpus once ({len(docs):,} documents, {size / 1e6:.0f} MB "
+              f"of text; a few minutes on a small CPU)" + (f"; later runs reuse {folder}" if cache else ""),
+              file=sys.stderr, flush=True)
     lengths, chunks = [], []
     for start in range(0, len(docs), batch_docs):
         texts = [d.text for d in docs[start:start + batch_docs]]

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from saecircuits import hooks
 from saecircuits.errors import ConfigError, HookPointError, TrainingError
-from saecircuits.fileio import write_json, write_safetensors
+from saecircuits.fileio import remove_stale_temps, write_json, write_safetensors
 from saecircuits.models import model_device, model_name_of
 from saecircuits.sae import ARCHITECTURES, SAESet
 
@@ -109,6 +110,24 @@ class TrainConfig:
             raise ConfigError(f"autocast must be None, 'bfloat16' or 'float16', got {self.autocast!r}")
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
+        for name in ("k", "expansion"):
+            for value in _lst(getattr(self, name)):
+                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                    raise ConfigError(f"TrainConfig.{name} must be a positive integer (or a list of "
+                                      f"them), got {value!r}")
+        for name in ("d_sae", "batch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ConfigError(f"TrainConfig.{name} must be a positive integer or None, got {value!r}")
+        for name, low in (("lr", "> 0"), ("l1", ">= 0")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or (value <= 0 if low == "> 0" else value < 0):
+                raise ConfigError(f"TrainConfig.{name} must be a finite number {low}, got {value!r}")
+        if not isinstance(self.eval_tokens, int) or self.eval_tokens < 0:
+            raise ConfigError(f"TrainConfig.eval_tokens must be an integer >= 0, got {self.eval_tokens!r}")
 
     @property
     def batch_size(self) -> int:
@@ -191,15 +210,30 @@ def save_checkpoint(path: Path, trainers: dict[str, Trainer], step: int, scales:
 
 def load_checkpoint(path: Path, trainers: dict[str, Trainer], fingerprint: dict) -> tuple[int, dict]:
     """Restore trainers in place; returns (step, scales). Refuses a changed config."""
-    with safe_open(str(path), framework="pt") as fh:
-        meta = json.loads(fh.metadata()["saecircuits"])
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    old = meta["config"]
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {})["saecircuits"])
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        old = meta["config"]
+        int(meta["step"]), dict(meta["scales"]), meta["param_groups"]  # KeyError if absent
+        if not isinstance(old, dict):
+            raise TypeError("config is not an object")
+    except KeyError as err:
+        raise TrainingError(f"cannot resume from {str(path)!r}: it lacks {err} (not a saecircuits "
+                            "checkpoint); delete it or use a new --out") from None
+    except (Exception) as err:  # noqa: BLE001 - truncated / corrupt file of any kind
+        raise TrainingError(f"cannot resume from {str(path)!r}: the checkpoint is unreadable "
+                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                            "delete it or use a new --out") from None
     diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
     if diff:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
         raise ConfigError(f"cannot resume from {str(path)!r}: the config changed ({detail}); "
                           "use the original settings or a new --out directory")
+    absent = sorted({f"{name}::{key}" for name, tr in trainers.items() for key in tr.state_dict()}
+                    - set(tensors))
+    if absent:
+        raise TrainingError(f"cannot resume from {str(path)!r}: it lacks tensors {absent[:3]}")
     for name, tr in trainers.items():
         state = {}
         for key, ref in tr.state_dict().items():
@@ -243,14 +277,15 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     corpus: a `TokenCorpus`, any `load_documents` source, or None (cfg.corpus / default).
     Writes `cfg.out` (if set): the SAE set, metrics, density pictures and a checkpoint.
     """
-    from .evaluate import evaluate_saes, write_reports
-
     distributed.init_from_env()
     rank, n_ranks = distributed.world()
     out = Path(cfg.out) if cfg.out else None
     if cfg.resume and out is None:
         raise ConfigError("resume needs an output directory (cfg.out) holding a checkpoint")
     specs = build_specs(model, cfg)
+    from saecircuits.limits import check_tokens
+
+    check_tokens(model, cfg.context, "a training window (context)")
     points = hooks.sort_by_forward_order(model, cfg.hooks)
     batch = cfg.batch_size
     total_steps = cfg.tokens // (batch * n_ranks)  # under torchrun the budget is shared
@@ -289,8 +324,27 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     trainers = {s.name: make_trainer(s, total_steps, cfg.seed + i, dead_tokens, device)
                 for i, s in enumerate(specs)}
     fingerprint = _config_fingerprint(cfg, key)
+    created = out is not None and not out.exists()
     if out is not None:  # only now, so that a bad config leaves no directory behind
         _check_writable(out)
+        remove_stale_temps(out)  # temp files of a killed or failed earlier write
+    if cfg.cache_activations:
+        remove_stale_temps(cfg.cache_activations)
+    try:
+        return _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpus,
+                      total_steps, batch, out, rank, key, device)
+    except BaseException:
+        if out is not None and rank == 0:
+            remove_stale_temps(out)
+            if created and out.is_dir() and {p.name for p in out.iterdir()} <= {"train_config.json"}:
+                shutil.rmtree(out)  # a failed first run leaves no (near-)empty directory
+        raise
+
+
+def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpus,
+           total_steps, batch, out, rank, key, device) -> SAESet:
+    from .evaluate import evaluate_saes, write_reports
+
     start, scales = 0, {}
     ckpt = out / CHECKPOINT if out is not None else None
     writer = out is not None and rank == 0  # under torchrun only rank 0 writes files
@@ -298,6 +352,9 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
         if not ckpt.is_file():
             raise ConfigError(f"--resume: no checkpoint at {str(ckpt)!r}")
         start, scales = load_checkpoint(ckpt, trainers, fingerprint)
+        if start >= total_steps:
+            raise ConfigError(f"--resume: the checkpoint {str(ckpt)!r} is at step {start} of "
+                              f"{total_steps}: that run already finished; nothing to resume")
     if writer and not cfg.resume:
         write_json(out / "train_config.json", {**cfg.to_dict(), "steps": total_steps,
                                                 "batch_size": batch, "corpus_key": key})

@@ -148,6 +148,14 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
     else:
         raise TaskError(f"task must be a Task, a built-in name or a .jsonl path, got {task!r}")
     ab.check_ablation(cfg.ablation, task)
+    from ..limits import check_tokens  # before any allocation sized by the prompts
+
+    lengths = [len(ids) for ids in tok(list(task.clean))["input_ids"]]  # as encode_inputs does
+    check_tokens(rm.model, max(lengths), f"task {task.name!r}'s longest prompt")
+    if min(lengths) < 2:  # its one position is the attention sink, which is never attributed
+        short = task.clean[lengths.index(min(lengths))]
+        raise TaskError(f"task {task.name!r}: prompt {short!r} is {min(lengths)} token(s); a circuit "
+                        "needs at least 2 (the first token is the attention sink, never attributed)")
     hooks = rm.hooks
     chunks = ab.chunks(tok, task, cfg.batch_size)
     bar = tqdm(total=len(chunks), desc="clean/target runs", disable=not cfg.progress, leave=False)

@@ -7,7 +7,7 @@ HELP = "build feature dashboards: top contexts, histograms, output tokens (HTML 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_model_arguments
+    from ..cli import add_model_arguments, positive_int
 
     add_model_arguments(parser)
     parser.add_argument("--saes", required=True, help="SAE set directory (one subfolder per hook)")
@@ -17,13 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corpus", default=None,
                         help="text source: .txt/.jsonl file or directory, hf:<dataset> "
                              "(default: the embedded stdlib + pydoc corpus)")
-    parser.add_argument("--max-docs", type=int, default=400, help="documents read (default 400)")
-    parser.add_argument("--windows", type=int, default=256,
+    parser.add_argument("--max-docs", type=positive_int, default=400, help="documents read (default 400)")
+    parser.add_argument("--windows", type=positive_int, default=256,
                         help="token windows to run through the model (default 256)")
-    parser.add_argument("--context", type=int, default=64, help="tokens per window (default 64)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--context", type=positive_int, default=64, help="tokens per window (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows per model pass")
     parser.add_argument("--activations", default=None,
-                        help="reuse stored activations (activations.safetensors of an earlier run)")
+                        help="reuse stored activations (activations.safetensors of an earlier run; "
+                        "default: compute them)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
@@ -31,11 +32,16 @@ def run(args: argparse.Namespace) -> dict:
     from trainers.corpus import load_documents
 
     from ..export.dashboards import FeatureActivations, parse_features, write_dashboards
+    from ..fileio import check_output_dir
     from ..models import load_model, model_device
     from ..sae import SAESet
 
+    check_output_dir(args.out, overwrite=args.overwrite)
     features = parse_features(args.features)
+    from ..limits import check_tokens
+
     model, tok = load_model(args.model, device=args.device)
+    check_tokens(model, args.context, "--context")
     saes = SAESet.load(args.saes, model=model, hooks=sorted({h for h, _ in features}),
                         device=model_device(model))
     stored = FeatureActivations.load(args.activations) if args.activations else None

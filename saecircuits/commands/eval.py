@@ -7,17 +7,17 @@ HELP = "evaluate an SAE set: L0, explained variance, dead/dense fraction, CE and
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_model_arguments
+    from ..cli import add_model_arguments, nonnegative_int, positive_int
 
     add_model_arguments(parser)
     parser.add_argument("--saes", required=True, help="SAE set directory (one subdirectory per hook)")
-    parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated)")
+    parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated; default: all in the set)")
     parser.add_argument("--corpus", default=None, help="evaluation text (file, .jsonl, dir, hf:<name>); "
                         "default: the embedded corpus's held-out documents")
-    parser.add_argument("--tokens", type=int, default=8192, help="tokens to evaluate on")
-    parser.add_argument("--context", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the default corpus's split")
-    parser.add_argument("--out", default=None, help="write metrics.json + density.svg per SAE here")
+    parser.add_argument("--tokens", type=positive_int, default=8192, help="tokens to evaluate on")
+    parser.add_argument("--context", type=positive_int, default=256, help="token window length (>= 2)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the default corpus's split")
+    parser.add_argument("--out", default=None, help="write metrics.json + density.svg per SAE here (default: print only)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -25,10 +25,19 @@ def run(args: argparse.Namespace) -> dict:
     from trainers.corpus import default_corpus
     from trainers.evaluate import write_reports
 
+    from ..errors import ConfigError
+    from ..fileio import check_output_dir
     from ..models import load_model
     from ..sae import SAESet
 
+    if args.context < 2:
+        raise ConfigError(f"--context must be at least 2 tokens, got {args.context}")
+    if args.out:
+        check_output_dir(args.out)
+    from ..limits import check_tokens
+
     model, tok = load_model(args.model, device=args.device)
+    check_tokens(model, args.context, "--context")
     hooks = [h.strip() for h in args.hooks.split(",")] if args.hooks else None
     saes = SAESet.load(args.saes, model=model, hooks=hooks)
     if args.corpus is None:

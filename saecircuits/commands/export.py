@@ -7,9 +7,11 @@ import sys
 HELP = "export a feature graph: Neuronpedia JSON, CSV/Parquet, GraphML, DOT/SVG, HTML viewer"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..export.writer import FORMATS
+# export.writer.FORMATS, repeated so that `--help` imports no torch (a test keeps them equal)
+FORMATS = ("all", "dot", "svg", "graphml", "nodelink", "csv", "parquet", "neuronpedia", "html")
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("graph", metavar="GRAPH_DIR",
                         help="graph to export: a directory or file written by FeatureGraph.save "
                              "(featuregraph.json), an export directory, .graphml or .nodelink.json")
@@ -17,14 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what to write (repeatable; default: all)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--dashboards", default=None,
-                        help="dashboards directory (from `saecircuits dashboards`) for the viewer")
+                        help="dashboards directory (from `saecircuits dashboards`) for the viewer "
+                        "(default: none)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def run(args: argparse.Namespace) -> dict:
     from ..errors import ExportError
     from ..export.writer import export_graph, load_graph
+    from ..fileio import check_output_dir
 
+    check_output_dir(args.out, overwrite=args.overwrite)
     graph = load_graph(args.graph)
     formats = args.formats or ["all"]
     summary = export_graph(graph, args.out, overwrite=args.overwrite,

@@ -8,9 +8,11 @@ HELP = "serve an export directory's viewer on http://127.0.0.1:PORT"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli import nonnegative_float, port
+
     parser.add_argument("directory", metavar="DIR", help="export or dashboards directory")
-    parser.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    parser.add_argument("--seconds", type=float, default=None,
+    parser.add_argument("--port", type=port, default=8000, help="port (0: any free port)")
+    parser.add_argument("--seconds", type=nonnegative_float, default=None,
                         help="stop after this many seconds (default: until Ctrl-C)")
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 HELP = "generate with SAE features clamped/scaled/added/ablated; print baseline vs steered"
@@ -11,12 +10,12 @@ _SPEC = "HOOK:FEATURES[=VALUE][@POSITIONS]"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_model_arguments
+    from ..cli import add_model_arguments, nonnegative_int, positive_float, positive_int, unit_float
 
     add_model_arguments(parser)
     parser.add_argument("--saes", required=True, help="SAE set directory (one subdirectory per hook)")
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="one prompt")
+    src.add_argument("--prompt", help="one prompt (this or --prompts is required)")
     src.add_argument("--prompts", help="text file with one prompt per line, or a .jsonl of "
                                        "{\"prompt\": ...} objects")
     for flag, what in (("clamp", "set features to VALUE, e.g. resid.12:1234=8.0"),
@@ -27,34 +26,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{what}; POSITIONS = prompt|generated|all|0,3,-1 (default all); repeatable")
     parser.add_argument("--only-if-active", action="store_true",
                         help="edit a feature only where it is already active")
-    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=20, help="tokens to generate")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature")
+    parser.add_argument("--top-p", type=unit_float, default=1.0, help="nucleus sampling mass")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed")
     parser.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
     parser.add_argument("--track", action="append", default=[], metavar="TOKEN",
-                        help="single-token string whose per-step probability shift is reported")
+                        help="single-token string whose per-step probability shift is reported "
+                        "(repeatable; default: none)")
 
 
 def read_prompts(path: str) -> list[str]:
     """Prompts from a text file (one per line) or JSONL (`{"prompt": ...}` per line)."""
     from ..errors import ConfigError
+    from ..fileio import parse_json, read_text
+    from ..limits import check_text_length
 
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"prompts file {path!r} does not exist")
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in read_text(file, "prompts file").splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        check_text_length(line, f"{path}:{number}", limit=4 * 200_000)
     if not lines:
         raise ConfigError(f"prompts file {path!r} is empty")
     if file.suffix != ".jsonl":
         return lines
     prompts = []
     for number, line in enumerate(lines, 1):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{number} is not valid JSON: {err}") from None
+        obj = parse_json(line, f"{path}:{number}")
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
             raise ConfigError(f"{path}:{number} needs a string field 'prompt'")
         prompts.append(obj["prompt"])

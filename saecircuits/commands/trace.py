@@ -7,30 +7,34 @@ HELP = "trace a feature circuit (node effects, edges, pruning, faithfulness) for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_model_arguments
+    from ..cli import add_model_arguments, nonnegative_float, positive_int, unit_float
 
     add_model_arguments(parser)
     parser.add_argument("--saes", required=True, help="SAE set directory (one subdirectory per hook)")
-    parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated)")
+    parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated; default: all in the set)")
     parser.add_argument("--task", required=True, help="ioi | parens | sva | FILE.jsonl")
-    parser.add_argument("--n", type=int, default=64, help="number of prompts (default 64)")
-    parser.add_argument("--method", default="attrib", choices=("attrib", "ig", "exact"))
-    parser.add_argument("--ablation", default="patch", choices=("patch", "zero", "mean", "resample"))
+    parser.add_argument("--n", type=positive_int, default=64, help="number of prompts (default 64)")
+    parser.add_argument("--method", default="attrib", choices=("attrib", "ig", "exact"),
+                        help="node attribution: attribution patching, integrated gradients, exact")
+    parser.add_argument("--ablation", default="patch", choices=("patch", "zero", "mean", "resample"),
+                        help="what a node is ablated to when its effect is measured")
     rule = parser.add_mutually_exclusive_group()
-    rule.add_argument("--node-threshold", type=float, default=None, help="keep nodes with |effect| >= T")
-    rule.add_argument("--top-k", type=int, default=None, help="keep the K largest feature nodes "
+    rule.add_argument("--node-threshold", type=nonnegative_float, default=None,
+                      help="keep nodes with |effect| >= T (default: --top-k 100)")
+    rule.add_argument("--top-k", type=positive_int, default=None, help="keep the K largest feature nodes "
                       "(default 100)")
-    rule.add_argument("--influence", type=float, default=None,
-                      help="keep the fewest nodes reaching this share of total |effect|")
-    parser.add_argument("--edge-influence", type=float, default=0.98,
+    rule.add_argument("--influence", type=unit_float, default=None,
+                      help="keep the fewest nodes reaching this share of total |effect| "
+                           "(default: --top-k 100)")
+    parser.add_argument("--edge-influence", type=unit_float, default=0.98,
                         help="keep the fewest edges reaching this share of total |weight|")
     parser.add_argument("--positional", action="store_true", help="one node per token position "
                         "(default: features summed over positions, pos '*')")
-    parser.add_argument("--steps", type=int, default=10, help="integrated-gradients steps")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=positive_int, default=10, help="integrated-gradients steps")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="prompts per model pass")
     parser.add_argument("--eval-ablation", default="mean", choices=("mean", "zero", "resample", "patch"),
                         help="ablation of the circuit's complement in faithfulness (default mean)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the task's prompts and resampling")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -38,10 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     from ..attribution import trace_circuit
     from ..export.tables import write_csv
-    from ..fileio import atomic_dir, write_json
+    from ..errors import TaskError
+    from ..fileio import atomic_dir, check_output_dir, write_json
     from ..models import load_model
     from ..sae import SAESet
 
+    check_output_dir(args.out, overwrite=args.overwrite)  # before any model pass
+    if args.task not in ("ioi", "parens", "sva"):
+        from pathlib import Path
+
+        if not Path(args.task).is_file():
+            raise TaskError(f"--task {args.task!r} is neither ioi, parens, sva nor an existing "
+                            ".jsonl file")
     model, tok = load_model(args.model, device=args.device)
     hooks = [h.strip() for h in args.hooks.split(",")] if args.hooks else None
     saes = SAESet.load(args.saes, model=model, hooks=hooks)

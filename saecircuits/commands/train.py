@@ -6,47 +6,51 @@ import argparse
 HELP = "train sparse autoencoders (relu, topk, batchtopk, jumprelu) at hook points"
 
 
-def _ints(text: str) -> list[int] | int:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    return values[0] if len(values) == 1 else values
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_model_arguments
+    from ..cli import (add_model_arguments, nonnegative_float, nonnegative_int, positive_float,
+                       positive_int, positive_ints)
 
     add_model_arguments(parser)
     parser.add_argument("--hooks", default="resid.10",
                         help="comma-separated hook points, e.g. resid.3,resid.9 (default resid.10)")
-    parser.add_argument("--arch", default="topk", choices=["topk", "relu", "batchtopk", "jumprelu"])
-    parser.add_argument("--k", type=_ints, default=32, help="active latents (topk/batchtopk); a "
+    parser.add_argument("--arch", default="topk", choices=["topk", "relu", "batchtopk", "jumprelu"],
+                        help="SAE architecture")
+    parser.add_argument("--k", type=positive_ints, default=32, help="active latents (topk/batchtopk); a "
                         "comma list trains one SAE per value")
-    parser.add_argument("--expansion", type=_ints, default=8,
+    parser.add_argument("--expansion", type=positive_ints, default=8,
                         help="d_sae / d_in (comma list: one SAE per value)")
-    parser.add_argument("--d-sae", type=int, default=None, help="latents (overrides --expansion)")
-    parser.add_argument("--tokens", type=int, default=500_000, help="training activations per hook")
-    parser.add_argument("--context", type=int, default=256, help="token window length")
-    parser.add_argument("--batch", type=int, default=None, help="activations per step (default 4 windows)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default per architecture)")
-    parser.add_argument("--l1", type=float, default=None, help="sparsity coefficient (relu, jumprelu)")
+    parser.add_argument("--d-sae", type=positive_int, default=None,
+                        help="latents (overrides --expansion; default: expansion × hook width)")
+    parser.add_argument("--tokens", type=positive_int, default=500_000, help="training activations per hook")
+    parser.add_argument("--context", type=positive_int, default=256, help="token window length (>= 2)")
+    parser.add_argument("--batch", type=positive_int, default=None, help="activations per step (default 4 windows)")
+    parser.add_argument("--lr", type=positive_float, default=None, help="learning rate (default per architecture)")
+    parser.add_argument("--l1", type=nonnegative_float, default=None,
+                        help="sparsity coefficient (relu, jumprelu; default per architecture)")
     parser.add_argument("--corpus", default=None, help="text file, .jsonl, directory, dataset dir or "
                         "hf:<name> (default: embedded stdlib code + pydoc prose)")
     parser.add_argument("--prepend-bos", action="store_true", help="start every window with BOS")
-    parser.add_argument("--eval-tokens", type=int, default=8192,
+    parser.add_argument("--eval-tokens", type=nonnegative_int, default=8192,
                         help="held-out tokens for metrics.json (0: skip)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--out", required=True, help="output directory (an SAE set)")
     parser.add_argument("--cache-activations", default=None, metavar="DIR",
-                        help="store harvested activations here and reuse them in later runs")
+                        help="store harvested activations here and reuse them in later runs "
+                        "(default: no cache)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
-    parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> dict:
     from trainers import TrainConfig, train_saes
 
+    from ..fileio import check_output_dir
     from ..models import load_model
 
+    check_output_dir(args.out)
+    if args.cache_activations:
+        check_output_dir(args.cache_activations, what="--cache-activations")
     cfg = TrainConfig(hooks=args.hooks, architecture=args.arch, k=args.k, expansion=args.expansion,
                       d_sae=args.d_sae, tokens=args.tokens, context=args.context, batch=args.batch,
                       lr=args.lr, l1=args.l1, seed=args.seed, out=args.out, corpus=args.corpus,

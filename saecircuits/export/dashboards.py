@@ -380,6 +380,10 @@ def write_dashboards(model, tok, saes: Mapping[str, SAE], features: Sequence[Fea
     Pass `activations` (e.g. `FeatureActivations.load(old_dir / ACTIVATIONS_FILE)`) to
     reuse stored activations instead of running the model again.
     """
+    for name, value, low in (("context", context, 2), ("max_windows", max_windows, 1),
+                             ("batch_size", batch_size, 1), ("n_contexts", n_contexts, 1)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise ConfigError(f"dashboards {name} must be an integer >= {low}, got {value!r}")
     if activations is None:
         if texts is None:
             raise ConfigError("give texts (a corpus) or stored activations")

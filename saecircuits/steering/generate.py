@@ -307,7 +307,13 @@ def steer(model, saes: Mapping[str, SAE] | None, prompts: Sequence[str] | str,
         raise ConfigError("steer needs the model's tokenizer (pass tokenizer=...)")
     check_generation_args(max_new_tokens, temperature, top_p)
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+    from ..limits import check_text_length, check_tokens
+
+    for i, text in enumerate(prompt_list):
+        if isinstance(text, str):
+            check_text_length(text, f"prompt {i}")
     inputs = encode_inputs(tok, prompt_list)
+    check_tokens(rm.model, inputs["input_ids"].shape[1], "the longest prompt", extra=max_new_tokens)
     inputs = rm.inputs(inputs)
     resolved = resolve_all(rm, saes, interventions, inputs["attention_mask"], max_new_tokens)
     groups = _groups(saes or {}, resolved)

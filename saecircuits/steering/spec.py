@@ -171,8 +171,9 @@ def resolve_all(model, saes: Mapping[str, SAE] | None, interventions: Sequence[I
     """
     if isinstance(interventions, Intervention):
         interventions = [interventions]
-    if not isinstance(interventions, Sequence):
-        raise InterventionError(f"interventions must be a list of Intervention, got {type(interventions).__name__}")
+    if not isinstance(interventions, Sequence) or isinstance(interventions, (str, bytes)):
+        raise InterventionError(f"interventions must be a list of Intervention, got "
+                                f"{type(interventions).__name__} {str(interventions)[:60]!r}")
     saes = dict(saes.items()) if saes else {}  # plain dict: SAESet's `in` raises on misses
     out = []
     for iv in interventions:
@@ -238,6 +239,11 @@ def _value(iv: Intervention, n: int, rows: torch.Tensor) -> torch.Tensor:
         raise InterventionError(f"{iv.hook}: value must be a number or a tensor, got {value!r}")
     if not torch.isfinite(value).all():
         raise InterventionError(f"non-finite value {iv.value!r} in intervention {iv.describe()}")
+    if iv.mode != "ablate":
+        from ..limits import check_edit_magnitude
+
+        check_edit_magnitude(float(value.abs().max()), float(rows.float().norm(dim=-1).max()),
+                             iv.describe())
     if not isinstance(iv.only_if_active, bool):
         raise InterventionError(f"{iv.hook}: only_if_active must be True or False, got {iv.only_if_active!r}")
     return value.expand(n).clone()

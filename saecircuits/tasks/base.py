@@ -13,7 +13,6 @@ Metrics, computed at the last position of left-padded logits `[batch, pos, vocab
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -153,14 +152,17 @@ def load_jsonl(tok, path: str | os.PathLike) -> Task:
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"task file {str(path)!r} does not exist")
+    from ..fileio import parse_json, read_text
+    from ..limits import MAX_PROMPT_CHARS
+
     records, where = [], []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(read_text(path, "task file", TaskError).splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise TaskError(f"{path.name} line {i}: invalid JSON ({err.msg})") from err
+        if len(line) > 4 * MAX_PROMPT_CHARS:
+            raise TaskError(f"{path.name} line {i} has {len(line):,} characters; at most "
+                            f"{4 * MAX_PROMPT_CHARS:,} are accepted")
+        records.append(parse_json(line, f"{path.name} line {i}", TaskError))
         where.append(f"{path.name} line {i}")
     if not records:
         raise TaskError(f"task file {str(path)!r} has no records")

@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 
-COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo")
+COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo", "convert")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

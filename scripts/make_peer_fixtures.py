@@ -11,6 +11,7 @@ benchmarks/RESULTS.md for the versions used); files go to tests/fixtures/peers/<
 
     # write-back check: folders written by `saecircuits convert --to saelens` load in the real sae-lens
     /work/venvs/saelens/bin/python scripts/make_peer_fixtures.py check-saelens DIR [DIR ...]
+    /work/venvs/sparsify/bin/python scripts/make_peer_fixtures.py check-sparsify DIR [DIR ...]
 
 Every SAE folder gets `reference.safetensors` with `x [16, 32]` (fixed inputs), `feats` (the peer's
 encode(x)) and `recon` (the peer's decode(feats)); tests load the folder with saecircuits and compare.
@@ -131,6 +132,29 @@ def check_saelens(folders: list[str]) -> None:
         sys.exit(1)
 
 
+def check_sparsify(folders: list[str]) -> None:
+    """Same as check_saelens for folders written by `saecircuits convert --to sparsify`."""
+    import importlib.metadata
+
+    from sparsify import SparseCoder
+
+    worst = 0.0
+    for name in folders:
+        folder = Path(name)
+        sae = SparseCoder.load_from_disk(folder)
+        ref = load_file(str(folder / "reference.safetensors"))
+        with torch.no_grad():
+            enc = sae.encode(ref["x"])
+            feats = torch.zeros_like(ref["feats"]).scatter(-1, enc.top_indices, enc.top_acts)
+            recon = sae.decode(enc.top_acts, enc.top_indices)
+        diff = max(float((feats - ref["feats"]).abs().max()), float((recon - ref["recon"]).abs().max()))
+        worst = max(worst, diff)
+        print(f"{folder}: eai-sparsify {importlib.metadata.version('eai-sparsify')}: max|diff| {diff:.2e}")
+    print(f"worst max|diff| {worst:.2e}")
+    if worst > 1e-5:
+        sys.exit(1)
+
+
 # -- sparsify ------------------------------------------------------------------------------------
 def make_sparsify() -> None:
     import importlib.metadata
@@ -151,7 +175,8 @@ def make_sparsify() -> None:
         folder = out / "run" / name
         sae.save_to_disk(folder)
         with torch.no_grad():
-            top_acts, top_idx = sae.encode(x)
+            enc = sae.encode(x)
+            top_acts, top_idx = enc.top_acts, enc.top_indices
             feats = torch.zeros(x.shape[0], D_SAE).scatter(-1, top_idx, top_acts)
             recon = sae.decode(top_acts, top_idx)
         write_reference(folder, x, feats, recon, peer=f"eai-sparsify {version}", transcode=transcode)
@@ -225,7 +250,9 @@ PEERS = {"saelens": make_saelens, "sparsify": make_sparsify, "dictionary_learnin
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "check-saelens":
         check_saelens(sys.argv[2:])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "check-sparsify":
+        check_sparsify(sys.argv[2:])
     elif len(sys.argv) == 2 and sys.argv[1] in PEERS:
         PEERS[sys.argv[1]]()
     else:
-        sys.exit(f"usage: make_peer_fixtures.py {{{'|'.join(PEERS)}}} | check-saelens DIR...")
+        sys.exit(f"usage: make_peer_fixtures.py {{{'|'.join(PEERS)}}} | check-saelens DIR... | check-sparsify DIR...")

@@ -106,3 +106,76 @@ def test_saelens_directory_as_set():
     assert sorted(saes) == [f"resid.{i}" for i in range(1, 7)]
     one = SAESet.load(PEERS / "saelens" / "topk_rescale")
     assert list(one) == ["resid.4"]
+
+
+def _random_set() -> SAESet:
+    from saecircuits import SAE, SAEConfig
+
+    saes = {}
+    for i, (arch, hook) in enumerate([("relu", "resid.1"), ("topk", "resid.2"), ("jumprelu", "mlp.3"),
+                                      ("batchtopk", "attn.4")]):
+        sae = SAE.random(SAEConfig(arch, 32, 128, k=8 if arch in ("topk", "batchtopk") else None, hook=hook,
+                                   model_name="m"), seed=i)
+        g = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            sae.b_enc.normal_(0, 0.3, generator=g)
+            sae.b_dec.normal_(0, 0.5, generator=g)
+            if sae.threshold is not None:
+                sae.threshold.uniform_(0.01, 0.05, generator=g)
+        saes[hook] = sae
+    return SAESet(saes)
+
+
+def test_round_trip_through_saelens_is_exact(tmp_path):
+    from saecircuits.cli import main
+
+    saes = _random_set()
+    saes.save(tmp_path / "native")
+    assert main(["convert", str(tmp_path / "native"), "--to", "saelens", "--out", str(tmp_path / "sl"),
+                 "--reference"]) == 0
+    cfg = (tmp_path / "sl" / "mlp.3" / "cfg.json").read_text()
+    assert '"architecture": "jumprelu"' in cfg and "blocks.3.hook_mlp_out" in cfg
+    assert (tmp_path / "sl" / "resid.2" / "sae_weights.safetensors").is_file()
+    back = SAESet.load(tmp_path / "sl")
+    assert sorted(back) == sorted(saes)
+    for hook, sae in saes.items():
+        got = back[hook]
+        assert (got.cfg.architecture, got.cfg.k, got.cfg.hook, got.cfg.model_name) == \
+               (sae.cfg.architecture, sae.cfg.k, sae.cfg.hook, sae.cfg.model_name)
+        for name, value in sae.state_tensors().items():
+            assert torch.equal(value, got.state_tensors()[name]), (hook, name)
+        ref = reference(tmp_path / "sl" / hook)  # our own outputs written beside the files
+        assert torch.equal(got.encode(ref["x"]), ref["feats"])
+
+
+def test_convert_to_sparsify_and_refusals(tmp_path, capsys):
+    from saecircuits.cli import main
+
+    saes = _random_set()
+    saes.save(tmp_path / "native")
+    assert main(["convert", str(tmp_path / "native"), "--to", "sparsify", "--out", str(tmp_path / "sp")]) == 2
+    assert "TopK" in capsys.readouterr().err and not (tmp_path / "sp").exists()
+    assert main(["convert", str(tmp_path / "native"), "--hooks", "resid.2", "--to", "sparsify",
+                 "--out", str(tmp_path / "sp")]) == 0
+    back = load_sae(tmp_path / "sp" / "layers.2")
+    assert back.cfg.hook == "resid.2"
+    for name, value in saes["resid.2"].state_tensors().items():
+        assert torch.equal(value, back.state_tensors()[name])
+
+
+def test_cli_reads_peer_files(tmp_path):
+    """Every --saes command goes through one loader: a sparsify run and a Gemma Scope tree load."""
+    import argparse
+
+    from saecircuits.commands.saes_args import add_saes_arguments, load_saes
+
+    parser = argparse.ArgumentParser()
+    add_saes_arguments(parser)
+    args = parser.parse_args(["--saes", str(PEERS / "gemmascope"), "--variant", "average_l0_82"])
+    assert sorted(load_saes(args)) == ["resid.5", "resid.7"]
+    if present("saelens/topk"):
+        args = parser.parse_args(["--saes", str(PEERS / "saelens" / "topk"), "--format", "saelens"])
+        assert list(load_saes(args)) == ["resid.3"]
+    args = parser.parse_args(["--saes", str(PEERS / "gemmascope"), "--format", "onnx"])
+    with pytest.raises(Exception, match="onnx"):
+        load_saes(args)

@@ -103,6 +103,8 @@ def _load_saelens(folder: Path, hook: str | None) -> SAE:
         raise SAEFormatError(f"{folder}: reshape_activations={cfg['reshape_activations']!r} (per-head hook_z "
                              "SAEs) is not supported")
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+    if arch == "jumprelu" and meta.get("saecircuits_architecture") == "batchtopk":
+        arch, k = "batchtopk", meta.get("saecircuits_k")  # written by saecircuits: same encode as jumprelu
     dtype = _dtype_name(tensors["W_enc"])
     tensors = {n: t.float() for n, t in tensors.items()}
     if not cfg.get("apply_b_dec_to_input", True):
@@ -117,8 +119,8 @@ def _load_saelens(folder: Path, hook: str | None) -> SAE:
         tensors["b_enc"] = (tensors["b_enc"].double() * norms).float()
         tensors["W_dec"] = (tensors["W_dec"].double() / norms[:, None]).float()
     tl_hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
-    hook = hook or hook_from_transformerlens(tl_hook)
-    sae_cfg = SAEConfig(arch, int(cfg["d_in"]), int(cfg["d_sae"]), k=int(k) if arch == "topk" else None,
+    hook = hook or meta.get("saecircuits_hook") or hook_from_transformerlens(tl_hook)
+    sae_cfg = SAEConfig(arch, int(cfg["d_in"]), int(cfg["d_sae"]), k=int(k) if arch in ("topk", "batchtopk") else None,
                         hook=hook, model_name=meta.get("model_name") or cfg.get("model_name", "") or "",
                         dtype=dtype, metadata={"source": "saelens", "path": str(folder), "saelens_hook_name": tl_hook,
                                   "saelens_architecture": name})
@@ -151,7 +153,7 @@ def _load_sparsify(folder: Path, hook: str | None, transcoder: bool = False) -> 
             "(load_sae(..., transcoder=True) reads it for code that handles transcoders)")
     enc = tensors["encoder.weight"]
     d_sae, d_in = enc.shape
-    hook = hook or sparsify_hook(folder.name)
+    hook = hook or cfg.get("saecircuits_hook") or sparsify_hook(folder.name)
     if hook is None:
         raise SAEFormatError(f"cannot map sparsify hookpoint {folder.name!r} to a hook point; pass hook=...")
     out = {"W_enc": enc.T.float(), "b_enc": tensors["encoder.bias"].float(), "W_dec": tensors["W_dec"].float(),

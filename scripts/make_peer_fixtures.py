@@ -199,7 +199,8 @@ def make_dictionary_learning() -> None:
         mapped = {"encoder.weight": w["W_enc"].T, "encoder.bias": w["b_enc"], "decoder.weight": w["W_dec"].T,
                   "bias": w["b_dec"], "b_dec": w["b_dec"], "W_enc": w["W_enc"], "W_dec": w["W_dec"],
                   "b_enc": w["b_enc"], "threshold": w["threshold"]}
-        new = {n: (mapped[n].contiguous() if n in mapped else v) for n, v in state.items()}
+        new = {n: (mapped[n].contiguous() if n in mapped and mapped[n].shape == v.shape else v)
+               for n, v in state.items()}
         ae.load_state_dict(new)
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)

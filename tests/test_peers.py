@@ -179,3 +179,73 @@ def test_cli_reads_peer_files(tmp_path):
     args = parser.parse_args(["--saes", str(PEERS / "gemmascope"), "--format", "onnx"])
     with pytest.raises(Exception, match="onnx"):
         load_saes(args)
+
+
+# -- attribution graphs for circuit-tracer / Neuronpedia -----------------------------------------
+SCHEMA = PEERS / "circuit_tracer_graph_schema.json"
+
+
+def _traced_like_graph(with_tokens: bool):
+    """A graph shaped like `trace` output: positional features at two hooks of one layer, a summed
+    feature, error nodes, the metric node; prompt tokens only when `with_tokens`."""
+    from saecircuits.attribution.graph import FeatureGraph
+
+    meta = {"task": "ioi", "method": "attrib", "model": "SmolLM2-135M-Instruct", "metric": "ioi logit_diff",
+            "prompt": "When Mary and John went to the store, John gave a drink to"}
+    if with_tokens:
+        meta["prompt_tokens"] = ["When", " Mary", " and", " John", " went", " to", " the", " store", ",", " John",
+                                 " gave", " a", " drink", " to"]
+    g = FeatureGraph(meta=meta)
+    nodes = [("resid.4/1/7", "feature", "resid.4", 4, 1, 7), ("mlp.4/1/7", "feature", "mlp.4", 4, 1, 7),
+             ("resid.4/9/err", "error", "resid.4", 4, 9, None), ("resid.10/13/3", "feature", "resid.10", 10, 13, 3),
+             ("resid.10/*/5", "feature", "resid.10", 10, None, 5)]
+    for nid, kind, hook, layer, pos, feat in nodes:
+        g.add_node(nid, kind=kind, hook=hook, layer=layer, pos=pos, feature=feat, activation=1.0, effect=0.5,
+                   label="↑ ' Mary'")
+    g.add_node("metric", kind="metric", layer=30, effect=6.1, label="ioi logit_diff")
+    for u in ("resid.4/1/7", "mlp.4/1/7", "resid.4/9/err"):
+        g.add_edge(u, "resid.10/13/3", 0.25)
+    g.add_edge("resid.10/13/3", "metric", 1.0)
+    g.add_edge("resid.10/*/5", "metric", -0.5)
+    return g
+
+
+@pytest.mark.parametrize("with_tokens", [True, False])
+def test_graph_json_validates_against_circuit_tracer_schema(tmp_path, with_tokens):
+    import json
+    import re
+
+    jsonschema = pytest.importorskip("jsonschema")
+    from saecircuits.export import export_graph
+
+    export_graph(_traced_like_graph(with_tokens), tmp_path / "g", formats=["neuronpedia"])
+    data = json.loads((tmp_path / "g" / "graph.json").read_text())
+    assert json.loads((tmp_path / "g" / "ioi.json").read_text()) == data  # what start-server fetches
+    listing = json.loads((tmp_path / "g" / "graph-metadata.json").read_text())
+    assert listing["graphs"][0]["slug"] == data["metadata"]["slug"] == "ioi"
+    if SCHEMA.is_file():
+        jsonschema.validate(data, json.loads(SCHEMA.read_text()))
+    meta = data["metadata"]
+    tokens = meta["prompt_tokens"]
+    assert tokens and "".join(tokens).strip() == meta["prompt"]
+    assert meta["transcoder_list"] == ["resid.4", "mlp.4", "resid.10"] or \
+        meta["transcoder_list"] == ["mlp.4", "resid.4", "resid.10"]
+    assert meta["schema_version"] == 1 and "{hook}" in meta["feature_details"]["url_template"]
+    nodes = {n["saecircuits_id"]: n for n in data["nodes"] if "saecircuits_id" in n}
+    assert all(isinstance(n["feature"], int) for n in data["nodes"])
+    assert len({n["node_id"] for n in data["nodes"]}) == len(data["nodes"])
+    # real positions; summed and metric nodes at the last token
+    assert nodes["resid.4/1/7"]["ctx_idx"] == 1 and nodes["resid.10/13/3"]["ctx_idx"] == 13
+    assert nodes["resid.10/*/5"]["ctx_idx"] == nodes["metric"]["ctx_idx"] == len(tokens) - 1
+    # one feature id per (hook, latent): the same latent index at resid.4 and mlp.4 differs
+    assert nodes["resid.4/1/7"]["feature"] != nodes["mlp.4/1/7"]["feature"]
+    assert nodes["resid.4/1/7"]["feature_json"] == "features/resid.4_7.json"
+    assert nodes["resid.4/9/err"]["feature"] == -1
+    assert re.fullmatch(r'Output ".+" \(p=\d\.\d{3}\)', nodes["metric"]["clerp"])
+    assert int(nodes["metric"]["layer"]) == 31
+    embeds = [n for n in data["nodes"] if n["feature_type"] == "embedding"]
+    assert [n["ctx_idx"] for n in embeds] == list(range(len(tokens)))
+    assert [n["clerp"] for n in embeds] == tokens
+    ids = {n["node_id"] for n in data["nodes"]}
+    assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
+    assert len(data["links"]) == 5

@@ -94,6 +94,11 @@ def make_saelens() -> None:
         with torch.no_grad():
             feats = sae.encode(x)
             write_reference(folder, x, feats, sae.decode(feats), peer=f"sae-lens {sae_lens.__version__}")
+    # Gated: saecircuits refuses it; saved so the refusal is tested on a real file
+    from sae_lens.saes.gated_sae import GatedSAE, GatedSAEConfig
+
+    gated = GatedSAE(GatedSAEConfig(d_in=D_IN, d_sae=D_SAE, metadata=meta(7)))
+    gated.save_model(out / "gated_refused")
     # BatchTopK: trained as batch top-k, saved by SAELens itself as a JumpReLU inference SAE
     cfg = BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, metadata=meta(6))
     train = BatchTopKTrainingSAE(cfg)
@@ -213,6 +218,15 @@ def make_dictionary_learning() -> None:
         with torch.no_grad():
             feats = ae.encode(x)
             write_reference(folder, x, feats, ae.decode(feats), peer=f"dictionary-learning {version}")
+    # BatchTopKSAE: saecircuits refuses it; saved so the refusal is tested on a real file
+    from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
+
+    folder = out / "BatchTopKSAE_refused"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(BatchTopKSAE(D_IN, D_SAE, K).state_dict(), folder / "ae.pt")
+    (folder / "config.json").write_text(json.dumps({"trainer": {
+        "dict_class": "BatchTopKSAE", "activation_dim": D_IN, "dict_size": D_SAE, "k": K, "layer": 4,
+        "lm_name": "HuggingFaceTB/SmolLM2-135M", "submodule_name": "resid_post_layer_4"}}, indent=1))
 
 
 # -- Gemma Scope (released params.npz layout; reference = the published numpy formula) ----------

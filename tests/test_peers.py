@@ -83,6 +83,28 @@ def test_sparsify_transcoder_refused_as_sae():
     assert tc.cfg.metadata["transcoder"] is True
 
 
+@pytest.mark.parametrize("rel,word", [("saelens/gated_refused", "gated"),
+                                      ("dictionary_learning/BatchTopKSAE_refused", "BatchTopKSAE")])
+def test_unsupported_peer_files_are_refused(rel, word):
+    if not (PEERS / rel).is_dir():
+        pytest.skip(f"fixture {rel} not generated")
+    with pytest.raises(SAEFormatError, match=word):
+        load_sae(PEERS / rel)
+
+
+def test_saelens_set_of_supported_folders(tmp_path):
+    import shutil
+
+    if not present("saelens/topk"):
+        pytest.skip("sae-lens fixtures not generated")
+    for name in ("standard", "topk_rescale", "batchtopk"):
+        shutil.copytree(PEERS / "saelens" / name, tmp_path / name)
+    saes = SAESet.load(tmp_path)
+    assert sorted(saes) == ["resid.1", "resid.4", "resid.6"]
+    enc, dec = max_diff(saes["resid.4"], reference(tmp_path / "topk_rescale"))
+    assert enc <= TOL and dec <= TOL
+
+
 def test_gemmascope_tree_and_variants():
     root = PEERS / "gemmascope"
     with pytest.raises(SAEFormatError, match="average_l0_41.*average_l0_82|variant"):
@@ -102,8 +124,8 @@ def test_gemmascope_tree_and_variants():
 def test_saelens_directory_as_set():
     if not present("saelens/topk"):
         pytest.skip("sae-lens fixtures not generated")
-    saes = SAESet.load(PEERS / "saelens", format="saelens")
-    assert sorted(saes) == [f"resid.{i}" for i in range(1, 7)]
+    with pytest.raises(SAEFormatError, match="gated"):  # one refused SAE refuses the set, naming it
+        SAESet.load(PEERS / "saelens", format="saelens")
     one = SAESet.load(PEERS / "saelens" / "topk_rescale")
     assert list(one) == ["resid.4"]
 
@@ -249,3 +271,29 @@ def test_graph_json_validates_against_circuit_tracer_schema(tmp_path, with_token
     ids = {n["node_id"] for n in data["nodes"]}
     assert all(link["source"] in ids and link["target"] in ids for link in data["links"])
     assert len(data["links"]) == 5
+
+
+def test_smol_trace_from_saelens_files_exports_a_circuit_tracer_graph(smol, smol_saes_dir, tmp_path):
+    """SmolLM2 end to end through peer files: our SAEs -> SAELens files -> `trace --saes <SAELens dir>`
+    on IOI -> `export` -> graph.json that circuit-tracer's schema accepts, with the real tokens."""
+    import json
+
+    from saecircuits.cli import main
+
+    _, tok = smol
+    assert main(["convert", str(smol_saes_dir), "--to", "saelens", "--out", str(tmp_path / "sl")]) == 0
+    assert main(["trace", "--saes", str(tmp_path / "sl"), "--format", "saelens", "--task", "ioi", "--n", "4",
+                 "--top-k", "8", "--positional", "--batch-size", "4", "--out", str(tmp_path / "tr")]) == 0
+    assert main(["export", str(tmp_path / "tr"), "--format", "neuronpedia", "--out", str(tmp_path / "ex")]) == 0
+    data = json.loads((tmp_path / "ex" / "graph.json").read_text())
+    if SCHEMA.is_file():
+        pytest.importorskip("jsonschema").validate(data, json.loads(SCHEMA.read_text()))
+    meta = data["metadata"]
+    ids = tok(meta["prompt"])["input_ids"]
+    assert meta["prompt_tokens"] == [tok.decode([i]) for i in ids]
+    assert sorted(meta["transcoder_list"]) == ["resid.16", "resid.24", "resid.6"]
+    feats = [n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert feats and all(0 <= n["ctx_idx"] < len(ids) for n in data["nodes"])
+    assert len({n["ctx_idx"] for n in feats}) > 1  # real positions, not all 0
+    (logit,) = [n for n in data["nodes"] if n["feature_type"] == "logit"]
+    assert logit["clerp"].startswith('Output "') and "(p=" in logit["clerp"]

@@ -201,3 +201,21 @@ def graph_metadata(graph: FeatureGraph) -> dict[str, Any]:
     return {"graphs": [{"slug": meta["slug"], "scan": meta["scan"], "prompt": meta["prompt"],
                         "prompt_tokens": meta["prompt_tokens"], "title_prefix": "",
                         "node_threshold": meta["node_threshold"], "info": meta["info"]}]}
+
+
+def local_tokenizer(model_name: str | None):
+    """The tokenizer of `model_name` if it is on this machine (the embedded default model's cache or a
+    local / cached HF model), else None; used to fill `prompt_tokens` when exporting a saved graph."""
+    if not model_name:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        from ..models import DEFAULT_MODEL, _cache_is_complete, cache_dir
+
+        if model_name == DEFAULT_MODEL:
+            folder = cache_dir() / "models" / DEFAULT_MODEL
+            return AutoTokenizer.from_pretrained(folder) if _cache_is_complete(folder) else None
+        return AutoTokenizer.from_pretrained(model_name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure means "no tokenizer here": fall back to a regex split
+        return None

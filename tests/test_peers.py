@@ -273,15 +273,19 @@ def test_graph_json_validates_against_circuit_tracer_schema(tmp_path, with_token
     assert len(data["links"]) == 5
 
 
-def test_smol_trace_from_saelens_files_exports_a_circuit_tracer_graph(smol, smol_saes_dir, tmp_path):
-    """SmolLM2 end to end through peer files: our SAEs -> SAELens files -> `trace --saes <SAELens dir>`
-    on IOI -> `export` -> graph.json that circuit-tracer's schema accepts, with the real tokens."""
+def test_smol_trace_from_saelens_files_exports_a_circuit_tracer_graph(smol, tmp_path):
+    """SmolLM2 end to end through peer files: SAEs (random TopK, untrained: this checks the file and
+    graph plumbing, not circuit quality) -> SAELens files -> `trace --saes <SAELens dir>` on IOI ->
+    `export` -> graph.json that circuit-tracer's schema accepts, with the real tokens and positions."""
     import json
 
+    from saecircuits import SAE, SAEConfig
     from saecircuits.cli import main
 
     _, tok = smol
-    assert main(["convert", str(smol_saes_dir), "--to", "saelens", "--out", str(tmp_path / "sl")]) == 0
+    SAESet({h: SAE.random(SAEConfig("topk", 576, 512, k=16, hook=h, model_name="SmolLM2-135M-Instruct"),
+                          seed=i) for i, h in enumerate(["resid.6", "resid.16", "resid.24"])}).save(tmp_path / "own")
+    assert main(["convert", str(tmp_path / "own"), "--to", "saelens", "--out", str(tmp_path / "sl")]) == 0
     assert main(["trace", "--saes", str(tmp_path / "sl"), "--format", "saelens", "--task", "ioi", "--n", "4",
                  "--top-k", "8", "--positional", "--batch-size", "4", "--out", str(tmp_path / "tr")]) == 0
     assert main(["export", str(tmp_path / "tr"), "--format", "neuronpedia", "--out", str(tmp_path / "ex")]) == 0
@@ -292,8 +296,9 @@ def test_smol_trace_from_saelens_files_exports_a_circuit_tracer_graph(smol, smol
     ids = tok(meta["prompt"])["input_ids"]
     assert meta["prompt_tokens"] == [tok.decode([i]) for i in ids]
     assert sorted(meta["transcoder_list"]) == ["resid.16", "resid.24", "resid.6"]
-    feats = [n for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"]
-    assert feats and all(0 <= n["ctx_idx"] < len(ids) for n in data["nodes"])
-    assert len({n["ctx_idx"] for n in feats}) > 1  # real positions, not all 0
+    placed = [n for n in data["nodes"] if n["feature_type"] in ("cross layer transcoder", "mlp reconstruction error")]
+    assert placed and all(0 <= n["ctx_idx"] < len(ids) for n in data["nodes"])
+    assert {n["ctx_idx"] for n in placed} == {n["pos"] for n in placed}  # real positions from the trace
+    assert len({n["ctx_idx"] for n in placed}) > 1
     (logit,) = [n for n in data["nodes"] if n["feature_type"] == "logit"]
     assert logit["clerp"].startswith('Output "') and "(p=" in logit["clerp"]

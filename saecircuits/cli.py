@@ -18,7 +18,7 @@ import math
 import re
 import sys
 
-COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo")
+COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo", "convert")
 
 
 class ArgumentParser(argparse.ArgumentParser):

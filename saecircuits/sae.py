@@ -326,9 +326,24 @@ class SAESet(Mapping[str, SAE]):
 
     @classmethod
     def load(cls, folder: str | os.PathLike, model=None, hooks: list[str] | None = None,
-             device=None) -> "SAESet":
-        """Load every SAE subdirectory of `folder` (or only `hooks`); check widths on `model`."""
+             device=None, format: str = "auto", variant: str | None = None) -> "SAESet":
+        """Load every SAE subdirectory of `folder` (or only `hooks`); check widths on `model`.
+
+        format: "auto" (native sets load as before; peer files are detected), "native", or a
+        peer format of `saecircuits.formats` (saelens, sparsify, dictionary_learning, gemmascope).
+        variant: picks one SAE where a peer tree has several for a hook (e.g. "average_l0_41").
+        """
         folder = Path(folder)
+        if format != "native":
+            from .formats import is_native, load_sae_set
+
+            if format != "auto" or not is_native(folder):
+                saes = load_sae_set(folder, format=format, variant=variant, hooks=hooks)
+                if device is not None:
+                    saes.to(device)
+                if model is not None:
+                    saes.check(model)
+                return saes
         if not folder.is_dir():
             raise SAEFormatError(f"SAE set directory {str(folder)!r} does not exist")
         found = sorted(p.parent.name for p in folder.glob(f"*/{CFG_FILE}"))

@@ -64,7 +64,7 @@ def graph() -> FeatureGraph:
 def test_export_directory_has_the_design_set_and_round_trips(graph, tmp_path):
     out = tmp_path / "exp"
     summary = export_graph(graph, out)
-    assert {p.name for p in out.iterdir()} == DESIGN_FILES
+    assert {p.name for p in out.iterdir()} == DESIGN_FILES | {"ioi.json"}  # {slug}.json for circuit-tracer
     assert summary["n_nodes"] == len(graph) and summary["n_edges"] == graph.graph.number_of_edges()
     saved = json.loads((out / "summary.json").read_text())
     assert saved["task"] == "ioi" and saved["faithfulness"] == 0.83 and saved["metric_clean"] == 6.1
@@ -111,7 +111,7 @@ def test_neuronpedia_schema(graph):
     assert all(n["layer"] == "E" for n in by_type["embedding"])
     assert all(isinstance(n["feature"], int) for n in by_type["cross layer transcoder"])
     (logit,) = by_type["logit"]
-    assert logit["is_target_logit"] and int(logit["layer"]) == 3
+    assert logit["is_target_logit"] and int(logit["layer"]) == 4  # circuit-tracer: n_layers + 1
     assert len(by_type["mlp reconstruction error"]) == 12
     assert all(0 <= n["influence"] <= 1 for n in data["nodes"] if n["influence"] is not None)
     assert {(l["source"], l["target"]) for l in data["links"]} <= {(a, b) for a in ids for b in ids}
@@ -245,11 +245,11 @@ def test_cli_export_formats_and_overwrite(graph, tmp_path, capsys):
                  "--out", str(tmp_path / "o"), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed["files"]) == {"nodes.csv", "edges.csv", "graph.json", "graph-metadata.json",
-                                     "summary.json"}
+                                     "ioi.json", "summary.json"}
     assert main(["export", str(tmp_path / "g"), "--out", str(tmp_path / "o")]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "g"), "--out", str(tmp_path / "o"), "--overwrite"]) == 0
-    assert {p.name for p in (tmp_path / "o").iterdir()} == DESIGN_FILES
+    assert {p.name for p in (tmp_path / "o").iterdir()} == DESIGN_FILES | {"ioi.json"}
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
     assert "no graph" in capsys.readouterr().err
 

@@ -72,8 +72,8 @@ def test_sparsify(tmp_path):
 def test_dictionary_learning(tmp_path, cls):
     ref = reference({"AutoEncoder": "relu", "AutoEncoderTopK": "topk"}.get(cls, "jumprelu"))
     t = ref.state_tensors()
-    if cls == "JumpReluAutoEncoder":
-        state = dict(t)
+    if cls == "JumpReluAutoEncoder":  # its encoder does not subtract b_dec: x W_enc + b_enc
+        state = dict(t, b_enc=t["b_enc"] - t["b_dec"] @ t["W_enc"])
     else:
         state = {"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"],
                  "decoder.weight": t["W_dec"].T.contiguous(),
@@ -91,7 +91,9 @@ def test_dictionary_learning(tmp_path, cls):
 
 def test_gemmascope(tmp_path):
     ref = reference("jumprelu")
-    np.savez(tmp_path / "params.npz", **{k: v.numpy() for k, v in ref.state_tensors().items()})
+    t = ref.state_tensors()  # Gemma Scope encodes x W_enc + b_enc (no b_dec subtraction)
+    t["b_enc"] = t["b_enc"] - t["b_dec"] @ t["W_enc"]
+    np.savez(tmp_path / "params.npz", **{k: v.numpy() for k, v in t.items()})
     with pytest.raises(SAEFormatError, match="hook"):
         load_sae(tmp_path)
     assert_same_codes(ref, load_sae(tmp_path, hook="resid.3"))

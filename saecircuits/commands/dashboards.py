@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from .saes_args import add_saes_arguments, load_saes
 
 HELP = "build feature dashboards: top contexts, histograms, output tokens (HTML + JSON)"
 
@@ -10,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_model_arguments, positive_int
 
     add_model_arguments(parser)
-    parser.add_argument("--saes", required=True, help="SAE set directory (one subfolder per hook)")
+    add_saes_arguments(parser)
     parser.add_argument("--features", required=True,
                         help="comma-separated HOOK:INDEX list, e.g. resid.12:1234,mlp.3:7")
     parser.add_argument("--out", required=True, help="output directory")
@@ -34,7 +35,6 @@ def run(args: argparse.Namespace) -> dict:
     from ..export.dashboards import FeatureActivations, parse_features, write_dashboards
     from ..fileio import check_output_dir
     from ..models import load_model, model_device
-    from ..sae import SAESet
 
     check_output_dir(args.out, overwrite=args.overwrite)
     features = parse_features(args.features)
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> dict:
 
     model, tok = load_model(args.model, device=args.device)
     check_tokens(model, args.context, "--context")
-    saes = SAESet.load(args.saes, model=model, hooks=sorted({h for h, _ in features}),
+    saes = load_saes(args, model=model, hooks=sorted({h for h, _ in features}),
                         device=model_device(model))
     stored = FeatureActivations.load(args.activations) if args.activations else None
     texts = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from .saes_args import add_saes_arguments, load_saes
 
 HELP = "evaluate an SAE set: L0, explained variance, dead/dense fraction, CE and KL scores"
 
@@ -10,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_model_arguments, nonnegative_int, positive_int
 
     add_model_arguments(parser)
-    parser.add_argument("--saes", required=True, help="SAE set directory (one subdirectory per hook)")
+    add_saes_arguments(parser)
     parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated; default: all in the set)")
     parser.add_argument("--corpus", default=None, help="evaluation text (file, .jsonl, dir, hf:<name>); "
                         "default: the embedded corpus's held-out documents")
@@ -28,7 +29,6 @@ def run(args: argparse.Namespace) -> dict:
     from ..errors import ConfigError
     from ..fileio import check_output_dir
     from ..models import load_model
-    from ..sae import SAESet
 
     if args.context < 2:
         raise ConfigError(f"--context must be at least 2 tokens, got {args.context}")
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> dict:
     model, tok = load_model(args.model, device=args.device)
     check_tokens(model, args.context, "--context")
     hooks = [h.strip() for h in args.hooks.split(",")] if args.hooks else None
-    saes = SAESet.load(args.saes, model=model, hooks=hooks)
+    saes = load_saes(args, model=model, hooks=hooks)
     if args.corpus is None:
         data = default_corpus(tok).split(0.02, args.seed, min_holdout_tokens=args.tokens)[1]
     else:

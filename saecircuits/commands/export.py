@@ -30,10 +30,13 @@ def run(args: argparse.Namespace) -> dict:
     from ..fileio import check_output_dir
 
     check_output_dir(args.out, overwrite=args.overwrite)
+    from ..export.neuronpedia import local_tokenizer
+
     graph = load_graph(args.graph)
     formats = args.formats or ["all"]
+    tokenizer = None if graph.meta.get("prompt_tokens") else local_tokenizer(graph.meta.get("model"))
     summary = export_graph(graph, args.out, overwrite=args.overwrite,
-                           dashboards=args.dashboards, formats=formats)
+                           dashboards=args.dashboards, formats=formats, tokenizer=tokenizer)
     if "svg_error" in summary:
         if "svg" in formats:
             raise ExportError(f"{summary['svg_error']} (the other files are in {args.out})")

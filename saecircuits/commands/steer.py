@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from .saes_args import add_saes_arguments, load_saes
 
 HELP = "generate with SAE features clamped/scaled/added/ablated; print baseline vs steered"
 
@@ -13,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_model_arguments, nonnegative_int, positive_float, positive_int, unit_float
 
     add_model_arguments(parser)
-    parser.add_argument("--saes", required=True, help="SAE set directory (one subdirectory per hook)")
+    add_saes_arguments(parser)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt (this or --prompts is required)")
     src.add_argument("--prompts", help="text file with one prompt per line, or a .jsonl of "
@@ -67,7 +68,6 @@ def run(args: argparse.Namespace) -> dict:
 
     from ..errors import ConfigError
     from ..models import load_model
-    from ..sae import SAESet
     from ..steering import parse_spec, steer
 
     interventions = [parse_spec(text, mode) for flag, mode in
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     model, tok = load_model(args.model, device=args.device)
     hooks_needed = sorted({iv.hook for iv in interventions})
-    saes = SAESet.load(args.saes, model=model, hooks=hooks_needed)
+    saes = load_saes(args, model=model, hooks=hooks_needed)
     from ..models import model_device
 
     saes.to(model_device(model))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from .saes_args import add_saes_arguments, load_saes
 
 HELP = "trace a feature circuit (node effects, edges, pruning, faithfulness) for a task"
 
@@ -10,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_model_arguments, nonnegative_float, positive_int, unit_float
 
     add_model_arguments(parser)
-    parser.add_argument("--saes", required=True, help="SAE set directory (one subdirectory per hook)")
+    add_saes_arguments(parser)
     parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated; default: all in the set)")
     parser.add_argument("--task", required=True, help="ioi | parens | sva | FILE.jsonl")
     parser.add_argument("--n", type=positive_int, default=64, help="number of prompts (default 64)")
@@ -45,7 +46,6 @@ def run(args: argparse.Namespace) -> dict:
     from ..errors import TaskError
     from ..fileio import atomic_dir, check_output_dir, write_json
     from ..models import load_model
-    from ..sae import SAESet
 
     check_output_dir(args.out, overwrite=args.overwrite)  # before any model pass
     if args.task not in ("ioi", "parens", "sva"):
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
                             ".jsonl file")
     model, tok = load_model(args.model, device=args.device)
     hooks = [h.strip() for h in args.hooks.split(",")] if args.hooks else None
-    saes = SAESet.load(args.saes, model=model, hooks=hooks)
+    saes = load_saes(args, model=model, hooks=hooks)
     graph, summary = trace_circuit(
         model, tok, saes, args.task, method=args.method, ablation=args.ablation, n=args.n,
         top_k=args.top_k, node_threshold=args.node_threshold, influence=args.influence,

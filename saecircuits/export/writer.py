@@ -96,9 +96,14 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
     gj = neuronpedia.graph_json(shown) if "neuronpedia" in chosen or "html" in chosen else None
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         if "neuronpedia" in chosen:
-            write_json(tmp / "graph.json", gj)
+            np_graph = gj
+            write_json(tmp / "graph.json", np_graph)
             write_json(tmp / "graph-metadata.json", neuronpedia.graph_metadata(shown))
             files += ["graph.json", "graph-metadata.json"]
+            slug_file = f"{np_graph['metadata']['slug']}.json"  # what circuit-tracer's server fetches
+            if slug_file not in files:
+                write_json(tmp / slug_file, np_graph)
+                files.append(slug_file)
         if "csv" in chosen:
             tables.write_csv(graph, tmp)
             files += ["nodes.csv", "edges.csv"]

@@ -5,11 +5,18 @@ Formats (facts in shared/anchors.md):
 - `saelens`: cfg.json + sae_weights.safetensors (v6 nested or pre-v6 flat config).
 - `sparsify`: cfg.json + sae.safetensors with encoder.weight [d_sae, d_in].
 - `dictionary_learning`: ae.pt (state dict, loaded with weights_only=True) + config.json.
-- `gemmascope`: params.npz (JumpReLU); the hook point must be given.
+- `gemmascope`: params.npz (JumpReLU); a released tree `layer_L/width_W/average_l0_N/params.npz`
+  names its hook point (`resid.L`, or `mlp.L` / `attn.L` when a folder name ends in -mlp / -att).
 
-`load_sae(path, format="auto", hook=None)` returns one SAE; `load_sae_set(path)` a set from a
-directory of such folders. Loaded weights are converted exactly (e.g. SAELens'
-`apply_b_dec_to_input=False` is folded into b_enc) and validated like native files.
+`load_sae(path, format="auto", hook=None)` returns one SAE; `load_sae_set(path, format, variant)` a
+set from a directory of such folders (or one SAE folder, or a Gemma Scope tree; `variant` picks
+among several SAEs of one hook, e.g. "average_l0_41"). Loaded weights are converted so that our
+`encode`/`decode` equal the peer's own (checked against outputs of the peers' own code in
+tests/fixtures/peers): a b_dec the peer does not subtract before encoding is folded into b_enc
+(SAELens `apply_b_dec_to_input=False`, Gemma Scope, dictionary_learning JumpReLU), SAELens
+`rescale_acts_by_decoder_norm` is folded into W_enc/b_enc/W_dec. Sparsify transcoders are refused
+unless `transcoder=True` is passed (then encode/decode equal sparsify's; the input hook differs
+from the output hook, recorded in cfg.metadata).
 """
 from __future__ import annotations
 
@@ -76,48 +83,88 @@ def _dtype_name(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
 
 
+_SAELENS_ARCH = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+
+
 def _load_saelens(folder: Path, hook: str | None) -> SAE:
     cfg = json.loads((folder / CFG_FILE).read_text())
     tensors = read_safetensors(folder / "sae_weights.safetensors")
     meta = cfg.get("metadata") or {}
-    arch = cfg.get("architecture") or cfg.get("activation_fn_str") or "standard"
-    arch = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}.get(arch)
+    name = cfg.get("architecture") or cfg.get("activation_fn_str") or "standard"
+    arch = _SAELENS_ARCH.get(name)
     if arch is None:
-        raise SAEFormatError(f"{folder}: SAELens architecture {cfg.get('architecture')!r} is not supported "
-                             "(supported: standard, topk, jumprelu)")
+        raise SAEFormatError(f"{folder}: SAELens architecture {name!r} is not supported "
+                             "(supported: standard, topk, jumprelu; batchtopk saves as jumprelu)")
     norm = cfg.get("normalize_activations") or "none"
     if norm not in ("none",):
         raise SAEFormatError(f"{folder}: normalize_activations={norm!r} needs a dataset scale that is not "
                              "in the files; fold it into the weights first")
+    if (cfg.get("reshape_activations") or "none") != "none":
+        raise SAEFormatError(f"{folder}: reshape_activations={cfg['reshape_activations']!r} (per-head hook_z "
+                             "SAEs) is not supported")
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    w_enc = tensors["W_enc"].float()
-    if not cfg.get("apply_b_dec_to_input", True):  # pre = x W + b  ==  (x - b_dec) W + (b + b_dec W)
-        tensors["b_enc"] = tensors["b_enc"].float() + tensors["b_dec"].float() @ w_enc
-    hook = hook or hook_from_transformerlens(meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point"))
-    sae_cfg = SAEConfig(arch, int(cfg["d_in"]), int(cfg["d_sae"]), k=int(k) if arch == "topk" else None,
-                        hook=hook, model_name=meta.get("model_name") or cfg.get("model_name", ""),
-                        dtype=_dtype_name(tensors["W_enc"]), metadata={"source": "saelens", "path": str(folder)})
+    if arch == "jumprelu" and meta.get("saecircuits_architecture") == "batchtopk":
+        arch, k = "batchtopk", meta.get("saecircuits_k")  # written by saecircuits: same encode as jumprelu
+    dtype = _dtype_name(tensors["W_enc"])
+    tensors = {n: t.float() for n, t in tensors.items()}
+    if not cfg.get("apply_b_dec_to_input", True):
+        _fold_b_dec_into_b_enc(tensors)
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        if arch != "topk":
+            raise SAEFormatError(f"{folder}: rescale_acts_by_decoder_norm with architecture {name!r} "
+                                 "is not supported")
+        # SAELens: pre = (...) * |W_dec_i|, x̂ = (f / |W_dec_i|) W_dec + b_dec  -> fold the norms in
+        norms = tensors["W_dec"].double().norm(dim=1)
+        tensors["W_enc"] = (tensors["W_enc"].double() * norms).float()
+        tensors["b_enc"] = (tensors["b_enc"].double() * norms).float()
+        tensors["W_dec"] = (tensors["W_dec"].double() / norms[:, None]).float()
+    tl_hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    hook = hook or meta.get("saecircuits_hook") or hook_from_transformerlens(tl_hook)
+    sae_cfg = SAEConfig(arch, int(cfg["d_in"]), int(cfg["d_sae"]), k=int(k) if arch in ("topk", "batchtopk") else None,
+                        hook=hook, model_name=meta.get("model_name") or cfg.get("model_name", "") or "",
+                        dtype=dtype, metadata={"source": "saelens", "path": str(folder), "saelens_hook_name": tl_hook,
+                                  "saelens_architecture": name})
     return _build(sae_cfg, tensors, str(folder))
 
 
-def _load_sparsify(folder: Path, hook: str | None) -> SAE:
+_SPARSIFY_HOOK = re.compile(r"^(?:model\.)?layers\.(\d+)(?:\.(mlp|self_attn))?$")
+
+
+def sparsify_hook(name: str) -> str | None:
+    """sparsify hookpoint -> hook point: `layers.3` -> resid.3, `layers.3.mlp` -> mlp.3 (None if unknown)."""
+    match = _SPARSIFY_HOOK.match(name)
+    if not match:
+        return None
+    return {None: "resid", "mlp": "mlp", "self_attn": "attn"}[match.group(2)] + f".{match.group(1)}"
+
+
+def _load_sparsify(folder: Path, hook: str | None, transcoder: bool = False) -> SAE:
     cfg = json.loads((folder / CFG_FILE).read_text())
     tensors = read_safetensors(folder / WEIGHTS_FILE)
-    if "W_skip" in tensors:
-        raise SAEFormatError(f"{folder}: sparsify transcoders with W_skip are not supported")
+    if "W_skip" in tensors or cfg.get("skip_connection"):
+        raise SAEFormatError(f"{folder}: sparsify skip transcoders (W_skip) are not supported")
     if cfg.get("activation", "topk") != "topk":
         raise SAEFormatError(f"{folder}: sparsify activation {cfg.get('activation')!r} is not supported")
+    transcode = bool(cfg.get("transcode"))
+    if transcode and not transcoder:
+        raise SAEFormatError(
+            f"{folder}: sparsify transcoder (transcode=True) reads the input of {folder.name!r} and predicts "
+            "its output; an SAE set reconstructs its own input, so it cannot be loaded as an SAE "
+            "(load_sae(..., transcoder=True) reads it for code that handles transcoders)")
     enc = tensors["encoder.weight"]
     d_sae, d_in = enc.shape
+    hook = hook or cfg.get("saecircuits_hook") or sparsify_hook(folder.name)
     if hook is None:
-        match = re.fullmatch(r"(?:model\.)?layers\.(\d+)", folder.name)
-        if not match:
-            raise SAEFormatError(f"cannot map sparsify hookpoint {folder.name!r} to a hook point; pass hook=...")
-        hook = f"resid.{match.group(1)}"
-    sae_cfg = SAEConfig("topk", d_in, d_sae, k=int(cfg["k"]), hook=hook, dtype=_dtype_name(enc),
-                        metadata={"source": "sparsify", "path": str(folder)})
-    return _build(sae_cfg, {"W_enc": enc.T, "b_enc": tensors["encoder.bias"], "W_dec": tensors["W_dec"],
-                            "b_dec": tensors["b_dec"]}, str(folder))
+        raise SAEFormatError(f"cannot map sparsify hookpoint {folder.name!r} to a hook point; pass hook=...")
+    out = {"W_enc": enc.T.float(), "b_enc": tensors["encoder.bias"].float(), "W_dec": tensors["W_dec"].float(),
+           "b_dec": tensors["b_dec"].float()}
+    if transcode:  # sparsify encodes x @ W_enc + b_enc for transcoders (no b_dec subtraction)
+        _fold_b_dec_into_b_enc(out)
+    meta = {"source": "sparsify", "path": str(folder), "sparsify_hookpoint": folder.name}
+    if transcode:
+        meta.update(transcoder=True, output_hook=hook)
+    sae_cfg = SAEConfig("topk", d_in, d_sae, k=int(cfg["k"]), hook=hook, dtype=_dtype_name(enc), metadata=meta)
+    return _build(sae_cfg, out, str(folder))
 
 
 def _load_dictionary_learning(folder: Path, hook: str | None) -> SAE:
@@ -132,6 +179,7 @@ def _load_dictionary_learning(folder: Path, hook: str | None) -> SAE:
         hook = f"{kind}.{int(layer)}"
     if cls == "JumpReluAutoEncoder":
         tensors, arch, k = {n: state[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}, "jumprelu", None
+        _fold_b_dec_into_b_enc(tensors)  # JumpReluAutoEncoder.encode: x @ W_enc + b_enc
     elif cls in ("AutoEncoder", "AutoEncoderTopK"):
         bias = state["bias"] if cls == "AutoEncoder" else state["b_dec"]
         tensors = {"W_enc": state["encoder.weight"].T, "b_enc": state["encoder.bias"],
@@ -148,11 +196,36 @@ def _load_dictionary_learning(folder: Path, hook: str | None) -> SAE:
     return _build(sae_cfg, tensors, str(folder))
 
 
+def _fold_b_dec_into_b_enc(tensors: dict[str, torch.Tensor]) -> None:
+    """For a source whose encoder is `x W_enc + b_enc` (no b_dec subtraction):
+    pre = x W + b == (x - b_dec) W + (b + b_dec W), so set b_enc <- b_enc + b_dec W_enc (float64)."""
+    w = tensors["W_enc"]
+    folded = tensors["b_enc"].double() + tensors["b_dec"].double() @ w.double()
+    tensors["b_enc"] = folded.to(w.dtype)
+
+
+_GS_LAYER = re.compile(r"^layer_(\d+)$")
+_GS_KIND = re.compile(r"-(res|mlp|att)(?:-|$)")
+
+
+def gemmascope_hook(folder: Path) -> str | None:
+    """`.../gemma-scope-2b-pt-mlp/layer_5/width_16k/average_l0_41` -> `mlp.5` (None if no layer_L)."""
+    parts = folder.resolve().parts
+    layer = next((int(m.group(1)) for p in reversed(parts) if (m := _GS_LAYER.match(p))), None)
+    if layer is None:
+        return None
+    kind = next((m.group(1) for p in reversed(parts) if (m := _GS_KIND.search(p))), "res")
+    return {"res": "resid", "mlp": "mlp", "att": "attn"}[kind] + f".{layer}"
+
+
 def _load_gemmascope(folder: Path, hook: str | None) -> SAE:
+    hook = hook or gemmascope_hook(folder)
     if hook is None:
-        raise SAEFormatError(f"{folder}: Gemma Scope params.npz does not name its hook point; pass hook=...")
+        raise SAEFormatError(f"{folder}: Gemma Scope params.npz outside a layer_L/... tree does not name its "
+                             "hook point; pass hook=...")
     with np.load(folder / "params.npz", allow_pickle=False) as npz:
         tensors = {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
+    _fold_b_dec_into_b_enc(tensors)  # Gemma Scope encodes x @ W_enc + b_enc
     d_in, d_sae = tensors["W_enc"].shape
     sae_cfg = SAEConfig("jumprelu", d_in, d_sae, hook=hook, dtype=_dtype_name(tensors["W_enc"]),
                         metadata={"source": "gemmascope", "path": str(folder)})
@@ -163,8 +236,12 @@ _LOADERS = {"saelens": _load_saelens, "sparsify": _load_sparsify,
             "dictionary_learning": _load_dictionary_learning, "gemmascope": _load_gemmascope}
 
 
-def load_sae(path, format: str = "auto", hook: str | None = None) -> SAE:
-    """Load one SAE folder of any supported format (`format="auto"` detects it)."""
+def load_sae(path, format: str = "auto", hook: str | None = None, transcoder: bool = False) -> SAE:
+    """Load one SAE folder of any supported format (`format="auto"` detects it).
+
+    transcoder: accept a sparsify transcoder (its encode/decode are kept exact; `cfg.metadata`
+    has `transcoder: True`); refused otherwise.
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise SAEFormatError(f"SAE folder {str(folder)!r} does not exist")
@@ -178,6 +255,8 @@ def load_sae(path, format: str = "auto", hook: str | None = None) -> SAE:
             sae.cfg.hook = hook
         return sae
     try:
+        if format == "sparsify":
+            return _load_sparsify(folder, hook, transcoder=transcoder)
         return _LOADERS[format](folder, hook)
     except (KeyError, ValueError, OSError, RuntimeError) as err:
         if isinstance(err, SAEFormatError):
@@ -185,18 +264,87 @@ def load_sae(path, format: str = "auto", hook: str | None = None) -> SAE:
         raise SAEFormatError(f"{folder}: not a valid {format} SAE ({type(err).__name__}: {err})") from err
 
 
-def load_sae_set(path, format: str = "auto") -> SAESet:
-    """Load every SAE subfolder of `path` (any supported format) keyed by its hook point."""
+def _is_sae_folder(folder: Path) -> bool:
+    try:
+        detect_format(folder)
+    except SAEFormatError as err:
+        if "holds no SAE files" in str(err):
+            return False
+        raise
+    return True
+
+
+def find_sae_folders(root: Path, max_depth: int = 4) -> list[Path]:
+    """SAE folders at or under `root` (not descending into an SAE folder), sorted."""
+    if _is_sae_folder(root):
+        return [root]
+    found: list[Path] = []
+    if max_depth > 0:
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found += find_sae_folders(sub, max_depth - 1)
+    return found
+
+
+def _pick_variant(hook: str, folders: list[Path], root: Path, variant: str | None) -> Path:
+    if len(folders) == 1:
+        return folders[0]
+    names = [str(f.relative_to(root)) for f in folders]
+    if variant is None:
+        raise SAEFormatError(f"{str(root)!r} has {len(folders)} SAEs for hook point {hook!r} ({', '.join(names)}); "
+                             "choose one with variant= / --variant (e.g. 'average_l0_41')")
+    picked = [f for f, n in zip(folders, names) if variant in Path(n).parts or n == variant]
+    if len(picked) != 1:
+        raise SAEFormatError(f"variant {variant!r} matches {len(picked)} of the SAEs for {hook!r} "
+                             f"({', '.join(names)}); it must match exactly one")
+    return picked[0]
+
+
+def load_sae_set(path, format: str = "auto", variant: str | None = None,
+                 hooks: list[str] | None = None) -> SAESet:
+    """Load an SAE set of any supported format keyed by hook point.
+
+    `path` may be one SAE folder, a directory of SAE folders (native set, SAELens folders, a sparsify
+    run) or a tree (Gemma Scope `layer_L/width_W/average_l0_N`). `variant` picks one SAE where a
+    hook point has several (a path component such as "average_l0_41" or a relative path);
+    `hooks` keeps only those hook points.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise SAEFormatError(f"SAE set directory {str(root)!r} does not exist")
+    if format != "auto" and format not in FORMATS:
+        raise ConfigError(f"unknown SAE format {format!r}; expected auto or one of {', '.join(FORMATS)}")
+    folders = find_sae_folders(root)
+    if not folders:
+        raise SAEFormatError(f"{str(root)!r} holds no SAE folders of a known format ({', '.join(FORMATS)})")
+    by_hook: dict[str, list[Path]] = {}
+    loaded: dict[Path, SAE] = {}
+    for folder in folders:
+        fmt = detect_format(folder) if format == "auto" else format
+        hook = gemmascope_hook(folder) if fmt == "gemmascope" else None
+        if hook is None:
+            sae = load_sae(folder, format=fmt)
+            loaded[folder] = sae
+            hook = sae.cfg.hook or folder.name
+        by_hook.setdefault(hook, []).append(folder)
+    wanted = hooks or sorted(by_hook)
+    missing = [h for h in wanted if h not in by_hook]
+    if missing:
+        raise SAEFormatError(f"SAE set {str(root)!r} has no SAE for {missing}; it has {sorted(by_hook)}")
+    saes: dict[str, SAE] = {}
+    for hook in wanted:
+        folder = _pick_variant(hook, by_hook[hook], root, variant)
+        sae = loaded.get(folder) or load_sae(folder, format=format, hook=hook)
+        sae.cfg.hook = hook
+        saes[hook] = sae
+    return SAESet(saes)
+
+
+def is_native(path) -> bool:
+    """True if `path` is a native SAE folder or a native set (every `*/cfg.json` subfolder native)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise SAEFormatError(f"SAE set directory {str(folder)!r} does not exist")
-    saes: dict[str, SAE] = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        sae = load_sae(sub, format=format)
-        hook = sae.cfg.hook or sub.name
-        if hook in saes:
-            raise SAEFormatError(f"two SAEs in {str(folder)!r} read hook point {hook!r}")
-        saes[hook] = sae
-    if not saes:
-        raise SAEFormatError(f"SAE set directory {str(folder)!r} has no SAE subfolders")
-    return SAESet(saes)
+        return False
+    if (folder / CFG_FILE).is_file():
+        return _is_sae_folder(folder) and detect_format(folder) == "native"
+    subs = [p.parent for p in folder.glob(f"*/{CFG_FILE}")]
+    return bool(subs) and all(_is_sae_folder(p) and detect_format(p) == "native" for p in subs)

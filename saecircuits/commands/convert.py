@@ -13,8 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto",
                         help="format of SAES: auto (default), native, saelens, sparsify, dictionary_learning, "
                              "gemmascope")
-    parser.add_argument("--variant", default=None, help="which SAE where a hook has several (e.g. average_l0_41)")
-    parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated)")
+    parser.add_argument("--variant", default=None, help="which SAE where a hook has several, e.g. average_l0_41 (default: the only one)")
+    parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated; default: all in the set)")
     parser.add_argument("--reference", action="store_true",
                         help="also write reference.safetensors (fixed inputs, our encode/decode) in each folder, "
                              "to check the files with the peer's own code")

@@ -13,7 +13,8 @@ def add_saes_arguments(parser: argparse.ArgumentParser) -> None:
                         help="file format of --saes: auto (default: detected), native, saelens, sparsify, "
                              "dictionary_learning, gemmascope")
     parser.add_argument("--variant", default=None,
-                        help="which SAE where a hook has several, e.g. average_l0_41 in a Gemma Scope tree")
+                        help="which SAE where a hook has several, e.g. average_l0_41 in a Gemma Scope tree "
+                             "(default: the only one; an error lists them when there are several)")
 
 
 def load_saes(args: argparse.Namespace, model=None, hooks: list[str] | None = None, device=None):

@@ -132,7 +132,8 @@ def graph_json(graph: FeatureGraph, node_threshold: float = 0.8,
             nodes.append({"node_id": nid, "feature": ctx, "layer": "E", "ctx_idx": ctx,
                           "feature_type": "embedding", "jsNodeId": f"E_{tid}-{ctx}", "clerp": tokens[ctx],
                           "influence": influence_, "activation": None, "is_target_logit": False,
-                          "token_prob": 0.0, "run_idx": 0, "reverse_ctx_idx": 0})
+                          "token_prob": 0.0, "run_idx": 0, "reverse_ctx_idx": 0,
+                          "saecircuits_id": f"embed/{ctx}"})
         return embed_ids[ctx]
 
     for nid, d in data.items():

@@ -174,8 +174,8 @@ def test_parsers():
 def test_local_backend_with_tiny_model(tiny_dir):
     backend = LocalBackend(str(tiny_dir("llama")), device="cpu")
     assert backend.weak
-    reply = backend.chat([{"role": "user", "content": "Say hi"}], max_tokens=5)
-    assert isinstance(reply, str)
+    reply = backend.chat([{"role": "user", "content": "Say hi"}], max_tokens=5, prefix="Hello")
+    assert reply.startswith("Hello") and len(reply) > len("Hello")
     e = Excerpt(["a ", "cat ", "\n"], [0.0, 1.0, 0.0], "top", 0, 1)
     pred = simulate_logprobs(backend, AnswerCache(None), "cats", e)
     assert len(pred) == 3 and all(0.0 <= p <= 10.0 for p in pred)
@@ -292,7 +292,8 @@ def tiny_saes(tmp_path):
     return folder
 
 
-def test_explain_cli_bases_resume_and_explanations(stub, tiny_dir, tiny_saes, tmp_path, capsys):
+def test_explain_cli_bases_resume_and_explanations(stub, tiny, tiny_dir, tiny_saes, tmp_path,
+                                                  capsys):
     out = tmp_path / "explain"
     args = ["explain", "--saes", str(tiny_saes), "--top", "2", "--bases", "sae,neurons,pca,ica",
             "--out", str(out), "--model", str(tiny_dir("llama")), "--backend", "endpoint",
@@ -320,6 +321,15 @@ def test_explain_cli_bases_resume_and_explanations(stub, tiny_dir, tiny_saes, tm
     capsys.readouterr()
     assert len(stub.requests) == n
     assert json.loads((out / "results.json").read_text()) == rows
+    # a spent time budget starts no unit; the run is marked incomplete and a rerun continues
+    from saecircuits.interp import ExcerptConfig, ExplainConfig, run_explain
+
+    res = run_explain(*tiny, sc.SAESet.load(tiny_saes), ["def f(x):\n    return x + 1\n" * 40],
+                      _endpoint(stub), ExplainConfig(hooks=["resid.1"], top=2, windows=16,
+                                                     context=16, excerpts=ExcerptConfig(n_top=4)),
+                      tmp_path / "budget",
+                      progress=False, log=lambda m: None, time_budget=0.0)
+    assert res["n_units"] == 0 and res["complete"] is False
     # other settings in the same --out are refused
     assert main(args[:-2] + ["--n-top", "6", "--quiet"]) == 2
     assert "other settings" in capsys.readouterr().err

@@ -122,8 +122,10 @@ class EndpointBackend:
                 self.sleep(gap)
         self._last = time.monotonic()
 
-    def chat(self, messages: Messages, max_tokens: int = 256, temperature: float = 0.0) -> str:
-        """The assistant's reply text. Raises ExplainerError after the retries are spent."""
+    def chat(self, messages: Messages, max_tokens: int = 256, temperature: float = 0.0,
+             prefix: str = "") -> str:
+        """The assistant's reply text (`prefix` is not sent: chat endpoints cannot be made to
+        continue a started answer). Raises ExplainerError after the retries are spent."""
         url = f"{self.base_url}/chat/completions"
         body = json.dumps({"model": self.model, "messages": messages, "max_tokens": max_tokens,
                            "temperature": temperature}).encode("utf-8")
@@ -213,12 +215,14 @@ class LocalBackend:
         return self.tok(text + assistant_prefix, add_special_tokens=False)["input_ids"]
 
     @torch.no_grad()
-    def chat(self, messages: Messages, max_tokens: int = 256, temperature: float = 0.0) -> str:
-        ids = torch.tensor([self.prompt_ids(messages)], device=self.device)
+    def chat(self, messages: Messages, max_tokens: int = 256, temperature: float = 0.0,
+             prefix: str = "") -> str:
+        """Greedy reply; the answer is started with `prefix` (returned with it)."""
+        ids = torch.tensor([self.prompt_ids(messages, prefix)], device=self.device)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
                                   do_sample=False, pad_token_id=pad)
-        return self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return prefix + self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
     @torch.no_grad()
     def next_token_probs(self, ids: Sequence[int], positions: Sequence[int],

@@ -182,10 +182,14 @@ def _sym_decorrelate(w: np.ndarray) -> np.ndarray:
 
 
 def ica_basis(fit: torch.Tensor, n_components: int | None = None, max_iter: int = 200,
-              seed: int = 0) -> Basis:
-    """Independent directions of `fit [N, d]` (sklearn FastICA if installed, else `fast_ica`).
-    Each unmixing row is scaled to unit norm: units differ only by direction."""
+              seed: int = 0, max_samples: int | None = 8192) -> Basis:
+    """Independent directions of `fit [N, d]` (sklearn FastICA if installed, else `fast_ica`),
+    fitted on at most `max_samples` rows drawn at random (seeded). Each unmixing row is scaled
+    to unit norm: units differ only by direction."""
     fit = fit.float()
+    if max_samples is not None and len(fit) > max_samples:
+        rows = np.random.default_rng(seed).choice(len(fit), size=max_samples, replace=False)
+        fit = fit[torch.as_tensor(np.sort(rows))]
     n = fit.shape[1] if n_components is None else int(n_components)
     if not 1 <= n <= min(fit.shape):
         raise ConfigError(f"ICA needs 1 <= n_components <= min(N, d) = {min(fit.shape)}, got {n}")

@@ -130,16 +130,17 @@ def parse_json_activations(answer: str, n: int) -> list[float]:
 
 
 def _ask(backend, cache: AnswerCache, messages: Messages, max_tokens: int, cfg: ScoreConfig,
-         parse, what: str):
+         parse, what: str, prefix: str = ""):
     """Ask (cached); `parse(answer)` may raise ExplainerError -> retried, then re-raised.
     Only answers that parse are cached."""
-    key = AnswerCache.key("chat", backend.ident, messages, max_tokens, cfg.temperature)
+    key = AnswerCache.key("chat", backend.ident, messages, max_tokens, cfg.temperature, prefix)
     hit = cache.get(key)
     if hit is not None:
         return parse(hit)
     err: ExplainerError | None = None
     for _ in range(cfg.retries + 1):
-        answer = backend.chat(messages, max_tokens=max_tokens, temperature=cfg.temperature)
+        answer = backend.chat(messages, max_tokens=max_tokens, temperature=cfg.temperature,
+                              **({"prefix": prefix} if prefix else {}))
         try:
             value = parse(answer)
         except ExplainerError as e:
@@ -157,8 +158,9 @@ def explain(backend, cache: AnswerCache, excerpts: Sequence[Excerpt], cfg: Score
             raise ExplainerError(f"explainer gave an empty explanation: {answer[:60]!r}")
         return text
 
+    # as Bills et al., the answer is started with the prefix where the backend allows it
     return _ask(backend, cache, explain_messages(excerpts), cfg.explain_tokens, cfg, parse,
-                "explanation")
+                "explanation", prefix=PREFIX if getattr(backend, "supports_logprobs", False) else "")
 
 
 def _digit_tokens(tok) -> tuple[list[int], list[float]]:

@@ -157,9 +157,14 @@ def _run_settings(cfg: ExplainConfig, backend, saes_dir: str) -> dict:
 def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backend,
                 cfg: ExplainConfig, out: str | os.PathLike, *, saes_dir: str = "",
                 cache_path: str | os.PathLike | None = None, overwrite: bool = False,
-                progress: bool = True, log=print) -> dict:
+                progress: bool = True, log=print, time_budget: float | None = None) -> dict:
     """Score units and write the output directory (see the module doc). Resumes a run with
-    the same settings found in `out`; a different one needs `overwrite=True`."""
+    the same settings found in `out`; a different one needs `overwrite=True`. Units are
+    scored round-robin over the bases; with `time_budget` (seconds) no new unit is started
+    after the budget is spent (a rerun continues)."""
+    import time
+
+    started = time.monotonic()
     cfg.validate()
     for hook in cfg.hooks:
         if hook not in saes:
@@ -196,12 +201,15 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
     jobs = []
     for hook in cfg.hooks:
         acts = all_acts[hook]
+        per_basis = []
         for kind, basis in build_bases(cfg, saes, acts).items():
             units = choose_units(cfg, hook, kind, basis, acts)
             if len(units) < (cfg.top if cfg.units is None else 1):
                 log(f"note: {hook} {kind}: only {len(units)} live units with >= "
                     f"{cfg.excerpts.n_top} active windows")
-            jobs += [(hook, kind, basis, acts, u) for u in units]
+            per_basis.append([(hook, kind, basis, acts, u) for u in units])
+        for i in range(max((len(b) for b in per_basis), default=0)):  # round-robin over bases
+            jobs += [b[i] for b in per_basis if i < len(b)]
     rows = [done[unit_key(h, k, u)] for h, k, _, _, u in jobs if unit_key(h, k, u) in done]
     todo = [j for j in jobs if unit_key(j[0], j[1], j[4]) not in done]
     if rows:
@@ -211,6 +219,10 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
     skipped: list[str] = []
     try:
         for hook, kind, basis, acts, unit in todo:
+            if time_budget is not None and time.monotonic() - started > time_budget:
+                log(f"time budget of {time_budget:.0f}s spent: {len(rows)} of {len(jobs)} units "
+                    "scored; rerun to continue")
+                break
             key = unit_key(hook, kind, unit)
             unit_acts = basis.activations(acts.x, [unit])[..., 0]
             try:
@@ -228,7 +240,9 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
             bar.update(1)
     finally:
         bar.close()
-    return write_outputs(out, rows, cfg, backend, cache, skipped)
+    result = write_outputs(out, rows, cfg, backend, cache, skipped)
+    result["complete"] = len(rows) + len(skipped) >= len(jobs)
+    return result
 
 
 def summarise(rows: Sequence[dict], seed: int = 0) -> dict[str, dict]:

@@ -54,24 +54,6 @@ def main() -> None:
     if Path(args.json_out).is_file():
         report = json.loads(Path(args.json_out).read_text()) | report
 
-    if not args.skip_explain:
-        saes = SAESet.load(args.saes, model=model, hooks=[args.hook])
-        backend = LocalBackend(unwrap(model), tok)
-        cfg = ExplainConfig(hooks=[args.hook], bases=args.bases.split(","), top=args.per_basis,
-                            windows=args.windows)
-        t0 = time.perf_counter()
-        res = run_explain(model, tok, saes, texts, backend, cfg, args.out, saes_dir=args.saes,
-                          time_budget=args.budget)
-        wall = time.perf_counter() - t0
-        report["explain"] = res | {"wall_s": round(wall, 1), "per_basis_requested": args.per_basis,
-                                   "hook": args.hook, "saes": args.saes, "windows": args.windows,
-                                   "budget_s": args.budget}
-        for kind, s in res["summary"].items():
-            print(f"{kind:8s} n={s['n']:3d} mean {s['mean']:+.3f} 95% CI "
-                  f"[{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] median {s['median']:+.3f} "
-                  f"top-only {s['mean_top']:+.3f} constant {s['constant_predictions']}")
-        print(f"explain wall {wall:.0f}s ({res['n_units']} units; cache hits {res['cache_hits']})")
-
     a = load_sae_or_set(args.saes)[args.hook]
     others = {"self": a, "other_seed": load_sae_or_set(args.other_seed)[args.hook]}
     if args.other_size:
@@ -95,6 +77,25 @@ def main() -> None:
               + f"; act corr (live A features, n={c['n']}) mean {c['mean']:.3f} share >0.7 "
               f"{c['share_above']['0.7']:.3f}")
     report["compare"] = comp | {"tokens": int(acts.mask.sum())}
+    Path(args.json_out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if not args.skip_explain:
+        saes = SAESet.load(args.saes, model=model, hooks=[args.hook])
+        backend = LocalBackend(unwrap(model), tok)
+        cfg = ExplainConfig(hooks=[args.hook], bases=args.bases.split(","), top=args.per_basis,
+                            windows=args.windows)
+        t0 = time.perf_counter()
+        res = run_explain(model, tok, saes, texts, backend, cfg, args.out, saes_dir=args.saes,
+                          time_budget=args.budget)
+        wall = time.perf_counter() - t0
+        report["explain"] = res | {"wall_s": round(wall, 1), "per_basis_requested": args.per_basis,
+                                   "hook": args.hook, "saes": args.saes, "windows": args.windows,
+                                   "budget_s": args.budget}
+        for kind, s in res["summary"].items():
+            print(f"{kind:8s} n={s['n']:3d} mean {s['mean']:+.3f} 95% CI "
+                  f"[{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] median {s['median']:+.3f} "
+                  f"top-only {s['mean_top']:+.3f} constant {s['constant_predictions']}")
+        print(f"explain wall {wall:.0f}s ({res['n_units']} units; cache hits {res['cache_hits']})")
+
     Path(args.json_out).write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 

@@ -312,6 +312,7 @@ def test_explain_cli_bases_resume_and_explanations(stub, tiny, tiny_dir, tiny_sa
                                     for k, v in labels.items())
     assert (out / "results.csv").read_text().count("\n") == 9
     assert "<svg" in (out / "scores.svg").read_text()
+    assert (out / "bases.safetensors").is_file()  # fitted PCA/ICA reused by a resumed run
     n = len(stub.requests)
     # interrupted run: drop the last two scored units from the log; the rerun redoes only those,
     # from the cache

@@ -86,6 +86,7 @@ class Basis:
     kind: str
     n_units: int
     encode: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
+    params: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def activations(self, x: torch.Tensor, units: Sequence[int] | None = None,
                     chunk: int = 4096) -> torch.Tensor:
@@ -120,12 +121,18 @@ def _linear_basis(kind: str, mean: torch.Tensor, directions: torch.Tensor,
     hi = proj.quantile(0.999, dim=0) if len(proj) <= 16_000_000 // max(1, proj.shape[1]) else proj.max(0).values
     lo = proj.quantile(0.001, dim=0) if len(proj) <= 16_000_000 // max(1, proj.shape[1]) else proj.min(0).values
     sign = torch.where(hi.abs() >= lo.abs(), 1.0, -1.0)
-    w = (directions * sign[:, None]).T.contiguous()
+    return linear_basis(kind, mean, (directions * sign[:, None]).T.contiguous())
+
+
+def linear_basis(kind: str, mean: torch.Tensor, w: torch.Tensor) -> Basis:
+    """Units relu((x − mean) @ w), w `[d, n_units]` (already oriented); `params` holds both,
+    so a fitted basis can be stored and rebuilt."""
+    mean, w = mean.float(), w.float()
 
     def encode(x: torch.Tensor) -> torch.Tensor:
         return torch.relu((x.float() - mean) @ w)
 
-    return Basis(kind, directions.shape[0], encode)
+    return Basis(kind, w.shape[1], encode, {"mean": mean, "w": w})
 
 
 def neuron_basis(fit: torch.Tensor) -> Basis:
@@ -182,7 +189,7 @@ def _sym_decorrelate(w: np.ndarray) -> np.ndarray:
 
 
 def ica_basis(fit: torch.Tensor, n_components: int | None = None, max_iter: int = 200,
-              seed: int = 0, max_samples: int | None = 8192) -> Basis:
+              seed: int = 0, max_samples: int | None = 4096) -> Basis:
     """Independent directions of `fit [N, d]` (sklearn FastICA if installed, else `fast_ica`),
     fitted on at most `max_samples` rows drawn at random (seeded). Each unmixing row is scaled
     to unit norm: units differ only by direction."""

@@ -9,6 +9,7 @@ Output directory:
   summary.json       per basis: n, mean score, bootstrap 95% CI, median
   scores.svg         mean score per basis with CIs and each unit's score
   cache.json         the backend's answers (reused by reruns; `--cache` moves it)
+  bases.safetensors  fitted PCA / ICA / neuron bases (reused by a resumed run)
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from ..fileio import write_json, write_text
 from ..sae import SAE
 from .backends import AnswerCache, ExplainerError
 from .contexts import (Basis, ExcerptConfig, HookActivations, collect_hook_activations,
-                       ica_basis, live_units, neuron_basis, pca_basis, sae_basis, split_excerpts)
+                       ica_basis, linear_basis, live_units, neuron_basis, pca_basis, sae_basis,
+                       split_excerpts)
 from .explain import ScoreConfig, UnitScore, score_unit
 from . import svg
 
@@ -107,18 +109,30 @@ class ExplainConfig:
             raise ConfigError("need n_top >= 2 top excerpts (half explain, half score) and n_random >= 0")
 
 
-def build_bases(cfg: ExplainConfig, saes: Mapping[str, SAE], acts: HookActivations) -> dict[str, Basis]:
+def build_bases(cfg: ExplainConfig, saes: Mapping[str, SAE], acts: HookActivations,
+                store: Path | None = None) -> dict[str, Basis]:
+    """The bases at `acts.hook`; fitted linear bases are kept in `store` (a safetensors file)
+    and reused from it by a resumed run."""
+    from ..fileio import read_safetensors, write_safetensors
+
+    saved = read_safetensors(store) if store is not None and store.is_file() else {}
     fit = acts.flat()
     out: dict[str, Basis] = {}
     for kind in cfg.bases:
         if kind == "sae":
             out[kind] = sae_basis(saes[acts.hook])
+        elif f"{acts.hook}/{kind}/w" in saved:
+            out[kind] = linear_basis(kind, saved[f"{acts.hook}/{kind}/mean"],
+                                     saved[f"{acts.hook}/{kind}/w"])
         elif kind == "neurons":
             out[kind] = neuron_basis(fit)
         elif kind == "pca":
             out[kind] = pca_basis(fit)
         else:
             out[kind] = ica_basis(fit, cfg.ica_components, cfg.ica_iter, cfg.seed)
+        if store is not None and out[kind].params and f"{acts.hook}/{kind}/w" not in saved:
+            saved |= {f"{acts.hook}/{kind}/{k}": v for k, v in out[kind].params.items()}
+            write_safetensors(store, saved)
     return out
 
 
@@ -160,11 +174,11 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
                 progress: bool = True, log=print, time_budget: float | None = None) -> dict:
     """Score units and write the output directory (see the module doc). Resumes a run with
     the same settings found in `out`; a different one needs `overwrite=True`. Units are
-    scored round-robin over the bases; with `time_budget` (seconds) no new unit is started
-    after the budget is spent (a rerun continues)."""
+    scored round-robin over the bases; with `time_budget` (seconds of scoring, after the
+    activations and bases are ready) no new unit is started once it is spent (a rerun
+    continues)."""
     import time
 
-    started = time.monotonic()
     cfg.validate()
     for hook in cfg.hooks:
         if hook not in saes:
@@ -187,8 +201,10 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
         if previous is not None and previous != settings and not overwrite:
             raise ExportError(f"output directory {str(out)!r} holds an explain run with other "
                               "settings; pass --overwrite to start again (cached answers are kept)")
-        if overwrite and previous != settings and log_file.exists():
-            log_file.unlink()
+        if overwrite and previous != settings:
+            for stale in (log_file, out / "bases.safetensors"):
+                if stale.exists():
+                    stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
     write_json(run_file, settings)
     cache = AnswerCache(cache_path or out / "cache.json")
@@ -202,7 +218,7 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
     for hook in cfg.hooks:
         acts = all_acts[hook]
         per_basis = []
-        for kind, basis in build_bases(cfg, saes, acts).items():
+        for kind, basis in build_bases(cfg, saes, acts, out / "bases.safetensors").items():
             units = choose_units(cfg, hook, kind, basis, acts)
             if len(units) < (cfg.top if cfg.units is None else 1):
                 log(f"note: {hook} {kind}: only {len(units)} live units with >= "
@@ -217,6 +233,7 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
     bar = tqdm(total=len(jobs), initial=len(rows), desc="explain+simulate", unit="unit",
                disable=not progress)
     skipped: list[str] = []
+    started = time.monotonic()
     try:
         for hook, kind, basis, acts, unit in todo:
             if time_budget is not None and time.monotonic() - started > time_budget:
@@ -242,6 +259,7 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
         bar.close()
     result = write_outputs(out, rows, cfg, backend, cache, skipped)
     result["complete"] = len(rows) + len(skipped) >= len(jobs)
+    result["scoring_s"] = round(time.monotonic() - started, 1)
     return result
 
 

@@ -168,6 +168,8 @@ def test_parsers():
             parse_json_activations(bad, n)
     assert parse_explanation('The main thing this neuron does is find "closing brackets".\nx') \
         == "closing brackets"
+    assert parse_explanation('the main thing this neuron does is find itself."') == "itself"
+    assert parse_explanation("find the word 'cat'.") == "find the word 'cat'"
     assert discretise([0.0, 0.5, 1.0, -1.0], 1.0) == [0, 5, 10, 0]
 
 

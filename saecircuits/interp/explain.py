@@ -85,7 +85,9 @@ def parse_explanation(answer: str) -> str:
     text = re.sub(r"^(is|:|-|\.\.\.|…)\s*", "", text.strip()).strip().rstrip(".").strip()
     for q in ('"', "'", "`", "*"):
         while len(text) >= 2 and text[0] == q and text[-1] == q:
-            text = text[1:-1].strip()
+            text = text[1:-1].strip().rstrip(".").strip()
+        if text.endswith(q) and text.count(q) % 2 == 1:  # an unmatched closing quote
+            text = text[:-1].rstrip().rstrip(".").strip()
     return text.rstrip(".").strip()[:300]
 
 

@@ -170,6 +170,7 @@ def test_parsers():
         == "closing brackets"
     assert parse_explanation('the main thing this neuron does is find itself."') == "itself"
     assert parse_explanation("find the word 'cat'.") == "find the word 'cat'"
+    assert parse_explanation('the main thing this neuron does is find."') == ""  # empty, no error
     assert discretise([0.0, 0.5, 1.0, -1.0], 1.0) == [0, 5, 10, 0]
 
 

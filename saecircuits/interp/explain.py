@@ -154,15 +154,12 @@ def _ask(backend, cache: AnswerCache, messages: Messages, max_tokens: int, cfg: 
 
 
 def explain(backend, cache: AnswerCache, excerpts: Sequence[Excerpt], cfg: ScoreConfig) -> str:
-    def parse(answer: str) -> str:
-        text = parse_explanation(answer)
-        if not text:
-            raise ExplainerError(f"explainer gave an empty explanation: {answer[:60]!r}")
-        return text
-
+    """The explanation text ("" when the explainer says nothing: that is its answer, scored
+    like any other, not an error)."""
     # as Bills et al., the answer is started with the prefix where the backend allows it
-    return _ask(backend, cache, explain_messages(excerpts), cfg.explain_tokens, cfg, parse,
-                "explanation", prefix=PREFIX if getattr(backend, "supports_logprobs", False) else "")
+    return _ask(backend, cache, explain_messages(excerpts), cfg.explain_tokens, cfg,
+                parse_explanation, "explanation",
+                prefix=PREFIX if getattr(backend, "supports_logprobs", False) else "")
 
 
 def _digit_tokens(tok) -> tuple[list[int], list[float]]:

@@ -18,7 +18,8 @@ import math
 import re
 import sys
 
-COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo", "convert")
+COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo", "convert",
+            "explain", "compare-saes")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -102,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        if importlib.util.find_spec(f"saecircuits.commands.{name}") is None:
+        module_name = f"saecircuits.commands.{name.replace('-', '_')}"
+        if importlib.util.find_spec(module_name) is None:
             continue
-        module = importlib.import_module(f"saecircuits.commands.{name}")
+        module = importlib.import_module(module_name)
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP,
                              formatter_class=HelpFormatter)
         cmd.add_argument("--json", action="store_true", help="print a JSON summary to stdout")

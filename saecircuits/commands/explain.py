@@ -31,11 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "weak explainer) or an OpenAI-compatible endpoint")
     parser.add_argument("--explainer-model", default=None,
                         help="local: HF id/path; endpoint: model name "
-                             "(env SAECIRCUITS_OPENAI_MODEL)")
+                             "(default: env SAECIRCUITS_OPENAI_MODEL, else the embedded SmolLM2 locally)")
     parser.add_argument("--base-url", default=None,
                         help="endpoint base URL, e.g. http://127.0.0.1:8080/v1 "
-                             "(env SAECIRCUITS_OPENAI_BASE_URL)")
-    parser.add_argument("--api-key", default=None, help="endpoint key (env SAECIRCUITS_OPENAI_API_KEY)")
+                             "(default: env SAECIRCUITS_OPENAI_BASE_URL)")
+    parser.add_argument("--api-key", default=None, help="endpoint key (default: env SAECIRCUITS_OPENAI_API_KEY)")
     parser.add_argument("--retries", type=int, default=3, help="retries per request (default 3)")
     parser.add_argument("--min-interval", type=float, default=0.0,
                         help="minimum seconds between endpoint requests (rate limit)")
@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="top excerpts per unit, half to explain, half to score (default 10)")
     parser.add_argument("--n-random", type=int, default=5,
                         help="random excerpts added to the scoring set (default 5)")
-    parser.add_argument("--ica-components", type=int, default=None)
+    parser.add_argument("--ica-components", type=int, default=None,
+                        help="ICA components to fit (default: as many as the hook's width allows)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 

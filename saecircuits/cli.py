@@ -14,7 +14,8 @@ import json
 import logging
 import sys
 
-COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo")
+COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo",
+            "compare-bases")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        if importlib.util.find_spec(f"saecircuits.commands.{name}") is None:
+        path = f"saecircuits.commands.{name.replace('-', '_')}"
+        if importlib.util.find_spec(path) is None:
             continue
-        module = importlib.import_module(f"saecircuits.commands.{name}")
+        module = importlib.import_module(path)
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
         cmd.add_argument("--json", action="store_true", help="print a JSON summary to stdout")
         cmd.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

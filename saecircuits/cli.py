@@ -19,7 +19,7 @@ import re
 import sys
 
 COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo", "convert",
-            "explain", "compare-saes")
+            "explain", "compare-saes", "compare-bases")
 
 
 class ArgumentParser(argparse.ArgumentParser):

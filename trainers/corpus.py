@@ -9,6 +9,16 @@ Default corpus (no network, present on every CPython install):
   * prose -- the pydoc topic help texts (`pydoc_data.topics.topics`), English reference prose.
 Both are distributed with CPython under the Python Software Foundation License (PSF-2.0),
 which permits copying and derived works; provenance is the local interpreter's own files.
+Narrative corpus (`narrative_documents`): prose sampled from SmolLM2 itself (stories, dialogue,
+letters, news, biographies, instructions; chat-template sampling, seeded) shipped as
+`trainers/data/narrative.jsonl.gz` (one {"text", "genre"} object a line; `$SAECIRCUITS_NARRATIVE`
+overrides the path). It is the source of people, names and events that the code corpus lacks.
+Named sources for `--corpus`:
+  * `embedded`          the code corpus above (same as no corpus);
+  * `narrative`         the narrative prose only;
+  * `embedded-mix[:R]`  (alias `mix`) every narrative document plus code documents (seeded order)
+    until the narrative holds a share R of the *tokens* (default R = 0.7, i.e. 70 % narrative,
+    30 % code); `trainers.composition` reports what a corpus holds.
 Documents are deduplicated by content hash (sha256), ordered by name and shuffled with a
 seeded generator, so the order is the same on every machine with the same Python.
 
@@ -68,6 +78,81 @@ def pydoc_documents() -> list[Document]:
     from pydoc_data.topics import topics
 
     return [Document(f"pydoc/{name}", text) for name, text in sorted(topics.items())]
+
+
+NARRATIVE_FILE = Path(__file__).parent / "data" / "narrative.jsonl.gz"
+MIX_DEFAULT_SHARE = 0.7
+
+
+def narrative_path() -> Path:
+    return Path(os.environ.get("SAECIRCUITS_NARRATIVE", NARRATIVE_FILE))
+
+
+def narrative_documents() -> list[Document]:
+    """The packaged narrative prose (`narrative_path()`), one document per JSONL line."""
+    import gzip
+
+    path = narrative_path()
+    if not path.is_file():
+        raise ConfigError(f"the narrative corpus {str(path)!r} is not there; it ships as "
+                          "trainers/data/narrative.jsonl.gz (or set $SAECIRCUITS_NARRATIVE)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    docs = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise ConfigError(f"{path}:{number}: expected an object with a string field 'text'")
+            genre = str(obj.get("genre") or "text").replace("/", "_")
+            docs.append(Document(f"narrative/{genre}/{number}", obj["text"]))
+    return dedupe(docs)
+
+
+def mix_share(source) -> float | None:
+    """The narrative token share of an `embedded-mix[:R]` / `mix[:R]` source, else None."""
+    if not isinstance(source, str):
+        return None
+    head, _, tail = source.partition(":")
+    if head not in ("embedded-mix", "mix"):
+        return None
+    try:
+        share = float(tail) if tail else MIX_DEFAULT_SHARE
+    except ValueError:
+        raise ConfigError(f"corpus {source!r}: the mix share after ':' must be a number in "
+                          "[0, 1], e.g. embedded-mix:0.7") from None
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"corpus {source!r}: the narrative share must be in [0, 1], got {share}")
+    return share
+
+
+def mixed_corpus(tok, narrative_share: float = MIX_DEFAULT_SHARE, seed: int = 0) -> "TokenCorpus":
+    """All narrative documents plus code documents (seeded order) so that the narrative holds
+    `narrative_share` of the tokens (all code when the narrative is too small to need it all)."""
+    if narrative_share == 0.0:
+        return default_corpus(tok)
+    narrative = tokenize(tok, narrative_documents())
+    if narrative_share == 1.0:
+        return narrative
+    code = default_corpus(tok)
+    want = narrative.n_tokens * (1.0 - narrative_share) / narrative_share
+    order = torch.randperm(len(code), generator=torch.Generator().manual_seed(seed)).tolist()
+    taken, count = [], 0
+    for i in order:
+        if count >= want:
+            break
+        taken.append(i)
+        count += int(code.offsets[i + 1] - code.offsets[i])
+    part = code.subset(taken, f"mix{narrative_share}-{seed}")
+    tokens = np.concatenate([narrative.tokens, part.tokens])
+    offsets = np.concatenate([narrative.offsets, part.offsets[1:] + narrative.n_tokens])
+    return TokenCorpus(tokens, offsets.astype(np.int64), narrative.names + part.names,
+                       narrative.eos_id, narrative.bos_id,
+                       f"{narrative.fingerprint}+{part.fingerprint}")
 
 
 def default_documents() -> list[Document]:
@@ -150,8 +235,12 @@ def load_documents(source: str | os.PathLike | Sequence[str] | None = None, fiel
                    max_documents: int | None = None) -> list[Document]:
     """Documents from `source`: None (default corpus), a list of strings, a .txt/.jsonl file,
     a directory of .txt/.jsonl files, a `save_to_disk` dataset directory, or `hf:<name>`."""
-    if source is None:
+    if source is None or source == "embedded":
         docs = default_documents()
+    elif source == "narrative":
+        docs = narrative_documents()
+    elif mix_share(source) is not None:
+        raise ConfigError(f"corpus {source!r} is mixed by tokens: use load_corpus(tok, {source!r})")
     elif isinstance(source, (list, tuple)):
         if not all(isinstance(t, str) for t in source):
             raise ConfigError("a corpus given as a list must contain only strings")
@@ -318,7 +407,10 @@ def tokenize(tok, docs: Sequence[Document], cache: bool = True,
 
 def load_corpus(tok, source=None, field: str = "text", max_documents: int | None = None,
                 cache: bool = True) -> TokenCorpus:
-    """Read and tokenize a corpus source (see `load_documents`)."""
+    """Read and tokenize a corpus source (see `load_documents`; also `embedded-mix[:R]`)."""
+    share = mix_share(source)
+    if share is not None:
+        return mixed_corpus(tok, share)
     return tokenize(tok, load_documents(source, field, max_documents), cache=cache)
 
 

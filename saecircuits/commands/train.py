@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: no cache)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     parser.add_argument("--checkpoint-every", type=positive_int, default=200, help="steps between checkpoints")
+    parser.add_argument("--kl-finetune-tokens", type=nonnegative_int, default=0, metavar="N",
+                        help="after training, fine-tune the SAEs on N tokens with KL(model || "
+                        "model with all SAEs spliced, no error term) + reconstruction (Braun et al. "
+                        "2024, Karvonen et al. 2025); 0: off")
+    parser.add_argument("--kl-lr", type=positive_float, default=5e-5, help="learning rate of the KL fine-tune")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -57,8 +62,16 @@ def run(args: argparse.Namespace) -> dict:
                       cache_activations=args.cache_activations, resume=args.resume,
                       device=args.device, prepend_bos=args.prepend_bos, eval_tokens=args.eval_tokens,
                       checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+    from trainers.kl_finetune import KLFinetuneConfig
+
+    kl_cfg = (KLFinetuneConfig(tokens=args.kl_finetune_tokens, lr=args.kl_lr,
+                               progress=not args.quiet) if args.kl_finetune_tokens else None)
     model, tok = load_model(args.model, device=args.device)
     saes = train_saes(model, tok, cfg)
+    if kl_cfg is not None:
+        from trainers.kl_finetune import finetune_after_training
+
+        finetune_after_training(model, tok, cfg, saes, kl_cfg)
     summary = {"out": args.out, "saes": {h: s.extra_repr() for h, s in saes.items()}}
     import json
     from pathlib import Path

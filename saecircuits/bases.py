@@ -35,7 +35,9 @@ import torch
 from . import hooks
 from .errors import ConfigError, TaskError
 from .sae import SAE
+from .replacement import logits_site
 from .splice import encode_inputs
+from .wrapping import model_device
 from .tasks.base import Task
 
 BASES = ("sae", "raw", "pca", "ica")
@@ -269,7 +271,7 @@ def _clean_grad(model, hp, task: Task, inputs) -> tuple[torch.Tensor, torch.Tens
             x = hooks.read(model, hp)
             leaf = nnsight.save(x.detach().clone().requires_grad_(True))
             hooks.write(model, hp, leaf)
-            logits = model.lm_head.output.save()
+            logits = hooks.read(model, logits_site(model)).save()
         metric = task.metric(logits)
         metric.sum().backward()
     if leaf.grad is None:
@@ -287,8 +289,8 @@ def _read(model, hp, inputs) -> torch.Tensor:
 def _metric_with(model, hp, task: Task, inputs, x_new: torch.Tensor) -> float:
     with torch.no_grad(), model.trace(inputs):
         old = hooks.read(model, hp)
-        hooks.write(model, hp, x_new.to(old.dtype))
-        logits = model.lm_head.output.save()
+        hooks.write(model, hp, x_new.to(device=old.device, dtype=old.dtype))
+        logits = hooks.read(model, logits_site(model)).save()
     return float(task.metric(logits).mean())
 
 
@@ -309,26 +311,29 @@ def compare_bases(model, tok, task: Task, hook: str, bases: Sequence[Basis],
         if b.dec.shape[1] != hp.width:
             raise ConfigError(f"basis {b.name!r} has width {b.dec.shape[1]} but hook {hook!r} has "
                               f"width {hp.width}")
-    clean = encode_inputs(tok, task.clean)
-    patch = encode_inputs(tok, task.patch)
+    device = model_device(model)
+    clean = {k: v.to(device) for k, v in encode_inputs(tok, task.clean).items()}
+    patch = {k: v.to(device) for k, v in encode_inputs(tok, task.patch).items()}
     if clean["input_ids"].shape != patch["input_ids"].shape or not torch.equal(
             clean["attention_mask"], patch["attention_mask"]):
         raise TaskError(f"task {task.name!r}: clean and patch prompts tokenize to different lengths")
     x_clean, grad, m_clean = _clean_grad(model, hp, task, clean)
-    x_patch = _read(model, hp, patch)
+    x_patch = _read(model, hp, patch).cpu()
+    x_clean, grad = x_clean.cpu(), grad.cpu()  # basis arithmetic on the CPU, whatever the model's device
     with torch.no_grad(), model.trace(patch):
-        logits_p = model.lm_head.output.save()
+        logits_p = hooks.read(model, logits_site(model)).save()
     m_patch = float(task.metric(logits_p).mean())
     change = m_patch - m_clean
     if abs(change) < 1e-6:
         raise TaskError(f"task {task.name!r}: clean and patch runs give the same metric "
                         f"({m_clean:.4g}); nothing to recover")
-    keep = _ablatable(clean["attention_mask"]).unsqueeze(-1).float()
+    keep = _ablatable(clean["attention_mask"].cpu()).unsqueeze(-1).float()
     n_prompts = len(task)
     curves, sizes, info = {}, {}, {}
     for b in bases:
-        dec = b.dec.float()
-        c_clean, c_patch = b.encode(x_clean), b.encode(x_patch)
+        dec = b.dec.float().cpu()
+        c_clean = b.encode(x_clean.to(b.dec.device)).float().cpu()
+        c_patch = b.encode(x_patch.to(b.dec.device)).float().cpu()
         delta = (c_patch - c_clean) * keep                   # [B, T, m]
         attr = ((grad @ dec.T) * delta).sum((0, 1)) / n_prompts  # [m]
         order = (attr * math.copysign(1.0, change)).argsort(descending=True)

@@ -46,6 +46,10 @@ def test_every_option_help_names_its_default():
 
 
 def test_torch_free_copies_of_defaults_match_their_sources():
+    from saecircuits import bases
+    from saecircuits.commands import compare_bases
+
+    assert compare_bases.BASES == bases.BASES and compare_bases.DEFAULT_NS == bases.DEFAULT_NS
     from saecircuits.commands import demo, export
     from saecircuits.demo import DemoConfig
     from saecircuits.export.writer import FORMATS

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from saecircuits import hooks
 from saecircuits.errors import ConfigError, HookPointError
 from saecircuits.models import model_device, unwrap
+from saecircuits.replacement import logits_site
 from saecircuits.sae import SAE
 from saecircuits.splice import plan, splice
 
@@ -96,7 +97,7 @@ def _step_loss(model, saes, points, inputs, recon_coef: float):
 
     with model.trace(inputs):
         splice(model, saes, edit=no_error, points=points)
-        logits = model.lm_head.output.save()
+        logits = hooks.read(model, logits_site(model)).save()
     logq = F.log_softmax(logits[:, 1:].float(), dim=-1)
     kl = (logp.exp() * (logp - logq)).sum(-1).mean()
     recon = sum(fvu.values())

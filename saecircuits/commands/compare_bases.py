@@ -20,27 +20,32 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+# torch-free copies of saecircuits.bases.BASES / DEFAULT_NS (a test keeps them equal), so that
+# building the CLI parser imports no torch
+BASES = ("sae", "raw", "pca", "ica")
+DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..bases import BASES, DEFAULT_NS
-    from ..cli import add_model_arguments
+    from ..cli import add_model_arguments, positive_int
 
     add_model_arguments(parser)
-    parser.add_argument("--saes", default=None, help="SAE set directory (needed for the 'sae' basis)")
+    parser.add_argument("--saes", default=None, help="SAE set directory (needed for the 'sae' basis; default: none)")
     parser.add_argument("--hook", default="resid.10", help="hook point (default resid.10)")
     parser.add_argument("--task", required=True, help="ioi | parens | sva | FILE.jsonl (needs patch "
                         "prompts)")
-    parser.add_argument("--n", type=int, default=40, help="number of prompts (default 40)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the task generator and ICA")
+    parser.add_argument("--n", type=positive_int, default=40, help="number of prompts (default 40)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the task generator and ICA (default 0)")
     parser.add_argument("--bases", default=",".join(BASES),
                         help=f"comma-separated subset of {','.join(BASES)} (default: all)")
     parser.add_argument("--ns", default=",".join(map(str, DEFAULT_NS)),
-                        help="unit counts to patch (the full basis is always added)")
-    parser.add_argument("--fit-tokens", type=int, default=16384,
+                        help="unit counts to patch (default: %(default)s; the full basis is always added)")
+    parser.add_argument("--fit-tokens", type=positive_int, default=16384,
                         help="corpus activations to fit PCA/ICA on (default 16384)")
     parser.add_argument("--corpus", default=None, help="text for the PCA/ICA fit (default: the "
                         "embedded corpus's held-out documents)")
-    parser.add_argument("--ica-iter", type=int, default=200, help="FastICA iterations (default 200)")
-    parser.add_argument("--out", default=None, help="write bases.json, bases.md and a plot here")
+    parser.add_argument("--ica-iter", type=positive_int, default=200, help="FastICA iterations (default 200)")
+    parser.add_argument("--out", default=None, help="write bases.json, bases.md and a plot here (default: print only)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
@@ -56,6 +61,10 @@ def run(args: argparse.Namespace) -> dict:
     ns = _ints(args.ns)
     if "sae" in names and not args.saes:
         raise ConfigError("the 'sae' basis needs --saes (or leave it out of --bases)")
+    if args.out:
+        from ..fileio import check_output_dir
+
+        check_output_dir(args.out, overwrite=args.overwrite)
     model, tok = load_model(args.model, device=args.device)
     task = make_task(tok, args.task, n=args.n, seed=args.seed)
     sae = SAESet.load(args.saes, model=model, hooks=[args.hook])[args.hook] if "sae" in names else None

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     parser.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="SAE step matmul precision (auto: bf16 where the CPU/GPU has fast bf16)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> dict:
                       lr=args.lr, l1=args.l1, seed=args.seed, out=args.out, corpus=args.corpus,
                       cache_activations=args.cache_activations, resume=args.resume,
                       device=args.device, prepend_bos=args.prepend_bos, eval_tokens=args.eval_tokens,
-                      checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+                      checkpoint_every=args.checkpoint_every, progress=not args.quiet,
+                      precision=args.precision)
     model, tok = load_model(args.model, device=args.device)
     saes = train_saes(model, tok, cfg)
     summary = {"out": args.out, "saes": {h: s.extra_repr() for h, s in saes.items()}}

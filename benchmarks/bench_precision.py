@@ -26,6 +26,8 @@ def main() -> None:
     p.add_argument("--arch", default="topk", choices=["topk", "batchtopk"])
     p.add_argument("--cache", default=None, help="activation cache dir (default: a temp dir)")
     p.add_argument("--json", default=None)
+    p.add_argument("--cache-is-full", action="store_true",
+                   help="--cache already holds these activations: skip the cache-filling run")
     args = p.parse_args()
 
     from saecircuits.models import load_model
@@ -36,7 +38,8 @@ def main() -> None:
     train_part, held_out = corpus.split(0.02, seed=0, min_holdout_tokens=args.eval_tokens)
     cache = args.cache or tempfile.mkdtemp(prefix="bench-precision-cache-")
     results = {}
-    for run, prec in enumerate(("fp32", "bf16", "fp32")):  # run 0 only fills the activation cache
+    runs = ("fp32", "bf16", "fp32") if not args.cache_is_full else ("bf16", "fp32")
+    for run, prec in enumerate(runs, start=0 if not args.cache_is_full else 1):  # run 0 fills the cache
         cfg = TrainConfig(hooks=[args.hook], architecture=args.arch, k=32, d_sae=4608,
                           tokens=args.tokens, context=256, holdout=0.0, eval_tokens=0,
                           out=tempfile.mkdtemp(prefix=f"bench-precision-{prec}-"),

@@ -24,6 +24,7 @@ from saecircuits.replacement import ReplacementModel
 from saecircuits.sae import SAE
 
 from .corpus import TokenCorpus, load_corpus
+from .suffix import block_output_is_tuple, logits_from_block
 
 DENSE = 0.1
 BINS = [-math.inf] + [x / 2 for x in range(-12, 1)]  # log10 frequency bin edges: dead, 1e-6 .. 1
@@ -38,6 +39,14 @@ def _read_clean(rm: ReplacementModel, acts: dict):
 def _zero(model, hp, keep_first: torch.Tensor):
     x = hooks.read(model, hp)
     hooks.write(model, hp, x * keep_first.to(x.dtype))
+
+
+def _is_block_output(model, hp) -> bool:
+    """Whether the hook point is a decoder block's output (`resid.L`): its spliced runs can
+    then start from the clean forward's value there (`suffix.logits_from_block`)."""
+    if hp.layer is None or hp.layer < 0 or hp.side != "output":
+        return False
+    return hp.module_path == f"{hooks._layout(hooks.unwrap(model)).layers}.{hp.layer}"
 
 
 def _next_token_stats(logits: torch.Tensor, ids: torch.Tensor, clean_logp: torch.Tensor | None):
@@ -61,8 +70,12 @@ def eval_windows(tok, data, n_tokens: int, context: int, prepend_bos: bool) -> t
 @torch.no_grad()
 def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 8192, *,
                   context: int = 256, prepend_bos: bool = False, batch: int = 4,
-                  progress: bool = True) -> dict[str, dict]:
+                  progress: bool = True, share_clean: bool = True) -> dict[str, dict]:
     """Core metrics per hook point (see module doc) on `n_tokens` held-out tokens.
+
+    share_clean: at `resid.L` hook points, run the SAE-spliced and the zero-ablated forward
+    as one batch that starts at block L+1 from the clean forward's residual (blocks 0..L are
+    not recomputed); other hook points (and share_clean=False) get two full traces each.
 
     data: a `TokenCorpus`, a list of strings, or a corpus path (`trainers.corpus.load_documents`).
     Returns {hook: {metric: float, ..., "density_histogram": {"edges", "counts"}}}.
@@ -82,6 +95,8 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
                      "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0,
                      "fires": torch.zeros(saes[hp.name].cfg.d_sae, dtype=torch.int64)} for hp in points}
     ce_clean = count = 0.0
+    from_block = {hp.name: share_clean and _is_block_output(model, hp) for hp in points}
+    as_tuple = block_output_is_tuple(model) if any(from_block.values()) else False
     sums_x = {hp.name: torch.zeros(hp.width, dtype=torch.float64) for hp in points}
     bar = tqdm(total=len(windows), desc="evaluate SAEs", unit="win", disable=not progress)
     for start in range(0, len(windows), batch):
@@ -110,18 +125,27 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             a["cos"] += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).sum())
             a["l2"] += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum())
 
-            def drop_error(site, feats, err):
-                return feats, err * keep_first.to(err.dtype)
+            if from_block[hp.name]:  # [spliced; zero-ablated] from block L+1 on, in one batch
+                clean = acts[hp.name]
+                spliced = torch.cat([clean[:, :1], x_hat.view(len(ids), -1, hp.width).to(clean.dtype)], 1)
+                both = logits_from_block(model, ids.repeat(2, 1), hp.layer,
+                                         torch.cat([spliced, clean * keep_first.to(clean.dtype)]),
+                                         as_tuple=as_tuple)
+                logits_sae, logits_zero = both.split(len(ids))
+            else:
+                def drop_error(site, feats, err):
+                    return feats, err * keep_first.to(err.dtype)
 
-            with model.trace(inputs):
-                rm.splice(drop_error, only=[hp.name])
-                logits_sae = rm.read_logits().save()
+                with model.trace(inputs):
+                    rm.splice(drop_error, only=[hp.name])
+                    logits_sae = rm.read_logits().save()
             ce, kl, _, _ = _next_token_stats(logits_sae, ids, clean_logp)
             a["ce_sae"] += ce
             a["kl_sae"] += kl
-            with model.trace(inputs):
-                _zero(model, hp, keep_first)
-                logits_zero = rm.read_logits().save()
+            if not from_block[hp.name]:
+                with model.trace(inputs):
+                    _zero(model, hp, keep_first)
+                    logits_zero = rm.read_logits().save()
             ce, kl, _, _ = _next_token_stats(logits_zero, ids, clean_logp)
             a["ce_zero"] += ce
             a["kl_zero"] += kl

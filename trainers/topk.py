@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .base import Trainer
+from .auxk import aux_k_loss_lowp
 
 AUX_ALPHA = 1 / 32
 
@@ -64,8 +65,8 @@ def sparse_topk(enc: torch.Tensor, b_enc: torch.Tensor, x_c: torch.Tensor, k: in
         if select_dtype is None or select_dtype == x_c.dtype:
             values, idx = (x_c @ enc.T + b_enc).topk(k, dim=-1)
         else:
-            low = x_c.to(select_dtype) @ enc.to(select_dtype).T + b_enc.to(select_dtype)
-            idx = low.topk(k, dim=-1).indices.sort(dim=-1).values
+            low = torch.addmm(b_enc.to(select_dtype), x_c.to(select_dtype), enc.to(select_dtype).T)
+            idx = low.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
             B = x_c.shape[0]
             crow = torch.arange(0, B * k + 1, k, device=idx.device)
             pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1), torch.zeros(B * k, dtype=x_c.dtype,
@@ -79,16 +80,22 @@ def sparse_topk(enc: torch.Tensor, b_enc: torch.Tensor, x_c: torch.Tensor, k: in
 class TopKTrainer(Trainer):
     architecture = "topk"
     default_lr = 2e-3
-    select_dtype: torch.dtype | None = torch.bfloat16  # see `sparse_topk`
+    # Matmul dtype of the step (`trainers.precision`; train_saes sets it from TrainConfig.precision):
+    # bf16 selects the top k with a bf16 matmul (`sparse_topk`) and runs aux-k in bf16 (`auxk`).
+    compute_dtype: torch.dtype | None = torch.bfloat16
 
     def loss(self, x: torch.Tensor, step: int):
         k = self.spec.k
         x_c = x - self.b_dec
-        vals, idx = sparse_topk(self.enc, self.b_enc, x_c, k, self.select_dtype)
+        vals, idx = sparse_topk(self.enc, self.b_enc, x_c, k, self.compute_dtype)
         x_hat = nn.functional.embedding_bag(idx, self.dec, per_sample_weights=vals, mode="sum") + self.b_dec
         fvu = self.fvu(x, x_hat)
         k_aux = self.spec.extra.get("k_aux", max(1, self.spec.d_in // 2))
-        aux = self.aux_k_loss(x_c, x - x_hat, k_aux)
+        if self.compute_dtype is None:
+            aux = self.aux_k_loss(x_c, x - x_hat, k_aux)
+        else:
+            aux = aux_k_loss_lowp(self.enc, self.dec, self.b_enc, self.dead_mask(), x_c, x - x_hat,
+                                  k_aux, self.compute_dtype)
         fired = torch.unique(idx[vals > 0])
         l0 = float((vals > 0).sum()) / x.shape[0]
         return fvu + AUX_ALPHA * aux, {"fvu": fvu.item(), "aux": aux.item(), "l0": l0}, fired

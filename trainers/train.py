@@ -32,14 +32,14 @@ from saecircuits.models import model_device, model_name_of
 from saecircuits.sae import ARCHITECTURES, SAESet
 
 from .activations import ActivationCache, ActivationStream, windows_key
-from . import distributed
+from . import distributed, precision
 from .base import SAESpec, Trainer
 from .corpus import TokenCorpus, default_corpus, load_corpus
 
 CHECKPOINT = "checkpoint.safetensors"
 # Fields that may change between a run and its resumption.
 RESUMABLE = {"out", "resume", "device", "cache_activations", "eval_tokens", "checkpoint_every",
-             "stop_at_step", "progress", "model_batch"}
+             "stop_at_step", "progress", "model_batch", "precision"}
 
 
 @dataclass
@@ -62,6 +62,8 @@ class TrainConfig:
     stop_at_step: stop after this many steps as if interrupted (checkpoint written).
     autocast: run the harvesting forward under torch.autocast in this dtype ("bfloat16":
         ~2× faster on CPU, activations within ~0.6% of float32); None: the model's own dtype.
+    precision: the SAE step's matmul precision, "auto" | "fp32" | "bf16" (`trainers.precision`;
+        auto = bf16 where the CPU/GPU has fast bf16 matmuls; weights and Adam stay float32).
     """
 
     hooks: list[str] = field(default_factory=lambda: ["resid.10"])
@@ -91,6 +93,7 @@ class TrainConfig:
     stop_at_step: int | None = None
     progress: bool = True
     autocast: str | None = "bfloat16"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.hooks, str):
@@ -108,6 +111,9 @@ class TrainConfig:
             raise ConfigError(f"context must be at least 2 tokens, got {self.context}")
         if self.autocast not in (None, "bfloat16", "float16"):
             raise ConfigError(f"autocast must be None, 'bfloat16' or 'float16', got {self.autocast!r}")
+        if self.precision not in precision.PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(precision.PRECISIONS)}, "
+                              f"got {self.precision!r}")
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
         for name in ("k", "expansion"):
@@ -323,6 +329,10 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(20_000, cfg.tokens // 10)))
     trainers = {s.name: make_trainer(s, total_steps, cfg.seed + i, dead_tokens, device)
                 for i, s in enumerate(specs)}
+    step_dtype = precision.resolve(cfg.precision, device)
+    for tr in trainers.values():
+        if hasattr(tr, "compute_dtype"):
+            tr.compute_dtype = step_dtype
     fingerprint = _config_fingerprint(cfg, key)
     created = out is not None and not out.exists()
     if out is not None:  # only now, so that a bad config leaves no directory behind
@@ -400,7 +410,8 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
     for spec in specs:
         meta = {"tokens": cfg.tokens, "steps_done": last_step, "batch": batch, "context": cfg.context,
                 "lr": trainers[spec.name].lr, "seed": cfg.seed, "corpus": tc.fingerprint,
-                "trainer": spec.architecture, "final_train_ev": 1 - stats.get(spec.name, {"fvu": 1})["fvu"],
+                "trainer": spec.architecture, "precision": "bf16" if step_dtype else "fp32",
+                "final_train_ev": 1 - stats.get(spec.name, {"fvu": 1})["fvu"],
                 "train_seconds": round(elapsed, 1),
                 "train_tokens_per_s": round((last_step - start) * batch / max(elapsed, 1e-9), 1)}
         saes[spec.name] = trainers[spec.name].to_sae(scales[spec.hook], model_name, meta)

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "2024, Karvonen et al. 2025); 0: off")
     parser.add_argument("--kl-lr", type=positive_float, default=5e-5, help="learning rate of the KL fine-tune")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                        help="SAE step matmul precision (auto: bf16 where the CPU/GPU has fast bf16)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> dict:
                       lr=args.lr, l1=args.l1, seed=args.seed, out=args.out, corpus=args.corpus,
                       cache_activations=args.cache_activations, resume=args.resume,
                       device=args.device, prepend_bos=args.prepend_bos, eval_tokens=args.eval_tokens,
-                      checkpoint_every=args.checkpoint_every, progress=not args.quiet)
+                      checkpoint_every=args.checkpoint_every, progress=not args.quiet,
+                      precision=args.precision)
     from trainers.kl_finetune import KLFinetuneConfig
 
     kl_cfg = (KLFinetuneConfig(tokens=args.kl_finetune_tokens, lr=args.kl_lr,

@@ -148,8 +148,8 @@ def ica_basis(acts: torch.Tensor, max_iter: int = 200, tol: float = 1e-4, seed: 
         from sklearn.decomposition import FastICA
 
         ica = FastICA(whiten=False, max_iter=max_iter, tol=tol, random_state=seed)
-        ica.fit(z.numpy())
-        w = torch.as_tensor(ica.components_, dtype=torch.float64)
+        ica.fit(z.cpu().numpy())
+        w = torch.as_tensor(ica.components_, dtype=torch.float64, device=whiten.device)
         iters, change, backend = int(ica.n_iter_), float("nan"), "sklearn"
     else:
         w, iters, change = fastica_unmixing(z.T.contiguous(), max_iter, tol, seed)

@@ -410,7 +410,8 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
     for spec in specs:
         meta = {"tokens": cfg.tokens, "steps_done": last_step, "batch": batch, "context": cfg.context,
                 "lr": trainers[spec.name].lr, "seed": cfg.seed, "corpus": tc.fingerprint,
-                "trainer": spec.architecture, "precision": "bf16" if step_dtype else "fp32",
+                "trainer": spec.architecture,
+                "precision": "bf16" if getattr(trainers[spec.name], "compute_dtype", None) is not None else "fp32",
                 "final_train_ev": 1 - stats.get(spec.name, {"fvu": 1})["fvu"],
                 "train_seconds": round(elapsed, 1),
                 "train_tokens_per_s": round((last_step - start) * batch / max(elapsed, 1e-9), 1)}

@@ -73,8 +73,10 @@ def test_invariant4_patch_everything_and_nothing(setup):
     assert ev.completeness(every) == pytest.approx(0.0, abs=1e-4)
     with pytest.raises(GraphError, match="circuit is empty"):
         ev.faithfulness([])
-    curve = faithfulness_curve(Evaluator(model, saes, states, "mean"), attrib_scores(states, HOOKS),
-                               sizes=(1, 5, 48 * 3))
+    # mean targets are per token length (issue 13): rank with the mean-ablation estimate
+    mean_states = ab.prepare(model, saes, chunks, "mean", ab.dataset_means(model, saes, chunks))
+    curve = faithfulness_curve(Evaluator(model, saes, states, "mean"),
+                               attrib_scores(mean_states, HOOKS), sizes=(1, 5, 48 * 3))
     assert [c["features"] for c in curve][:2] == [1, 5]
     assert curve[-1]["faithfulness"] == pytest.approx(1.0, abs=0.01)   # zero-effect features ablated
     scores = attrib_scores(states, HOOKS)

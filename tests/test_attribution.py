@@ -372,3 +372,19 @@ def test_trace_cli_per_prompt_and_warnings(tiny, tiny_dir, tmp_path, capsys):
         assert s["n"] == 1 and (p / "nodes.csv").exists()
     assert main(base + ["--n", "1", "--ablation", "mean", "--out", str(tmp_path / "bad")]) == 2
     assert "F(M) = F(∅)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_one_prompt_trace_with_defaults(smol, tmp_path, capsys):
+    """Issue 13: `trace` on ONE real IOI prompt with every default exits 0, faithfulness defined
+    (patch evaluation by default; the mean of one prompt is reported as undefined, not used)."""
+    random_saes(["resid.6", "resid.16", "resid.24"], 576, 1024, model_name="SmolLM2-135M-Instruct"
+                ).save(tmp_path / "saes")
+    out = tmp_path / "one"
+    assert main(["trace", "--saes", str(tmp_path / "saes"), "--task", "ioi", "--n", "1",
+                 "--out", str(out), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n"] == 1 and s["eval_ablation"] == "patch"
+    assert math.isfinite(s["faithfulness"]) and math.isfinite(s["edge_faithfulness"])
+    assert s["evaluation"]["mean"]["faithfulness"] is None and isinstance(s["warnings"], list)
+    assert json.loads((out / "summary.json").read_text())["faithfulness"] == s["faithfulness"]

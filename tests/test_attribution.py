@@ -269,7 +269,7 @@ def test_positional_nodes_mean_one_token_per_template(tiny, monkeypatch):
     pos_nodes = [d for _, d in graph.nodes(data=True) if d["kind"] in ("feature", "error")]
     assert pos_nodes and all(isinstance(d["pos"], int) for d in pos_nodes)
     for d in pos_nodes:
-        assert d["token"] == graph.meta["prompt_tokens"][d["pos"]]
+        assert d["token"] == graph.meta["position_tokens"][d["pos"]]
         for t_i in {template[i] for i in kept}:
             toks = {tok.decode([row[d["pos"]]]) for row, i in zip(ids, kept) if template[i] == t_i}
             assert len(toks) == 1 or toks <= slots, (d, toks)   # one token, or one slot

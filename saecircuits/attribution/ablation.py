@@ -138,9 +138,9 @@ def check_positional(tok, task: Task) -> list[int]:
     if len(counts) > 1:
         listing = ", ".join(f"{L} tokens: {c}" for L, c in sorted(counts.items()))
         raise TaskError(f"task {task.name!r}: positional nodes need prompts of one token length "
-                        f"(one position = one token role), but the prompts have {listing}; keep one "
-                        f"length (--length {max(counts, key=counts.get)}) or trace without "
-                        "--positional")
+                        f"(one position = one token role), but the prompts have {listing}; keep "
+                        f"one length (--length {max(counts, key=counts.get)} or --length common) or "
+                        "trace without --positional")
     return lengths
 
 

@@ -39,7 +39,8 @@ class TraceConfig:
     eval_ablation: str | None = None      # None: patch when the task has patch prompts, else mean
     mean_from: "Task | str | None" = None  # reference set of the mean ablation (default: the task)
     mean_n: int = 64                       # prompts of a built-in `mean_from` task
-    length: int | None = None              # keep only the prompts of this token length
+    length: int | str | None = None        # keep only the prompts of this token length ("common":
+                                           # the most frequent length)
     seed: int = 0
     edges: bool = True
     edge_eval: bool = True                 # exact edge ablation of the final circuit
@@ -63,11 +64,11 @@ def feature_labels(rm: ReplacementModel, tok, nodes, top: int = 3) -> dict[Node,
 def build_graph(rm: ReplacementModel, tok, scores: NodeScores, nodes, edges: dict, meta: dict,
                 labels: bool = True) -> FeatureGraph:
     """A FeatureGraph with `nodes`, the metric node and `edges` (labels: logit-lens tokens;
-    positional nodes get a `token` attribute from `meta["prompt_tokens"]` when present)."""
+    positional nodes get a `token` attribute from `meta["position_tokens"]` when present)."""
     graph = FeatureGraph(meta=meta)
     labels = feature_labels(rm, tok, nodes) if labels else {}
     n_layers = rm.hf.config.num_hidden_layers
-    tokens = meta.get("prompt_tokens") or []
+    tokens = meta.get("position_tokens") or []
     for node in nodes:
         extra = ({"token": tokens[node.pos]} if node.pos is not None and node.pos < len(tokens)
                  else {})
@@ -134,7 +135,7 @@ def trace_config(cfg: TraceConfig | None = None, **overrides) -> TraceConfig:
 
 def load_task(tok, task: Task | str, n: int, seed: int, length: int | None = None) -> Task:
     """The task's first `n` prompts (a built-in name or .jsonl path is loaded), optionally only
-    those of `length` tokens (TaskError when none has that length)."""
+    those of `length` tokens (`"common"`: the most frequent length; TaskError when none has it)."""
     if isinstance(task, str):
         task = make_task(tok, task, n=n, seed=seed)
     elif isinstance(task, Task):
@@ -142,9 +143,11 @@ def load_task(tok, task: Task | str, n: int, seed: int, length: int | None = Non
     else:
         raise TaskError(f"task must be a Task, a built-in name or a .jsonl path, got {task!r}")
     if length is not None:
-        if not isinstance(length, int) or length < 2:
-            raise ConfigError(f"length must be an integer >= 2, got {length!r}")
         lengths = ab.token_lengths(tok, task.clean)
+        if length == "common":
+            length = max(sorted(set(lengths)), key=lengths.count)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+            raise ConfigError(f"length must be an integer >= 2 or 'common', got {length!r}")
         keep = [i for i, L in enumerate(lengths) if L == length]
         if not keep:
             raise TaskError(f"task {task.name!r} has no prompt of {length} tokens (lengths: "
@@ -263,8 +266,8 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
             "ablation": cfg.ablation, "n": len(task), "hooks": hooks, "positional": cfg.positional,
             "metric": f"{task.name} {task.metric_kind}",
             "metric_clean": scores.metric_clean, "prompt": task.clean[0]}
-    if plan.prompt_tokens:
-        meta["prompt_tokens"] = plan.prompt_tokens
+    if plan.prompt_tokens:   # each position's token role (export fills prompt_tokens itself)
+        meta["position_tokens"] = plan.prompt_tokens
     full = build_graph(rm, tok, scores, candidates, {}, meta, labels=False)
     pruned = prune_nodes(full, cfg.node_threshold, cfg.top_k, cfg.influence)
     kept = graph_nodes(pruned)

@@ -7,6 +7,18 @@ from .saes_args import add_saes_arguments, load_saes
 HELP = "trace a feature circuit (node effects, edges, pruning, faithfulness) for a task"
 
 
+def _length(text: str):
+    if text == "common":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 or 'common', got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_model_arguments, nonnegative_float, positive_int, unit_float
 
@@ -42,9 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "prompts of every token length traced")
     parser.add_argument("--mean-n", type=positive_int, default=64,
                         help="prompts of a built-in --mean-from task (default 64)")
-    parser.add_argument("--length", type=positive_int, default=None,
-                        help="keep only the prompts of this many tokens (e.g. for --positional, "
-                             "which needs one length)")
+    parser.add_argument("--length", type=_length, default=None, metavar="L|common",
+                        help="keep only the prompts of this many tokens, or of the most common "
+                             "length (e.g. for --positional, which needs one length)")
     parser.add_argument("--per-prompt", action="store_true",
                         help="also trace each prompt alone: one graph per prompt in "
                              "--out/prompts/NNN plus the aggregate, and the faithfulness "

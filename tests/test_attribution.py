@@ -372,6 +372,10 @@ def test_trace_cli_per_prompt_and_warnings(tiny, tiny_dir, tmp_path, capsys):
         assert s["n"] == 1 and (p / "nodes.csv").exists()
     assert main(base + ["--n", "1", "--ablation", "mean", "--out", str(tmp_path / "bad")]) == 2
     assert "F(M) = F(∅)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(base + ["--n", "12", "--positional", "--out", str(tmp_path / "bad")]) == 2
+    assert "one token length" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(base + ["--n", "1", "--mean-from", str(tmp_path / "nope.jsonl"), "--out",
+                        str(tmp_path / "bad")]) == 2
 
 
 @pytest.mark.slow

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
     import sys
 
     from ..attribution import trace_circuit
-    from ..attribution.circuit import check_saes, load_task, plan_trace, trace_config
+    from ..attribution.circuit import check_saes, plan_trace, trace_config
     from ..export.tables import write_csv
     from ..errors import SaecircuitsError, TaskError
     from ..fileio import atomic_dir, check_output_dir, write_json

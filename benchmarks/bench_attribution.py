@@ -123,6 +123,62 @@ def run_task(model, tok, saes, hooks, name, args, docs) -> dict:
     return res
 
 
+def semantics_task(model, tok, saes, hooks, name, args) -> dict:
+    """Issue 13: error nodes (attrib / IG vs exact), agreement incl. error nodes, exact edge
+    faithfulness beside node faithfulness (patch and mean evaluation), baseline spans."""
+    from saecircuits.attribution.edges import compute_edges
+    from saecircuits.attribution.evaluate import edge_faithfulness_linear
+    from saecircuits.attribution.nodes import node_scores
+    from saecircuits.graph import Node
+
+    res: dict = {"task": name, "n": args.n}
+    task = make_task(tok, name, n=args.n, seed=args.seed)
+    chunks = ab.chunks(tok, task, args.n)
+    states, res["t_prepare_s"] = timed(ab.prepare, model, saes, chunks, "patch")
+    attrib = attrib_scores(states, hooks)
+    ig, res["t_ig_s"] = timed(ig_scores, model, saes, states, hooks, steps=args.steps,
+                              max_rows=args.ig_rows, progress=False)
+    errs = [Node.error(h, None) for h in hooks]
+    exact_err, res["t_exact_errors_s"] = timed(exact_effects, model, saes, states, errs,
+                                               max_rows=args.exact_rows, progress=False)
+    res["error_nodes"] = {
+        e.hook: {"exact": exact_err[e], "attrib": attrib.effect(e), "ig": ig.effect(e)} for e in errs}
+    rel = lambda est: max(abs(est.effect(e) - exact_err[e]) / max(abs(exact_err[e]), 1e-9)
+                          for e in errs)
+    res["error_max_rel_err"] = {"attrib": rel(attrib), "ig": rel(ig), "default (exact)": 0.0}
+    for label, est in (("ig", ig), ("attrib", attrib)):
+        top = [nd for nd in est.nodes() if not nd.is_error][:args.top_agree]
+        exact = exact_effects(model, saes, states, top, max_rows=args.exact_rows, progress=False)
+        res[f"agreement_{label}_top{len(top)}_{label}_features"] = {
+            "ig": agreement(ig, exact), "attrib": agreement(attrib, exact)}
+        both = {**exact, **exact_err}
+        res[f"agreement_{label}_features_plus_errors"] = {
+            "ig": agreement(ig, both), "attrib": agreement(attrib, both)}
+    scores = node_scores(model, saes, states, hooks, "attrib", progress=False)  # default ranking
+    circuit = circuit_by_size(scores, args.top_agree)
+    edges, res["t_edges_s"] = timed(compute_edges, model, saes, states, hooks, circuit,
+                                    progress=False)
+    total, acc, kept = sum(abs(w) for w in edges.values()), 0.0, set()
+    for e, w in sorted(edges.items(), key=lambda kv: -abs(kv[1])):   # prune_edges' rule, 0.98
+        if acc >= 0.98 * total:
+            break
+        kept.add(e)
+        acc += abs(w)
+    for abl in ("patch", "mean"):
+        ev = Evaluator(model, saes, states, abl)
+        node_f = ev.faithfulness(circuit)
+        edge_f, t = timed(ev.edge_faithfulness, circuit, kept)
+        res[f"{abl}_eval"] = {
+            "F_model": ev.f_model, "F_empty": ev.f_empty, "baseline_span": ev.span_ratio(),
+            "node_faithfulness": node_f, "edge_faithfulness_exact": edge_f, "t_edge_eval_s": t,
+            "edge_faithfulness_linear": edge_faithfulness_linear(ev, circuit, edges, kept),
+            "completeness": ev.completeness(circuit)}
+    res["circuit"] = {"features": sum(1 for nd in circuit if not nd.is_error),
+                      "errors": sum(1 for nd in circuit if nd.is_error), "edges": len(edges),
+                      "edges_kept_0.98": len(kept)}
+    return res
+
+
 def cost_line(c: dict) -> str:
     return (f"Cost ({c['prompts']} prompts x {c['tokens_per_prompt']} tokens, graph of "
             f"{c['graph_nodes']} nodes / {c['graph_edges']} edges): one forward+backward "
@@ -198,6 +254,9 @@ def main() -> None:
     ap.add_argument("--exact-rows", type=int, default=128, help="rows per exact-patching forward")
     ap.add_argument("--cost-only", action="store_true",
                     help="only the graph-cost ratios (e.g. --tasks ioi --n 64 --top-agree 20)")
+    ap.add_argument("--semantics", action="store_true",
+                    help="issue-13 measurements only (error nodes, agreement incl. errors, exact "
+                         "edge faithfulness); writes --json only")
     ap.add_argument("--json", default="benchmarks/results_attribution.json")
     ap.add_argument("--md", default="benchmarks/results_attribution.md")
     args = ap.parse_args()
@@ -206,6 +265,13 @@ def main() -> None:
     model, tok = load_model(device="cpu")
     saes = SAESet.load(args.saes, model=model)
     hooks = ab.ordered_hooks(model, saes)
+    if args.semantics:
+        out = {"saes": args.saes, "hooks": hooks, "args": vars(args)}
+        for name in args.tasks.split(","):
+            out[name] = semantics_task(model, tok, saes, hooks, name, args)
+            print(json.dumps(out[name], indent=1))
+            Path(args.json).write_text(json.dumps(out, indent=1, default=str))
+        return
     docs = []
     if args.docs and not args.cost_only:
         from trainers.corpus import default_corpus

@@ -32,7 +32,7 @@ def main() -> None:
     model, tok = load_model()
     saes = SAESet.load(args.saes, model=model, device=model_device(model))
     graph, summary = trace_circuit(model, tok, saes, args.task, n=args.n, top_k=args.top_k,
-                                   positional=True)
+                                   positional=True, length="common")
     print(f"circuit: {summary['feature_nodes']} features, {summary['error_nodes']} error nodes, "
           f"{summary['edges']} edges, faithfulness {summary['faithfulness']:.3f}")
     features = sorted({(d["hook"], d["feature"]) for _, d in graph.nodes(data=True)

@@ -193,7 +193,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         summary["circuits"][task] = info
         _say(f"  {task}: clean metric {info['metric_clean']:.2f}, accuracy {info['accuracy_clean']:.2f}, "
              f"faithfulness {info['faithfulness']:.2f}, completeness {info['completeness']:.2f}, "
-             f"{info['feature_nodes']} feature + {info['error_nodes']} error nodes, {info['edges']} edges", start)
+             f"{info['feature_nodes']} feature + {info['error_nodes']} error nodes, {info['edges']} edges "
+             f"({info['eval_ablation']} evaluation)", start)
+        for warning in info.get("warnings", []):
+            _say(f"  warning: {warning}", start)
 
     features = {task: top_features(g, 5) for task, g in graphs.items()}
     all_nodes = sorted({(h, f) for g in graphs.values() for _, d in g.nodes(data=True)

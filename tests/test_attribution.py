@@ -1,5 +1,6 @@
 """Attribution engine: design invariants 3 and 4, edges, pruning, trace_circuit and the CLI."""
 import json
+import math
 
 import pytest
 import torch
@@ -72,8 +73,10 @@ def test_invariant4_patch_everything_and_nothing(setup):
     assert ev.completeness(every) == pytest.approx(0.0, abs=1e-4)
     with pytest.raises(GraphError, match="circuit is empty"):
         ev.faithfulness([])
-    curve = faithfulness_curve(Evaluator(model, saes, states, "mean"), attrib_scores(states, HOOKS),
-                               sizes=(1, 5, 48 * 3))
+    # mean targets are per token length (issue 13): rank with the mean-ablation estimate
+    mean_states = ab.prepare(model, saes, chunks, "mean", ab.dataset_means(model, saes, chunks))
+    curve = faithfulness_curve(Evaluator(model, saes, states, "mean"),
+                               attrib_scores(mean_states, HOOKS), sizes=(1, 5, 48 * 3))
     assert [c["features"] for c in curve][:2] == [1, 5]
     assert curve[-1]["faithfulness"] == pytest.approx(1.0, abs=0.01)   # zero-effect features ablated
     scores = attrib_scores(states, HOOKS)
@@ -218,3 +221,174 @@ def test_pruning_rules_on_a_hand_built_graph():
         prune_nodes(g, top_k=2, threshold=1.0)
     with pytest.raises(ConfigError, match="influence must be a share"):
         prune_nodes(g, influence=1.5)
+
+
+# -- issue 13: tracing that means what it says ---------------------------------------------
+def _templated_ioi(tok, per=3):
+    """IOI prompts from every template (mixed token lengths), with each prompt's template index."""
+    from saecircuits.tasks import from_records
+    from saecircuits.tasks.ioi import TEMPLATES, ioi_task
+
+    records, template = [], []
+    for t_i, t in enumerate(TEMPLATES):
+        rows = ioi_task(tok, n=per, seed=t_i, templates=[t]).to_records()
+        records += rows
+        template += [t_i] * len(rows)
+    return from_records(tok, records, name="ioi"), template
+
+
+def _no_model_pass(monkeypatch):
+    from saecircuits.replacement import ReplacementModel
+
+    def boom(*a, **k):
+        raise AssertionError("a model pass ran before the check")
+
+    monkeypatch.setattr(ReplacementModel, "run", boom)
+    monkeypatch.setattr(ab, "values", boom)
+
+
+def test_positional_nodes_mean_one_token_per_template(tiny, monkeypatch):
+    from saecircuits.tasks.ioi import OBJECTS, PLACES, single_token_names
+
+    model, tok = tiny
+    saes = random_saes(HOOKS, 64, 48)
+    task, template = _templated_ioi(tok)
+    lengths = ab.token_lengths(tok, task.clean)
+    assert len(set(lengths)) > 1                     # mixed lengths: refused before any pass
+    with monkeypatch.context() as m:
+        _no_model_pass(m)
+        with pytest.raises(TaskError, match="one token length"):
+            trace_circuit(model, tok, saes, task, positional=True, progress=False)
+    L = max(set(lengths), key=lengths.count)
+    graph, summary = trace_circuit(model, tok, saes, task, positional=True, length=L, top_k=20,
+                                   edge_influence=1.0, progress=False)
+    assert summary["n"] == lengths.count(L)
+    slots = {" " + n for n in single_token_names(tok) + OBJECTS + PLACES}   # the template's slots
+    kept = [i for i, n in enumerate(lengths) if n == L]
+    ids = tok([task.clean[i] for i in kept])["input_ids"]
+    pos_nodes = [d for _, d in graph.nodes(data=True) if d["kind"] in ("feature", "error")]
+    assert pos_nodes and all(isinstance(d["pos"], int) for d in pos_nodes)
+    for d in pos_nodes:
+        assert d["token"] == graph.meta["position_tokens"][d["pos"]]
+        for t_i in {template[i] for i in kept}:
+            toks = {tok.decode([row[d["pos"]]]) for row, i in zip(ids, kept) if template[i] == t_i}
+            assert len(toks) == 1 or toks <= slots, (d, toks)   # one token, or one slot
+
+
+def test_mean_targets_are_per_length_and_position(tiny):
+    model, tok = tiny
+    saes = random_saes(HOOKS, 64, 48)
+    task, _ = _templated_ioi(tok, per=2)
+    chunks = ab.chunks(tok, task, 4)
+    means = ab.dataset_means(model, saes, chunks)
+    lengths = ab.token_lengths(tok, task.clean)
+    assert sorted(means.by_length) == sorted(set(lengths))
+    vals = [ab.values(sc.attribution.circuit.check_saes(model, saes), c.clean) for c in chunks]
+    h = HOOKS[1]
+    L = lengths[0]
+    rows = [(ci, b) for ci, c in enumerate(chunks) for b, n in enumerate(ab.lengths_of(c)) if n == L]
+    T = chunks[0].valid.shape[1]
+    expect = torch.stack([vals[ci][h][0][b, T - L:] for ci, b in rows]).mean(0)
+    torch.testing.assert_close(means.by_length[L][h][0], expect)
+    st = ab.prepare(model, saes, chunks[:1], "mean", means)[0]
+    tgt = st.f[h] + st.delta_f[h]
+    b = 1
+    Lb = ab.lengths_of(chunks[0])[b]
+    torch.testing.assert_close(tgt[b, T - Lb + 1:], means.by_length[Lb][h][0][1:])
+    torch.testing.assert_close(tgt[b, T - Lb], st.f[h][b, T - Lb])   # first token keeps clean
+
+
+def test_one_prompt_trace_defaults_and_early_checks(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    saes = random_saes(HOOKS, 64, 48)
+    graph, summary = trace_circuit(model, tok, saes, "ioi", n=1, top_k=10, edge_influence=1.0,
+                                   progress=False)
+    assert summary["eval_ablation"] == "patch" and summary["n"] == 1
+    assert summary["faithfulness"] is not None and torch.isfinite(torch.tensor(summary["faithfulness"]))
+    assert summary["evaluation"]["mean"]["faithfulness"] is None   # the mean of one prompt is itself
+    assert "F(M) = F(∅)" in summary["evaluation"]["mean"]["error"]
+    assert isinstance(summary["warnings"], list) and summary["edge_faithfulness"] is not None
+    assert summary["baseline_span"] == pytest.approx(
+        abs(summary["metric_clean"] - summary["metric_all_ablated"]) / abs(summary["metric_clean"]))
+    g2, s2 = trace_circuit(model, tok, saes, "ioi", n=1, top_k=10, edge_influence=1.0,
+                           mean_from="ioi", mean_n=24, progress=False)
+    assert s2["evaluation"]["mean"]["faithfulness"] is not None
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"clean_prefix": "A b c d e f g h i j k l m n o p q r s t u v",
+                                 "patch_prefix": None, "clean_answer": " x", "patch_answer": " y"})
+                     + "\n")
+    with monkeypatch.context() as m:
+        _no_model_pass(m)
+        with pytest.raises(ConfigError, match="F\\(M\\) = F\\(∅\\)"):
+            trace_circuit(model, tok, saes, "ioi", n=1, eval_ablation="mean", progress=False)
+        with pytest.raises(TaskError, match="reference"):
+            trace_circuit(model, tok, saes, "ioi", n=1, eval_ablation="mean",
+                          mean_from=str(other), progress=False)
+    assert_model_clean(model)
+
+
+def test_error_nodes_scored_by_exact_patching(setup):
+    model, _, saes, _, _, states = setup
+    for method in ("attrib", "ig"):
+        sc_ = node_scores(model, saes, states, HOOKS, method, steps=4, progress=False)
+        errs = [Node.error(h, None) for h in HOOKS]
+        ex = exact_effects(model, saes, states, errs, progress=False)
+        for nd in errs:
+            assert sc_.effect(nd) == pytest.approx(ex[nd], abs=1e-6)
+        assert sc_.info["error_method"] == "exact"
+
+
+def test_invariant9_exact_edge_ablation(setup):
+    model, _, saes, _, _, states = setup
+    ev = Evaluator(model, saes, states, "patch")
+    est = node_scores(model, saes, states, HOOKS, "attrib", progress=False)
+    nodes = circuit_by_size(est, 6, errors="all")
+    order = {h: i for i, h in enumerate(HOOKS)}
+    every = {(u, v) for u in nodes for v in nodes if order[u.hook] < order[v.hook]}
+    every |= {(u, Node.metric()) for u in nodes}
+    assert ev.edge_metric(nodes, every) == pytest.approx(ev.metric(nodes), abs=1e-4)
+    assert ev.edge_metric(nodes, set()) == pytest.approx(ev.f_empty, abs=1e-4)
+    assert any(nd.hook == HOOKS[0] for nd in nodes)
+    cut = {(u, v) for u, v in every if u.hook != HOOKS[0]}       # remove the first hook's edges
+    mid = ev.edge_metric(nodes, cut)
+    assert math.isfinite(mid) and abs(mid - ev.metric(nodes)) > 1e-6
+    assert_model_clean(model)
+
+
+def test_trace_cli_per_prompt_and_warnings(tiny, tiny_dir, tmp_path, capsys):
+    model, tok = tiny
+    saes = random_saes(HOOKS, 64, 48)
+    saes.save(tmp_path / "saes")
+    out = tmp_path / "pp"
+    base = ["trace", "--model", str(tiny_dir("llama")), "--device", "cpu", "--saes",
+            str(tmp_path / "saes"), "--task", "ioi", "--top-k", "8", "--edge-influence", "1.0"]
+    assert main(base + ["--n", "2", "--per-prompt", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    dist = printed["per_prompt"]["faithfulness"]
+    assert dist["n"] + dist["undefined"] == 2
+    assert {p.name for p in (out / "prompts").iterdir()} <= {"000", "001"}
+    for p in (out / "prompts").iterdir():
+        s = json.loads((p / "summary.json").read_text())
+        assert s["n"] == 1 and (p / "nodes.csv").exists()
+    assert main(base + ["--n", "1", "--ablation", "mean", "--out", str(tmp_path / "bad")]) == 2
+    assert "F(M) = F(∅)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(base + ["--n", "12", "--positional", "--out", str(tmp_path / "bad")]) == 2
+    assert "one token length" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(base + ["--n", "1", "--mean-from", str(tmp_path / "nope.jsonl"), "--out",
+                        str(tmp_path / "bad")]) == 2
+
+
+@pytest.mark.slow
+def test_smollm2_one_prompt_trace_with_defaults(smol, tmp_path, capsys):
+    """Issue 13: `trace` on ONE real IOI prompt with every default exits 0, faithfulness defined
+    (patch evaluation by default; the mean of one prompt is reported as undefined, not used)."""
+    random_saes(["resid.6", "resid.16", "resid.24"], 576, 1024, model_name="SmolLM2-135M-Instruct"
+                ).save(tmp_path / "saes")
+    out = tmp_path / "one"
+    assert main(["trace", "--saes", str(tmp_path / "saes"), "--task", "ioi", "--n", "1",
+                 "--out", str(out), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["n"] == 1 and s["eval_ablation"] == "patch"
+    assert math.isfinite(s["faithfulness"]) and math.isfinite(s["edge_faithfulness"])
+    assert s["evaluation"]["mean"]["faithfulness"] is None and isinstance(s["warnings"], list)
+    assert json.loads((out / "summary.json").read_text())["faithfulness"] == s["faithfulness"]

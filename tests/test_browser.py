@@ -111,7 +111,7 @@ def test_click_node_shows_its_dashboard(tiny, tmp_path):
     saes = SAESet({"resid.0": SAE.random(SAEConfig("relu", d, 32, hook="resid.0"), seed=1),
                    "mlp.1": SAE.random(SAEConfig("topk", d, 48, k=6, hook="mlp.1"), seed=3),
                    "resid.2": SAE.random(SAEConfig("topk", d, 48, k=6, hook="resid.2"), seed=2)})
-    graph, _ = trace_circuit(model, tok, saes, "ioi", n=8, top_k=24, positional=True,
+    graph, _ = trace_circuit(model, tok, saes, "ioi", n=8, top_k=24, positional=True, length="common",
                              batch_size=8, progress=False)
     features = sorted({(a["hook"], a["feature"]) for _, a in graph.nodes(data=True)
                        if a["kind"] == "feature"})

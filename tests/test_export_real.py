@@ -18,7 +18,7 @@ def traced(tiny):
     d = unwrap(model).config.hidden_size
     saes = SAESet({h: SAE.random(SAEConfig("topk", d, 48, k=6, hook=h), seed=i)
                    for i, h in enumerate(["resid.0", "mlp.1", "resid.2"])})
-    graph, summary = trace_circuit(model, tok, saes, "ioi", n=8, top_k=20, positional=True,
+    graph, summary = trace_circuit(model, tok, saes, "ioi", n=8, top_k=20, positional=True, length="common",
                                    batch_size=8, progress=False)
     return graph, summary, saes
 

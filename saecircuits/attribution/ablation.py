@@ -7,7 +7,9 @@ deltas `target − clean` for the chosen ablation (zero at padding positions):
 
     patch     target = the patch prompt's values
     zero      target = 0
-    mean      target = per-position mean over the clean prompts (`dataset_means`)
+    mean      target = per-position mean over the clean prompts of the same token length
+              (`dataset_means`: prompts of one length share one template, so each position is
+              one token role; positions are counted from the prompt's own first token)
     resample  target = the clean values of another prompt of the chunk (seeded permutation)
 
 Each prompt's first token (the attention sink, never seen by the SAEs in training) keeps its
@@ -118,6 +120,45 @@ def chunks(tok, task: Task, batch_size: int) -> list[Chunk]:
     return out
 
 
+def token_lengths(tok, prompts) -> list[int]:
+    """Token length of each prompt, tokenized as `encode_inputs` does (no model pass)."""
+    return [len(ids) for ids in tok(list(prompts))["input_ids"]]
+
+
+def check_positional(tok, task: Task) -> list[int]:
+    """Positional nodes need one token role per position: all prompts of one token length.
+
+    Prompts of one length are left-padded to nothing, so position p is the p-th token of every
+    prompt (one template slot). Mixed lengths are refused here, before any model pass, naming
+    the lengths and how to keep one (`length=` / `--length`). Returns the lengths."""
+    lengths = token_lengths(tok, task.clean)
+    counts: dict[int, int] = {}
+    for L in lengths:
+        counts[L] = counts.get(L, 0) + 1
+    if len(counts) > 1:
+        listing = ", ".join(f"{L} tokens: {c}" for L, c in sorted(counts.items()))
+        raise TaskError(f"task {task.name!r}: positional nodes need prompts of one token length "
+                        f"(one position = one token role), but the prompts have {listing}; keep "
+                        f"one length (--length {max(counts, key=counts.get)} or --length common) or "
+                        "trace without --positional")
+    return lengths
+
+
+def position_tokens(tok, task: Task) -> list[str]:
+    """For a one-length task, the token string at each position: the common token, or
+    `"most common|…(k)"` where the prompts differ (a slot such as a name)."""
+    ids = tok(list(task.clean))["input_ids"]
+    out = []
+    for p in range(len(ids[0])):
+        counts: dict[str, int] = {}
+        for row in ids:
+            t = tok.decode([row[p]])
+            counts[t] = counts.get(t, 0) + 1
+        top = max(counts, key=counts.get)
+        out.append(top if len(counts) == 1 else f"{top}|…({len(counts)})")
+    return out
+
+
 def to_device(inputs: Mapping[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in inputs.items()}
 
@@ -187,28 +228,57 @@ def values(rm: ReplacementModel, inputs) -> dict[str, tuple[torch.Tensor, torch.
     return dict(store)
 
 
+def lengths_of(chunk: Chunk) -> list[int]:
+    """Token length of each prompt of a chunk (left padding: prompt b fills the last L columns)."""
+    return chunk.valid.sum(1).tolist()
+
+
+@dataclass
+class Means:
+    """Mean-ablation targets per prompt length: `by_length[L][hook] = (f [L, d_sae], err [L, d_in])`,
+    position p of a length-L prompt is the mean of position p over the reference prompts of
+    length L (first tokens excluded). `counts[L]`: how many reference prompts had length L."""
+
+    by_length: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]
+    counts: dict[int, int]
+
+    def check_lengths(self, lengths, what: str = "the task") -> None:
+        """TaskError naming the lengths of `lengths` that have no mean (before any model pass)."""
+        missing = sorted(set(lengths) - set(self.by_length))
+        if missing:
+            raise TaskError(f"mean ablation: {what} has prompts of {missing} token(s) but the mean "
+                            f"reference set only has lengths {sorted(self.by_length)}; means are "
+                            "taken per token position, so the reference needs prompts of every "
+                            "length traced")
+
+
+def check_mean_reference(counts: Mapping[int, int], lengths, what: str) -> None:
+    """ConfigError when every prompt's mean comes from that prompt alone (F(M) = F(∅))."""
+    used = {L: counts.get(L, 0) for L in set(lengths)}
+    if used and all(c <= 1 for c in used.values()):
+        raise ConfigError(f"mean ablation of {what}: each prompt length {sorted(used)} has a single "
+                          "reference prompt, so the mean is the prompt itself and F(M) = F(∅); "
+                          "use patch ablation or take means from a reference set (--mean-from "
+                          "FILE|task)")
+
+
 @bound
-def dataset_means(rm: ReplacementModel, all_chunks: list[Chunk]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """hook -> (mean f `[T, d_sae]`, mean err `[T, d_in]`): per position (column of the padded
-    batch), the mean over the clean prompts that have a real, non-first token there
-    (feature-circuits' mean ablation keeps positions); other columns take the overall mean."""
-    sums: dict = {}
-    count = None
+def dataset_means(rm: ReplacementModel, all_chunks: list[Chunk]) -> Means:
+    """Per-length, per-position means of the clean values of `all_chunks` (see `Means`)."""
+    sums: dict[int, dict] = {}
+    counts: dict[int, int] = {}
     for ch in all_chunks:
         vals = values(rm, ch.clean)
-        m = ch.ablatable.to(next(iter(vals.values()))[0].device).unsqueeze(-1).float()
-        count = m.sum(0) if count is None else count + m.sum(0)
-        for h, (f, e) in vals.items():
-            sf, se = sums.get(h, (0.0, 0.0))
-            sums[h] = (sf + (f * m).sum(0), se + (e * m).sum(0))
-    out = {}
-    for h, (sf, se) in sums.items():
-        means = []
-        for total in (sf, se):
-            overall = total.sum(0) / count.sum()
-            means.append(torch.where(count > 0, total / count.clamp(min=1), overall))
-        out[h] = (means[0], means[1])
-    return out
+        T = ch.valid.shape[1]
+        for b, L in enumerate(lengths_of(ch)):
+            counts[L] = counts.get(L, 0) + 1
+            acc = sums.setdefault(L, {})
+            for h, (f, e) in vals.items():
+                sf, se = acc.get(h, (0.0, 0.0))
+                acc[h] = (sf + f[b, T - L:], se + e[b, T - L:])
+    out = {L: {h: (sf / counts[L], se / counts[L]) for h, (sf, se) in acc.items()}
+           for L, acc in sums.items()}
+    return Means(out, counts)
 
 
 @bound
@@ -225,8 +295,17 @@ def targets(rm: ReplacementModel, chunk: Chunk, clean_vals, ablation: str, means
     elif ablation == "mean":
         if means is None:
             raise ConfigError("mean ablation needs dataset means")
-        raw = {h: (means[h][0].expand_as(f), means[h][1].expand_as(e))
-               for h, (f, e) in clean_vals.items()}
+        lengths = lengths_of(chunk)
+        means.check_lengths(lengths, f"task {chunk.task.name!r}")
+        raw = {}
+        for h, (f, e) in clean_vals.items():
+            tf, te = f.clone(), e.clone()
+            T = f.shape[1]
+            for b, L in enumerate(lengths):
+                mf, me = means.by_length[L][h]
+                tf[b, T - L:] = mf.to(f.device, f.dtype)
+                te[b, T - L:] = me.to(e.device, e.dtype)
+            raw[h] = (tf, te)
     elif ablation == "resample":
         n = len(chunk.task)
         gen = torch.Generator().manual_seed(seed)

@@ -16,7 +16,7 @@ from ..sae import SAE
 from ..tasks import Task, make_task
 from . import ablation as ab
 from .edges import compute_edges
-from .evaluate import Evaluator
+from .evaluate import Evaluator, error_share, trace_warnings
 from ..graph import FeatureGraph, Node
 from .nodes import NodeScores, node_scores
 from .prune import prune_edges, prune_nodes, remove_dangling
@@ -36,9 +36,14 @@ class TraceConfig:
     positional: bool = False
     steps: int = 10
     batch_size: int = 32
-    eval_ablation: str = "mean"
+    eval_ablation: str | None = None      # None: patch when the task has patch prompts, else mean
+    mean_from: "Task | str | None" = None  # reference set of the mean ablation (default: the task)
+    mean_n: int = 64                       # prompts of a built-in `mean_from` task
+    length: int | str | None = None        # keep only the prompts of this token length ("common":
+                                           # the most frequent length)
     seed: int = 0
     edges: bool = True
+    edge_eval: bool = True                 # exact edge ablation of the final circuit
     progress: bool = True
 
 
@@ -58,15 +63,19 @@ def feature_labels(rm: ReplacementModel, tok, nodes, top: int = 3) -> dict[Node,
 
 def build_graph(rm: ReplacementModel, tok, scores: NodeScores, nodes, edges: dict, meta: dict,
                 labels: bool = True) -> FeatureGraph:
-    """A FeatureGraph with `nodes`, the metric node and `edges` (labels: logit-lens tokens)."""
+    """A FeatureGraph with `nodes`, the metric node and `edges` (labels: logit-lens tokens;
+    positional nodes get a `token` attribute from `meta["position_tokens"]` when present)."""
     graph = FeatureGraph(meta=meta)
     labels = feature_labels(rm, tok, nodes) if labels else {}
     n_layers = rm.hf.config.num_hidden_layers
+    tokens = meta.get("position_tokens") or []
     for node in nodes:
+        extra = ({"token": tokens[node.pos]} if node.pos is not None and node.pos < len(tokens)
+                 else {})
         graph.add_node(node.id, kind=node.kind, hook=node.hook,
                        layer=rm.sites[node.hook].layer, pos=node.pos, feature=node.feature,
                        activation=scores.activation(node), effect=scores.effect(node),
-                       label=labels.get(node, ""))
+                       label=labels.get(node, ""), **extra)
     graph.add_node("metric", kind="metric", layer=n_layers, effect=meta.get("metric_clean", 0.0),
                    label=meta.get("metric", "metric"))
     for (u, v), w in edges.items():
@@ -124,6 +133,94 @@ def trace_config(cfg: TraceConfig | None = None, **overrides) -> TraceConfig:
     return cfg
 
 
+def load_task(tok, task: Task | str, n: int, seed: int, length: int | None = None) -> Task:
+    """The task's first `n` prompts (a built-in name or .jsonl path is loaded), optionally only
+    those of `length` tokens (`"common"`: the most frequent length; TaskError when none has it)."""
+    if isinstance(task, str):
+        task = make_task(tok, task, n=n, seed=seed)
+    elif isinstance(task, Task):
+        task = task.take(slice(0, n))
+    else:
+        raise TaskError(f"task must be a Task, a built-in name or a .jsonl path, got {task!r}")
+    if length is not None:
+        lengths = ab.token_lengths(tok, task.clean)
+        if length == "common":
+            length = max(sorted(set(lengths)), key=lengths.count)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+            raise ConfigError(f"length must be an integer >= 2 or 'common', got {length!r}")
+        keep = [i for i, L in enumerate(lengths) if L == length]
+        if not keep:
+            raise TaskError(f"task {task.name!r} has no prompt of {length} tokens (lengths: "
+                            f"{sorted(set(lengths))})")
+        task = task.take(keep)
+    return task
+
+
+@dataclass
+class Plan:
+    """Everything `trace_circuit` checks before its first model pass."""
+
+    task: Task
+    lengths: list[int]
+    eval_ablation: str
+    evaluations: list[str]        # ablations the summary evaluates under (patch, mean)
+    mean_ref: Task | None         # reference prompts of the mean ablation (None: no mean)
+    mean_note: str | None         # why mean evaluation is left out, if it is
+    prompt_tokens: list[str]
+
+
+def plan_trace(rm: ReplacementModel, tok, task: Task | str, cfg: TraceConfig) -> Plan:
+    """Load the task and run every check that can fail before any model pass: option values,
+    prompt lengths, positional alignment, mean reference set and degenerate mean baselines."""
+    from ..limits import check_tokens
+
+    task = load_task(tok, task, cfg.n, cfg.seed, cfg.length)
+    ab.check_ablation(cfg.ablation, task)
+    eval_ablation = cfg.eval_ablation or ("patch" if task.patch is not None else "mean")
+    ab.check_ablation(eval_ablation, task)
+    if not isinstance(cfg.mean_n, int) or cfg.mean_n < 1:
+        raise ConfigError(f"mean_n must be a positive integer, got {cfg.mean_n!r}")
+    lengths = ab.token_lengths(tok, task.clean)  # as encode_inputs does
+    check_tokens(rm.model, max(lengths), f"task {task.name!r}'s longest prompt")
+    if min(lengths) < 2:  # its one position is the attention sink, which is never attributed
+        short = task.clean[lengths.index(min(lengths))]
+        raise TaskError(f"task {task.name!r}: prompt {short!r} is {min(lengths)} token(s); a circuit "
+                        "needs at least 2 (the first token is the attention sink, never attributed)")
+    tokens: list[str] = []
+    if cfg.positional:
+        ab.check_positional(tok, task)
+        tokens = ab.position_tokens(tok, task)
+    # the mean reference: the task itself, or `mean_from` (checked for lengths here)
+    if cfg.mean_from is not None:
+        ref = load_task(tok, cfg.mean_from, cfg.mean_n, cfg.seed + 1)
+        what = f"mean reference {ref.name!r}"
+    else:
+        ref, what = task, f"task {task.name!r}"
+    ref_lengths = ab.token_lengths(tok, ref.clean)
+    counts: dict[int, int] = {}
+    for L in ref_lengths:
+        counts[L] = counts.get(L, 0) + 1
+    mean_note = None
+    try:
+        missing = sorted(set(lengths) - set(counts))
+        if missing:
+            raise TaskError(f"mean ablation: task {task.name!r} has prompts of {missing} token(s) "
+                            f"but {what} only has lengths {sorted(counts)}; means are taken per "
+                            "token position, so the reference needs prompts of every length traced")
+        ab.check_mean_reference(counts, lengths, what)
+    except (TaskError, ConfigError) as err:
+        if "mean" in (cfg.ablation, eval_ablation):
+            raise
+        mean_note = str(err)
+    evaluations = [a for a in ("patch", "mean")
+                   if (a != "patch" or task.patch is not None) and (a != "mean" or mean_note is None)]
+    if eval_ablation not in evaluations:
+        evaluations.insert(0, eval_ablation)
+    need_mean = "mean" in (cfg.ablation, *evaluations)
+    return Plan(task, lengths, eval_ablation, evaluations, ref if need_mean else None, mean_note,
+                tokens)
+
+
 def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
                   cfg: TraceConfig | None = None, **overrides) -> tuple[FeatureGraph, dict]:
     """Trace a feature circuit for a contrastive task.
@@ -134,36 +231,34 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         cfg: a `TraceConfig` (default: its defaults; pruning default top_k=100).
         overrides: `TraceConfig` fields overriding `cfg` (method, ablation, n, top_k,
             node_threshold, influence, edge_influence, positional, steps, batch_size,
-            eval_ablation, seed, edges, progress); an unknown name is a ConfigError.
+            eval_ablation, mean_from, mean_n, length, seed, edges, edge_eval, progress); an
+            unknown name is a ConfigError.
+    Every check that can fail (options, prompt lengths, positional alignment, the mean reference,
+    F(M) = F(∅)) runs before node attribution and edges.
     Returns:
         (graph, summary): the pruned FeatureGraph (feature/error nodes, `metric`, edges) and a
-        dict with metric values, accuracy, faithfulness/completeness, node and edge counts.
+        dict with metric values, accuracy, faithfulness/completeness under patch and mean
+        evaluation, the baseline span, edge faithfulness, node and edge counts and `warnings`.
     """
     cfg = trace_config(cfg, **overrides)
     rm = check_saes(model, saes)
-    if isinstance(task, str):
-        task = make_task(tok, task, n=cfg.n, seed=cfg.seed)
-    elif isinstance(task, Task):
-        task = task.take(slice(0, cfg.n))
-    else:
-        raise TaskError(f"task must be a Task, a built-in name or a .jsonl path, got {task!r}")
-    ab.check_ablation(cfg.ablation, task)
-    from ..limits import check_tokens  # before any allocation sized by the prompts
-
-    lengths = [len(ids) for ids in tok(list(task.clean))["input_ids"]]  # as encode_inputs does
-    check_tokens(rm.model, max(lengths), f"task {task.name!r}'s longest prompt")
-    if min(lengths) < 2:  # its one position is the attention sink, which is never attributed
-        short = task.clean[lengths.index(min(lengths))]
-        raise TaskError(f"task {task.name!r}: prompt {short!r} is {min(lengths)} token(s); a circuit "
-                        "needs at least 2 (the first token is the attention sink, never attributed)")
+    plan = plan_trace(rm, tok, task, cfg)
+    task = plan.task
     hooks = rm.hooks
     chunks = ab.chunks(tok, task, cfg.batch_size)
     bar = tqdm(total=len(chunks), desc="clean/target runs", disable=not cfg.progress, leave=False)
     try:
-        means = ab.dataset_means(rm, chunks) if "mean" in (cfg.ablation, cfg.eval_ablation) else None
+        means = None
+        if plan.mean_ref is not None:
+            ref_chunks = (chunks if plan.mean_ref is task
+                          else ab.chunks(tok, plan.mean_ref, cfg.batch_size))
+            means = ab.dataset_means(rm, ref_chunks)
         states = ab.prepare(rm, chunks, cfg.ablation, means, cfg.seed, progress=bar)
     finally:
         bar.close()
+    evaluators = {a: Evaluator(rm, None, states, a, means, cfg.seed) for a in plan.evaluations}
+    ev = evaluators[plan.eval_ablation]
+    ev.check_span()          # F(M) = F(∅): refuse before the expensive passes
     scores = node_scores(rm, states, hooks, cfg.method, cfg.positional, cfg.steps,
                          progress=cfg.progress)
     candidates = [nd for nd in scores.nodes() if scores.effect(nd) != 0.0 or nd.is_error]
@@ -171,6 +266,8 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
             "ablation": cfg.ablation, "n": len(task), "hooks": hooks, "positional": cfg.positional,
             "metric": f"{task.name} {task.metric_kind}",
             "metric_clean": scores.metric_clean, "prompt": task.clean[0]}
+    if plan.prompt_tokens:   # each position's token role (export fills prompt_tokens itself)
+        meta["position_tokens"] = plan.prompt_tokens
     full = build_graph(rm, tok, scores, candidates, {}, meta, labels=False)
     pruned = prune_nodes(full, cfg.node_threshold, cfg.top_k, cfg.influence)
     kept = graph_nodes(pruned)
@@ -184,18 +281,39 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         raise GraphError(f"pruning left an empty circuit: none of the {len(kept)} kept nodes has a "
                          f"path to the metric through edges reaching {cfg.edge_influence} of the "
                          "total |weight|; keep more nodes or raise the edge influence")
-    ev = Evaluator(rm, None, states, cfg.eval_ablation, means, cfg.seed)
+    evaluation = {}
+    for a, e in evaluators.items():
+        row = {"metric_all_ablated": e.f_empty, "baseline_span": e.span_ratio()}
+        try:
+            row.update(faithfulness=e.faithfulness(final), completeness=e.completeness(final))
+        except GraphError as err:
+            row.update(faithfulness=None, completeness=None, error=str(err))
+        evaluation[a] = row
+    if plan.mean_note is not None:
+        evaluation["mean"] = {"faithfulness": None, "completeness": None, "error": plan.mean_note}
+    edge_faith = None
+    if cfg.edges and cfg.edge_eval:
+        kept_edges = {(Node.parse(u), Node.parse(v)) for u, v in graph.edges}
+        edge_faith = ev.edge_faithfulness(final, kept_edges)
+    accuracy = float(torch.cat([(s.metric > 0).float() for s in states]).mean())
     summary = {
         **{k: meta[k] for k in ("model", "task", "method", "ablation", "n", "hooks", "positional")},
-        "metric_clean": scores.metric_clean,
-        "accuracy_clean": float(torch.cat([(s.metric > 0).float() for s in states]).mean()),
-        "metric_all_ablated": ev.f_empty, "eval_ablation": cfg.eval_ablation,
-        "faithfulness": ev.faithfulness(final), "completeness": ev.completeness(final),
+        "metric_clean": scores.metric_clean, "accuracy_clean": accuracy,
+        "metric_all_ablated": ev.f_empty, "eval_ablation": plan.eval_ablation,
+        "mean_from": (None if cfg.mean_from is None else
+                      cfg.mean_from if isinstance(cfg.mean_from, str) else cfg.mean_from.name),
+        "faithfulness": evaluation[plan.eval_ablation]["faithfulness"],
+        "completeness": evaluation[plan.eval_ablation]["completeness"],
+        "edge_faithfulness": edge_faith,
+        "baseline_span": ev.span_ratio(), "evaluation": evaluation,
         "feature_nodes": sum(1 for nd in final if not nd.is_error),
         "error_nodes": sum(1 for nd in final if nd.is_error),
+        "error_share": error_share(scores, final),
         "edges": graph.graph.number_of_edges(), "candidate_nodes": len(candidates),
         "pruning": {"top_k": cfg.top_k, "node_threshold": cfg.node_threshold,
                     "influence": cfg.influence, "edge_influence": cfg.edge_influence},
     }
-    graph.meta.update(faithfulness=summary["faithfulness"], completeness=summary["completeness"])
+    summary["warnings"] = trace_warnings(summary)
+    graph.meta.update(faithfulness=summary["faithfulness"], completeness=summary["completeness"],
+                      edge_faithfulness=edge_faith, warnings=summary["warnings"])
     return graph, summary

@@ -4,8 +4,14 @@
                   ablation target at every hook; nodes inside C are recomputed)
     faithfulness  (F(C) − F(∅)) / (F(M) − F(∅)),  M = the whole model, ∅ = every node ablated
     completeness  (F(M∖C) − F(∅)) / (F(M) − F(∅)): ablate the circuit only (small is complete)
-    edge faithfulness (linear): the circuit's faithfulness after also removing the direct
-                  effects of the pruned edges between circuit nodes (first-order estimate)
+    edge faithfulness (exact, `Evaluator.edge_faithfulness`): the circuit's faithfulness when,
+                  besides the nodes outside C, the edges outside the kept edge set are removed:
+                  each circuit node v (and the metric) is recomputed in a forward where every
+                  upstream circuit node u feeds it its edge-ablated value when (u, v) is kept
+                  and its ablation target when not (all other nodes ablated). Removing no edge
+                  gives F(C); removing every edge gives F(∅) (design invariant 9).
+    edge faithfulness (linear): first-order estimate of the same (`edge_faithfulness_linear`)
+    baseline span |F(M) − F(∅)| / |F(M)|: how much room the ablation leaves to be explained
 """
 from __future__ import annotations
 
@@ -82,6 +88,72 @@ class Evaluator:
             total += float(ab.run_metric(self.rm, st.chunk, edit=ab.set_edit(vals)).sum())
         return total / self.n
 
+    def span_ratio(self) -> float | None:
+        """|F(M) − F(∅)| / |F(M)| (None when F(M) = 0)."""
+        return abs(self.f_model - self.f_empty) / abs(self.f_model) if self.f_model else None
+
+    def check_span(self) -> None:
+        """GraphError when F(M) = F(∅) (faithfulness undefined); cheap, run before attribution."""
+        self._normalise(self.f_model)
+
+    def _region(self, node: Node, f: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        where = slice(None) if node.pos is None else node.pos
+        return e[:, where, :] if node.is_error else f[:, where, node.feature]
+
+    def edge_metric(self, nodes: Iterable[Node], kept_edges: Iterable[tuple]) -> float:
+        """Mean metric of circuit `nodes` with every edge outside `kept_edges` removed (exact:
+        one forward per destination group and chunk; see the module docstring)."""
+        nodes = _nonempty({Node.coerce(nd) for nd in nodes})
+        kept = {(Node.coerce(u), Node.coerce(v)) for u, v in kept_edges}
+        order = {h: i for i, h in enumerate(self.rm.hooks)}
+        nodes.sort(key=lambda nd: order[nd.hook])
+        metric = Node.metric()
+        total = 0.0
+        for st, tg in zip(self.states, self.targets):
+            x: dict[Node, torch.Tensor] = {}
+
+            def frozen(dest: Node, upto: int | None):
+                """hook -> full-mask edit values: targets, kept upstream circuit nodes at x."""
+                vals = {}
+                for h in st.f:
+                    if upto is not None and order[h] >= upto:
+                        continue
+                    tf, te = tg[h][0].clone(), tg[h][1].clone()
+                    for u in nodes:
+                        if u.hook == h and u in x and (u, dest) in kept:
+                            self._region(u, tf, te)[...] = x[u]
+                    full_f = torch.ones(1, 1, 1, dtype=torch.bool, device=tf.device).expand_as(tf)
+                    full_e = torch.ones(1, 1, 1, dtype=torch.bool, device=te.device)
+                    vals[h] = (full_f, tf, full_e.expand(*te.shape[:2], 1), te)
+                return vals
+
+            groups: dict[tuple, list[Node]] = {}
+            for v in nodes:
+                inc = frozenset(u for u in nodes if order[u.hook] < order[v.hook] and (u, v) in kept)
+                groups.setdefault((v.hook, inc), []).append(v)
+            for (h, _inc), dests in sorted(groups.items(), key=lambda kv: order[kv[0][0]]):
+                store: dict = {}
+                vals = frozen(dests[0], order[h])
+                setter = ab.set_edit(vals)
+
+                def edit(site, f, err, _h=h, _setter=setter, _store=store):
+                    if site.name == _h:
+                        _store[_h] = (f.detach(), err.detach())
+                        return None
+                    return _setter(site, f, err)
+
+                ab.run_metric(self.rm, st.chunk, edit=edit)
+                f_d, e_d = store[h]
+                for v in dests:
+                    x[v] = self._region(v, f_d, e_d).clone()
+            out = ab.run_metric(self.rm, st.chunk, edit=ab.set_edit(frozen(metric, None)))
+            total += float(out.sum())
+        return total / self.n
+
+    def edge_faithfulness(self, nodes: Iterable[Node], kept_edges: Iterable[tuple]) -> float:
+        """Faithfulness of the circuit with the edges outside `kept_edges` removed (exact)."""
+        return self._normalise(self.edge_metric(nodes, kept_edges))
+
     def faithfulness(self, keep: Iterable[Node]) -> float:
         return self._normalise(self.metric(_nonempty(keep)))
 
@@ -147,3 +219,37 @@ def agreement(estimate: NodeScores, exact: dict[Node, float]) -> dict:
     r = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
     return {"n": len(nodes), "pearson_r": r if math.isfinite(r) else float("nan"),
             "sign_agreement": float(((a > 0) == (b > 0)).double().mean())}
+
+
+def error_share(scores: NodeScores, nodes: Iterable[Node]) -> float | None:
+    """Share of the circuit's total |effect| carried by its error nodes (None when all zero)."""
+    nodes = [Node.coerce(nd) for nd in nodes]
+    tot = sum(abs(scores.effect(nd)) for nd in nodes)
+    err = sum(abs(scores.effect(nd)) for nd in nodes if nd.is_error)
+    return err / tot if tot > 0 else None
+
+
+DEGENERATE_SPAN = 0.25
+ERROR_DOMINATED = 0.5
+LOW_ACCURACY = 0.7
+
+
+def trace_warnings(summary: dict) -> list[str]:
+    """Warnings for numbers that mean less than they seem: a degenerate baseline (span < 25 % of
+    |F(M)|), error-dominated circuits (> 50 % of |effect|), low clean accuracy (< 0.7)."""
+    out = []
+    for name, row in summary.get("evaluation", {}).items():
+        span = row.get("baseline_span")
+        if span is not None and span < DEGENERATE_SPAN:
+            out.append(f"degenerate {name} baseline: |F(M) - F(∅)| is {span:.0%} of |F(M)| "
+                       f"(< {DEGENERATE_SPAN:.0%}), so {name} faithfulness and completeness say "
+                       "little")
+    share = summary.get("error_share")
+    if share is not None and share > ERROR_DOMINATED:
+        out.append(f"error nodes carry {share:.0%} of the circuit's |effect| (> "
+                   f"{ERROR_DOMINATED:.0%}): the SAEs leave most of the mechanism unexplained")
+    acc = summary.get("accuracy_clean")
+    if acc is not None and acc < LOW_ACCURACY:
+        out.append(f"clean accuracy {acc:.2f} < {LOW_ACCURACY}: the model often fails the task, so "
+                   "its circuit is a circuit for a mostly wrong answer")
+    return out

@@ -217,18 +217,51 @@ def exact_effects(rm: ReplacementModel, states: Sequence[State], nodes: Sequence
     return out
 
 
+def error_nodes(scores: NodeScores) -> list[Node]:
+    """Every error node of `scores` (one per hook, or per hook and position)."""
+    return [Node.error(h, p if scores.positional else None)
+            for h in scores.hooks for p in range(scores.error_effect[h].shape[0])]
+
+
+def with_exact_errors(rm: ReplacementModel, states: Sequence[State], scores: NodeScores,
+                      max_rows: int = 64, progress: bool = True) -> NodeScores:
+    """`scores` with every error node's effect replaced by exact activation patching.
+
+    Error nodes are few (one per hook and position) and carry the SAEs' unexplained part;
+    attribution patching underestimates them several-fold, so they are always patched."""
+    errs = error_nodes(scores)
+    exact = exact_effects(rm, states, errs, max_rows=max_rows, progress=progress)
+    ee = {h: v.clone() for h, v in scores.error_effect.items()}
+    for node, v in exact.items():
+        ee[node.hook][0 if node.pos is None else node.pos] = v
+    info = dict(scores.info, error_method="exact")
+    return NodeScores(hooks=scores.hooks, positional=scores.positional, method=scores.method,
+                      feature_effect=scores.feature_effect, error_effect=ee,
+                      feature_act=scores.feature_act, error_act=scores.error_act,
+                      metric_clean=scores.metric_clean, info=info)
+
+
 @bound
 def node_scores(rm: ReplacementModel, states: Sequence[State], hooks, method: str = "attrib",
                 positional: bool = False, steps: int = 10, max_rows: int = 64,
-                exact_candidates: int = 200, progress: bool = True) -> NodeScores:
-    """Node effects by `method`. `exact` patches the `exact_candidates` nodes with the largest
-    attribution estimate (all others keep effect 0: exact patching of every node is too slow)."""
+                exact_candidates: int = 200, progress: bool = True,
+                exact_errors: bool = True) -> NodeScores:
+    """Node effects by `method` for feature nodes; error nodes are scored by exact patching
+    whatever the method (`exact_errors=False`: by `method` too). `exact` patches the
+    `exact_candidates` nodes with the largest attribution estimate (all others keep effect 0:
+    exact patching of every node is too slow)."""
     if method not in METHODS:
         raise ConfigError(f"unknown attribution method {method!r}; expected one of {METHODS}")
     if method == "attrib":
-        return attrib_scores(states, hooks, positional)
-    if method == "ig":
-        return ig_scores(rm, states, hooks, positional, steps, max_rows, progress)
+        out = attrib_scores(states, hooks, positional)
+    elif method == "ig":
+        out = ig_scores(rm, states, hooks, positional, steps, max_rows, progress)
+    else:
+        out = _exact_scores(rm, states, hooks, positional, max_rows, exact_candidates, progress)
+    return with_exact_errors(rm, states, out, max_rows, progress) if exact_errors else out
+
+
+def _exact_scores(rm, states, hooks, positional, max_rows, exact_candidates, progress):
     est = attrib_scores(states, hooks, positional)
     cand = est.nodes()[:exact_candidates]
     exact = exact_effects(rm, states, cand, max_rows=max_rows, progress=progress)

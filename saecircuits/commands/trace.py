@@ -7,6 +7,18 @@ from .saes_args import add_saes_arguments, load_saes
 HELP = "trace a feature circuit (node effects, edges, pruning, faithfulness) for a task"
 
 
+def _length(text: str):
+    if text == "common":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 or 'common', got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_model_arguments, nonnegative_float, positive_int, unit_float
 
@@ -33,40 +45,123 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: features summed over positions, pos '*')")
     parser.add_argument("--steps", type=positive_int, default=10, help="integrated-gradients steps")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="prompts per model pass")
-    parser.add_argument("--eval-ablation", default="mean", choices=("mean", "zero", "resample", "patch"),
-                        help="ablation of the circuit's complement in faithfulness (default mean)")
+    parser.add_argument("--eval-ablation", default=None, choices=("mean", "zero", "resample", "patch"),
+                        help="ablation of the circuit's complement in faithfulness (default: patch "
+                             "when the task has patch prompts, else mean)")
+    parser.add_argument("--mean-from", default=None, metavar="FILE|TASK",
+                        help="take mean-ablation means from this reference set (a .jsonl file or "
+                             "ioi|parens|sva; default: the traced prompts themselves); it needs "
+                             "prompts of every token length traced")
+    parser.add_argument("--mean-n", type=positive_int, default=64,
+                        help="prompts of a built-in --mean-from task (default 64)")
+    parser.add_argument("--length", type=_length, default=None, metavar="L|common",
+                        help="keep only the prompts of this many tokens, or of the most common "
+                             "length (e.g. for --positional, which needs one length)")
+    parser.add_argument("--per-prompt", action="store_true",
+                        help="also trace each prompt alone: one graph per prompt in "
+                             "--out/prompts/NNN plus the aggregate, and the faithfulness "
+                             "distribution in summary.json")
+    parser.add_argument("--no-edge-eval", action="store_true",
+                        help="skip the exact edge ablation of the final circuit")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task's prompts and resampling")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
+def _options(args: argparse.Namespace) -> dict:
+    return dict(method=args.method, ablation=args.ablation, n=args.n, top_k=args.top_k,
+                node_threshold=args.node_threshold, influence=args.influence,
+                edge_influence=args.edge_influence, positional=args.positional, steps=args.steps,
+                batch_size=args.batch_size, eval_ablation=args.eval_ablation,
+                mean_from=args.mean_from, mean_n=args.mean_n, length=args.length, seed=args.seed,
+                edge_eval=not args.no_edge_eval)
+
+
+def _distribution(values: list) -> dict:
+    import statistics
+
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return {"n": 0, "undefined": len(values)}
+    q = lambda f: vals[min(len(vals) - 1, int(round(f * (len(vals) - 1))))]
+    return {"n": len(vals), "undefined": len(values) - len(vals), "mean": statistics.fmean(vals),
+            "min": vals[0], "q25": q(0.25), "median": q(0.5), "q75": q(0.75), "max": vals[-1]}
+
+
 def run(args: argparse.Namespace) -> dict:
+    import sys
+
     from ..attribution import trace_circuit
+    from ..attribution.circuit import check_saes, plan_trace, trace_config
     from ..export.tables import write_csv
-    from ..errors import TaskError
+    from ..errors import SaecircuitsError, TaskError
     from ..fileio import atomic_dir, check_output_dir, write_json
     from ..models import load_model
 
     check_output_dir(args.out, overwrite=args.overwrite)  # before any model pass
-    if args.task not in ("ioi", "parens", "sva"):
-        from pathlib import Path
+    for name, spec in (("--task", args.task), ("--mean-from", args.mean_from)):
+        if spec is not None and spec not in ("ioi", "parens", "sva"):
+            from pathlib import Path
 
-        if not Path(args.task).is_file():
-            raise TaskError(f"--task {args.task!r} is neither ioi, parens, sva nor an existing "
-                            ".jsonl file")
+            if not Path(spec).is_file():
+                raise TaskError(f"{name} {spec!r} is neither ioi, parens, sva nor an existing "
+                                ".jsonl file")
     model, tok = load_model(args.model, device=args.device)
     hooks = [h.strip() for h in args.hooks.split(",")] if args.hooks else None
     saes = load_saes(args, model=model, hooks=hooks)
-    graph, summary = trace_circuit(
-        model, tok, saes, args.task, method=args.method, ablation=args.ablation, n=args.n,
-        top_k=args.top_k, node_threshold=args.node_threshold, influence=args.influence,
-        edge_influence=args.edge_influence, positional=args.positional, steps=args.steps,
-        batch_size=args.batch_size, eval_ablation=args.eval_ablation, seed=args.seed)
+    opts = _options(args)
+    cfg = trace_config(None, **opts)
+    rm = check_saes(model, saes)
+    plan = plan_trace(rm, tok, args.task, cfg)       # every check before the first model pass
+    task = plan.task
+    singles = []
+    if args.per_prompt:
+        if len(task) == 0:
+            raise TaskError(f"--per-prompt: task {args.task!r} has no prompts")
+        for i in range(len(task)):   # each single-prompt trace is checked before any pass
+            plan_trace(rm, tok, task.take([i]), trace_config(cfg, n=1, length=None))
+    graph, summary = trace_circuit(rm, tok, None, task, cfg, n=len(task), length=None)
+    if args.per_prompt:
+        for i in range(len(task)):
+            try:
+                g, s = trace_circuit(rm, tok, None, task.take([i]), cfg, n=1, length=None)
+            except SaecircuitsError as err:   # e.g. pruning left nothing for this prompt
+                singles.append((i, None, {"prompt": task.clean[i], "error": str(err)}))
+                continue
+            singles.append((i, g, s))
+        summary["per_prompt"] = {
+            "faithfulness": _distribution([s.get("faithfulness") for _, _, s in singles]),
+            "edge_faithfulness": _distribution([s.get("edge_faithfulness") for _, _, s in singles]),
+            "prompts": [{"index": i, "prompt": task.clean[i], "faithfulness": s.get("faithfulness"),
+                         "edge_faithfulness": s.get("edge_faithfulness"),
+                         "warnings": s.get("warnings", []), **({"error": s["error"]} if "error" in s
+                                                                else {})}
+                        for i, _, s in singles]}
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         write_json(tmp / "summary.json", summary)
         write_csv(graph, tmp)
         graph.save(tmp)
+        for i, g, s in singles:
+            if g is None:
+                continue
+            d = tmp / "prompts" / f"{i:03d}"
+            d.mkdir(parents=True)
+            write_json(d / "summary.json", s)
+            write_csv(g, d)
+            g.save(d)
+    faith = summary["faithfulness"]
+    edge = summary.get("edge_faithfulness")
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
     print(f"{summary['task']}: {summary['feature_nodes']} feature nodes, {summary['error_nodes']} "
-          f"error nodes, {summary['edges']} edges, faithfulness {summary['faithfulness']:.3f} "
-          f"-> {args.out}")
+          f"error nodes, {summary['edges']} edges, faithfulness "
+          f"{'undefined' if faith is None else format(faith, '.3f')} ({summary['eval_ablation']})"
+          + ("" if edge is None else f", edge faithfulness {edge:.3f}") + f" -> {args.out}",
+          file=stream)
+    if args.per_prompt:
+        d = summary["per_prompt"]["faithfulness"]
+        if d["n"]:
+            print(f"per prompt: faithfulness median {d['median']:.3f} (min {d['min']:.3f}, max "
+                  f"{d['max']:.3f}) over {d['n']} prompts", file=stream)
+    for w in summary["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     return summary

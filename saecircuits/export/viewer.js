@@ -60,6 +60,9 @@
     if (v === undefined || v === null) continue;
     el("b", {}, k + ": ", sumEl); el("span", {"data-key": k}, String(v) + "   ", sumEl);
   }
+  for (const w of (S.warnings || (GJ && GJ.metadata && GJ.metadata.warnings) || [])) {
+    el("div", {class: "warning", "data-key": "warning"}, "⚠ " + w, sumEl);
+  }
 
   // ---- legend ----
   const legend = document.getElementById("legend");
@@ -291,7 +294,7 @@
 
   function showTip(n) {
     const dash = dashboards[dashKey(n)];
-    const tok = tokenAt(n.pos);
+    const tok = n.token || tokenAt(n.pos);
     const lines = [title(n)];
     if (n.label) lines.push(visTok(n.label));
     const ex = explanation(n); if (ex) lines.push("explanation: " + ex);

@@ -38,7 +38,10 @@ def test_export_of_a_traced_circuit_round_trips(tiny, traced, tmp_path):
     assert data == json.loads(json.dumps(graph_json(
         graph.__class__(graph.graph, {**graph.meta, "prompt_tokens": result["prompt_tokens"]}))))
     logits = [n for n in data["nodes"] if n["feature_type"] == "logit"]
-    assert len(logits) == 1 and logits[0]["layer"] == str(max(
-        int(n["layer"]) for n in data["nodes"] if n["layer"] != "E" and not n["is_target_logit"]) + 1)
+    # circuit-tracer's convention: the logit row sits one above the model's last layer
+    n_layers = unwrap(tiny[0]).config.num_hidden_layers
+    assert len(logits) == 1 and logits[0]["layer"] == str(n_layers + 1)
+    assert all(int(n["layer"]) < n_layers for n in data["nodes"]
+               if n["layer"] != "E" and not n["is_target_logit"])
     svg = (tmp_path / "e" / "graph.svg").read_text()
     assert svg.count('class="node"') == len(top_nodes(graph)) == min(len(graph), TOP_NODES + 1)

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, GraphError, ShapeError, TaskError
 from ..replacement import logit_lens
@@ -20,6 +19,7 @@ from .evaluate import Evaluator
 from ..graph import FeatureGraph, Node
 from .nodes import NodeScores, node_scores
 from .prune import prune_edges, prune_nodes, remove_dangling
+from .stream import LazyStates
 
 
 @dataclass
@@ -36,6 +36,7 @@ class TraceConfig:
     positional: bool = False
     steps: int = 10
     batch_size: int = 32
+    chunk_tokens: int = 1024
     eval_ablation: str = "mean"
     seed: int = 0
     edges: bool = True
@@ -124,6 +125,16 @@ def trace_config(cfg: TraceConfig | None = None, **overrides) -> TraceConfig:
     return cfg
 
 
+def chunk_rows(cfg: TraceConfig, length: int) -> int:
+    """Prompts per chunk: `batch_size`, lowered so a chunk holds at most `chunk_tokens` padded
+    tokens (never below one prompt). Every prompt is padded to the task's longest, `length`."""
+    for name in ("batch_size", "chunk_tokens"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return max(1, min(cfg.batch_size, cfg.chunk_tokens // max(1, length)))
+
+
 def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
                   cfg: TraceConfig | None = None, **overrides) -> tuple[FeatureGraph, dict]:
     """Trace a feature circuit for a contrastive task.
@@ -134,7 +145,9 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         cfg: a `TraceConfig` (default: its defaults; pruning default top_k=100).
         overrides: `TraceConfig` fields overriding `cfg` (method, ablation, n, top_k,
             node_threshold, influence, edge_influence, positional, steps, batch_size,
-            eval_ablation, seed, edges, progress); an unknown name is a ConfigError.
+            chunk_tokens, eval_ablation, seed, edges, progress); an unknown name is a
+            ConfigError. A chunk holds at most `batch_size` prompts and `chunk_tokens` padded
+            tokens (at least one prompt); memory is bounded by one chunk, not by `n`.
     Returns:
         (graph, summary): the pruned FeatureGraph (feature/error nodes, `metric`, edges) and a
         dict with metric values, accuracy, faithfulness/completeness, node and edge counts.
@@ -157,13 +170,11 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         raise TaskError(f"task {task.name!r}: prompt {short!r} is {min(lengths)} token(s); a circuit "
                         "needs at least 2 (the first token is the attention sink, never attributed)")
     hooks = rm.hooks
-    chunks = ab.chunks(tok, task, cfg.batch_size)
-    bar = tqdm(total=len(chunks), desc="clean/target runs", disable=not cfg.progress, leave=False)
-    try:
-        means = ab.dataset_means(rm, chunks) if "mean" in (cfg.ablation, cfg.eval_ablation) else None
-        states = ab.prepare(rm, chunks, cfg.ablation, means, cfg.seed, progress=bar)
-    finally:
-        bar.close()
+    chunks = ab.chunks(tok, task, chunk_rows(cfg, max(lengths)))
+    means = ab.dataset_means(rm, chunks) if "mean" in (cfg.ablation, cfg.eval_ablation) else None
+    # streamed: each pass recomputes one chunk's state at a time and reduces it to running
+    # sums (memory: one chunk, not the task; see attribution/stream.py)
+    states = LazyStates(rm, chunks, cfg.ablation, means, cfg.seed)
     scores = node_scores(rm, states, hooks, cfg.method, cfg.positional, cfg.steps,
                          progress=cfg.progress)
     candidates = [nd for nd in scores.nodes() if scores.effect(nd) != 0.0 or nd.is_error]

@@ -36,7 +36,7 @@ class TraceConfig:
     positional: bool = False
     steps: int = 10
     batch_size: int = 32
-    chunk_tokens: int = 1024
+    chunk_tokens: int = 512
     eval_ablation: str = "mean"
     seed: int = 0
     edges: bool = True

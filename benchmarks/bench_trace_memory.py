@@ -5,7 +5,7 @@
 For each code tree and each n, a fresh subprocess (PYTHONPATH = that tree) loads SmolLM2-135M,
 binds 4 seeded *random* top-k SAEs (resid.4/10/16/23, 2,304 latents, k 32: the shapes of the
 issue; random weights are enough for memory) and traces a task of n real-text prompts cut from
-the repository's README and RESULTS, 14 to `--max-len` tokens long (default 365: mean ~130, as
+the repository's README, 14 to `--max-len` tokens long (default 365: mean ~130, as
 in the issue; the longest is always max-len, so every prompt is padded to it). Reports the child's peak RSS
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) before tracing (model + SAEs loaded) and after.
 Method attrib, mean ablation (no patch prompts), top_k 20, edges on, batch_size 32.
@@ -26,8 +26,7 @@ HOOKS = ["resid.4", "resid.10", "resid.16", "resid.23"]
 
 
 def _text() -> str:
-    parts = [ROOT / "README.md", ROOT / "benchmarks" / "RESULTS.md"]
-    return "\n".join(p.read_text(encoding="utf-8") for p in parts if p.exists())
+    return (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def make_jsonl(tok, n: int, path: Path, seed: int = 0, max_len: int = 365) -> None:

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, GraphError, ShapeError, TaskError
 from ..replacement import logit_lens
@@ -20,6 +19,7 @@ from .evaluate import Evaluator, error_share, trace_warnings
 from ..graph import FeatureGraph, Node
 from .nodes import NodeScores, node_scores
 from .prune import prune_edges, prune_nodes, remove_dangling
+from .stream import LazyStates
 
 
 @dataclass
@@ -36,6 +36,7 @@ class TraceConfig:
     positional: bool = False
     steps: int = 10
     batch_size: int = 32
+    chunk_tokens: int = 512                # padded tokens per chunk (memory bound)
     eval_ablation: str | None = None      # None: patch when the task has patch prompts, else mean
     mean_from: "Task | str | None" = None  # reference set of the mean ablation (default: the task)
     mean_n: int = 64                       # prompts of a built-in `mean_from` task
@@ -221,6 +222,16 @@ def plan_trace(rm: ReplacementModel, tok, task: Task | str, cfg: TraceConfig) ->
                 tokens)
 
 
+def chunk_rows(cfg: TraceConfig, length: int) -> int:
+    """Prompts per chunk: `batch_size`, lowered so a chunk holds at most `chunk_tokens` padded
+    tokens (never below one prompt). Every prompt is padded to the task's longest, `length`."""
+    for name in ("batch_size", "chunk_tokens"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return max(1, min(cfg.batch_size, cfg.chunk_tokens // max(1, length)))
+
+
 def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
                   cfg: TraceConfig | None = None, **overrides) -> tuple[FeatureGraph, dict]:
     """Trace a feature circuit for a contrastive task.
@@ -231,10 +242,12 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         cfg: a `TraceConfig` (default: its defaults; pruning default top_k=100).
         overrides: `TraceConfig` fields overriding `cfg` (method, ablation, n, top_k,
             node_threshold, influence, edge_influence, positional, steps, batch_size,
-            eval_ablation, mean_from, mean_n, length, seed, edges, edge_eval, progress); an
+            eval_ablation, mean_from, mean_n, length, chunk_tokens, seed, edges, edge_eval, progress); an
             unknown name is a ConfigError.
     Every check that can fail (options, prompt lengths, positional alignment, the mean reference,
     F(M) = F(∅)) runs before node attribution and edges.
+    A chunk holds at most `batch_size` prompts and `chunk_tokens` padded tokens (at least one
+    prompt); memory is bounded by one chunk, not by `n` (states are streamed, attribution/stream.py).
     Returns:
         (graph, summary): the pruned FeatureGraph (feature/error nodes, `metric`, edges) and a
         dict with metric values, accuracy, faithfulness/completeness under patch and mean
@@ -245,17 +258,15 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
     plan = plan_trace(rm, tok, task, cfg)
     task = plan.task
     hooks = rm.hooks
-    chunks = ab.chunks(tok, task, cfg.batch_size)
-    bar = tqdm(total=len(chunks), desc="clean/target runs", disable=not cfg.progress, leave=False)
-    try:
-        means = None
-        if plan.mean_ref is not None:
-            ref_chunks = (chunks if plan.mean_ref is task
-                          else ab.chunks(tok, plan.mean_ref, cfg.batch_size))
-            means = ab.dataset_means(rm, ref_chunks)
-        states = ab.prepare(rm, chunks, cfg.ablation, means, cfg.seed, progress=bar)
-    finally:
-        bar.close()
+    chunks = ab.chunks(tok, task, chunk_rows(cfg, max(plan.lengths)))
+    means = None
+    if plan.mean_ref is not None:
+        ref_chunks = (chunks if plan.mean_ref is task
+                      else ab.chunks(tok, plan.mean_ref, chunk_rows(cfg, max(plan.lengths))))
+        means = ab.dataset_means(rm, ref_chunks)
+    # streamed: each pass recomputes one chunk's state at a time and reduces it to running
+    # sums (memory: one chunk, not the task; see attribution/stream.py)
+    states = LazyStates(rm, chunks, cfg.ablation, means, cfg.seed)
     evaluators = {a: Evaluator(rm, None, states, a, means, cfg.seed) for a in plan.evaluations}
     ev = evaluators[plan.eval_ablation]
     ev.check_span()          # F(M) = F(∅): refuse before the expensive passes

@@ -26,6 +26,7 @@ from . import ablation as ab
 from .ablation import State
 from ..graph import Node
 from .nodes import NodeScores
+from .stream import LazyStates
 
 
 def _masks(state: State, keep: set[Node], invert: bool):
@@ -64,7 +65,8 @@ class Evaluator:
                  means=None, seed: int = 0):
         """`Evaluator(rm, states=states, ...)` (bound) or `Evaluator(model, saes, states, ...)`."""
         rm = bind(model, saes)
-        states = list(states)
+        lazy = isinstance(states, LazyStates)   # keep it lazy: a list would pin every chunk
+        states = states if lazy else list(states)
         if not states:
             raise ConfigError("Evaluator needs at least one prepared chunk state")
         ab.check_ablation(ablation, states[0].chunk.task)
@@ -72,8 +74,9 @@ class Evaluator:
         self.model, self.saes = rm.model, rm.saes
         if ablation == "mean" and means is None:
             means = ab.dataset_means(rm, [s.chunk for s in self.states])
-        self.targets = [ab.targets(rm, s.chunk, {h: (s.f[h], s.err[h]) for h in s.f},
-                                   ablation, means, seed + i) for i, s in enumerate(self.states)]
+        self.means, self.seed = means, seed
+        # lazy states: targets are rebuilt per chunk in each `metric` call, never all held
+        self.targets = None if lazy else [self._targets(i, s) for i, s in enumerate(self.states)]
         self.n = sum(len(s.chunk.task) for s in self.states)
         self.f_model = float(torch.cat([s.metric for s in self.states]).mean())
         self.f_empty = self.metric(set())
@@ -82,7 +85,8 @@ class Evaluator:
         """Mean metric with every node outside `keep` ablated (`invert`: ablate `keep` only)."""
         keep = {Node.coerce(nd) for nd in keep}
         total = 0.0
-        for st, tg in zip(self.states, self.targets):
+        for i, st in enumerate(self.states):
+            tg = self._targets(i, st) if self.targets is None else self.targets[i]
             masks = _masks(st, keep, invert)
             vals = {h: (masks[h][0], tg[h][0], masks[h][1], tg[h][1]) for h in st.f}
             total += float(ab.run_metric(self.rm, st.chunk, edit=ab.set_edit(vals)).sum())
@@ -109,7 +113,8 @@ class Evaluator:
         nodes.sort(key=lambda nd: order[nd.hook])
         metric = Node.metric()
         total = 0.0
-        for st, tg in zip(self.states, self.targets):
+        for i, st in enumerate(self.states):
+            tg = self.targets[i] if self.targets is not None else self._targets(i, st)
             x: dict[Node, torch.Tensor] = {}
 
             def frozen(dest: Node, upto: int | None):
@@ -153,6 +158,11 @@ class Evaluator:
     def edge_faithfulness(self, nodes: Iterable[Node], kept_edges: Iterable[tuple]) -> float:
         """Faithfulness of the circuit with the edges outside `kept_edges` removed (exact)."""
         return self._normalise(self.edge_metric(nodes, kept_edges))
+
+    def _targets(self, i: int, st: State) -> dict:
+        """hook -> (target f, target err) of chunk `i` for the evaluation ablation."""
+        return ab.targets(self.rm, st.chunk, {h: (st.f[h], st.err[h]) for h in st.f},
+                          self.ablation, self.means, self.seed + i)
 
     def faithfulness(self, keep: Iterable[Node]) -> float:
         return self._normalise(self.metric(_nonempty(keep)))

@@ -96,14 +96,26 @@ def _empty(states: Sequence[State], positional: bool):
 def _activations(states: Sequence[State], positional: bool, n: int):
     fa, ea = _empty(states, positional)
     for st in states:
-        for h in st.f:
-            fa[h] += _reduce(st.f[h], positional) / n
-            ea[h] += _reduce(st.err[h].norm(dim=-1), positional) / n
+        _add_activations(fa, ea, st, positional, n)
     return fa, ea
 
 
-def _scores(hooks, states, positional, method, fe, ee, n, **info) -> NodeScores:
-    fa, ea = _activations(states, positional, n)
+def _zeros(fe: dict, ee: dict):
+    """Fresh zero accumulators shaped like `_empty`'s (no second look at the states)."""
+    return {h: torch.zeros_like(v) for h, v in fe.items()}, {h: torch.zeros_like(v) for h, v in ee.items()}
+
+
+def _add_activations(fa: dict, ea: dict, st: State, positional: bool, n: int) -> None:
+    """Add one chunk's share of the mean clean activations (as `_activations` does)."""
+    for h in st.f:
+        fa[h] += _reduce(st.f[h], positional) / n
+        ea[h] += _reduce(st.err[h].norm(dim=-1), positional) / n
+
+
+def _scores(hooks, states, positional, method, fe, ee, n, acts=None, **info) -> NodeScores:
+    """NodeScores from effect sums; `acts = (fa, ea)` when accumulated in the caller's pass
+    (else one more pass over `states`)."""
+    fa, ea = acts if acts is not None else _activations(states, positional, n)
     clean = float(torch.cat([s.metric for s in states]).mean())
     return NodeScores(hooks=list(hooks), positional=positional, method=method,
                       feature_effect={h: v.cpu() for h, v in fe.items()},
@@ -116,11 +128,13 @@ def attrib_scores(states: Sequence[State], hooks, positional: bool = False) -> N
     """Attribution patching: gradient × delta at the clean point."""
     n = sum(len(s.chunk.task) for s in states)
     fe, ee = _empty(states, positional)
-    for st in states:
+    fa, ea = _zeros(fe, ee)
+    for st in states:   # one pass: each chunk's state is reduced, then freed (lazy states)
         for h in hooks:
             fe[h] += _reduce(st.grad_f[h] * st.delta_f[h], positional) / n
             ee[h] += _reduce((st.grad_err[h] * st.delta_err[h]).sum(-1), positional) / n
-    return _scores(hooks, states, positional, "attrib", fe, ee, n)
+        _add_activations(fa, ea, st, positional, n)
+    return _scores(hooks, states, positional, "attrib", fe, ee, n, acts=(fa, ea))
 
 
 @bound
@@ -131,6 +145,7 @@ def ig_scores(rm: ReplacementModel, states: Sequence[State], hooks, positional: 
         raise ConfigError(f"IG steps must be a positive integer, got {steps!r}")
     n = sum(len(s.chunk.task) for s in states)
     fe, ee = _empty(states, positional)
+    fa, ea = _zeros(fe, ee)
     alphas = [(k + 0.5) / steps for k in range(steps)]
     device = rm.device
     total = sum(len(hooks) * -(-steps // max(1, max_rows // len(s.chunk.task))) for s in states)
@@ -159,9 +174,11 @@ def ig_scores(rm: ReplacementModel, states: Sequence[State], hooks, positional: 
                     bar.update(1)
                 fe[h] += _reduce(gf * st.delta_f[h], positional) / n
                 ee[h] += _reduce((ge * st.delta_err[h]).sum(-1), positional) / n
+                del gf, ge
+            _add_activations(fa, ea, st, positional, n)
     finally:
         bar.close()
-    return _scores(hooks, states, positional, "ig", fe, ee, n, steps=steps)
+    return _scores(hooks, states, positional, "ig", fe, ee, n, acts=(fa, ea), steps=steps)
 
 
 def _mask(st: State, hook: str, rows_nodes: Sequence[Node], B: int):

@@ -59,7 +59,7 @@ class DemoConfig:
         any `trainers.corpus.load_documents` source, e.g. "embedded-mix:0.7").
     n: prompts per task; top_k: feature nodes kept per circuit; method: attrib | ig | exact.
     compare_bases: run the SAE vs PCA vs raw basis comparison at the middle hook on
-        `basis_prompts` IOI prompts (a few seconds on 2 CPU cores).
+        `basis_prompts` IOI prompts (None: on, except with `quick`).
     steer_candidates: parens-circuit features tried (by measured effect) for the steering showcase.
     quick: a much smaller run (< 5 min) for a first look.
     """
@@ -79,7 +79,7 @@ class DemoConfig:
     quick: bool = False
     seed: int = 0
     dashboard_windows: int = 192
-    compare_bases: bool = True
+    compare_bases: bool | None = None
     basis_prompts: int = 16
     steer_candidates: int = 6
 
@@ -88,6 +88,8 @@ class DemoConfig:
             self.hooks = [h.strip() for h in self.hooks.split(",") if h.strip()]
         if not self.hooks:
             raise ConfigError("demo needs at least one hook point (--hooks)")
+        if self.compare_bases is None:  # ~140 s measured on a loaded 2-core CPU: full runs only
+            self.compare_bases = not self.quick
         if self.quick:
             self.tokens, self.n, self.top_k = min(self.tokens, 40_000), min(self.n, 16), min(self.top_k, 30)
             self.dashboard_windows = min(self.dashboard_windows, 64)
@@ -205,7 +207,7 @@ def basis_headline(model, tok, saes: SAESet, cfg: DemoConfig) -> dict[str, Any]:
 
     hook = cfg.hooks[len(cfg.hooks) // 2]
     task = make_task(tok, "ioi", n=cfg.basis_prompts, seed=cfg.seed)
-    bases = build_bases(model, tok, hook, ["sae", "pca", "raw"], sae=saes[hook], fit_tokens=4096,
+    bases = build_bases(model, tok, hook, ["sae", "pca", "raw"], sae=saes[hook], fit_tokens=2048,
                         seed=cfg.seed)
     result = compare_bases(model, tok, task, hook, bases, ns=(16, 64))
     out = result.to_dict()
@@ -305,8 +307,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         graph, info = trace_circuit(rm, tok, None, task, cfg.trace_config())
         graphs[task] = graph
         summary["circuits"][task] = info
-        scores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(info.items())
-                           if k.startswith(("faithfulness", "completeness")) and isinstance(v, float))
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(  # faithfulness* first, then completeness*
+            info.items(), key=lambda kv: (not kv[0].startswith("faith"), kv[0]))
+            if k.startswith(("faithfulness", "completeness")) and isinstance(v, float))
         _say(f"  {task}: clean metric {info['metric_clean']:.2f}, accuracy {info['accuracy_clean']:.2f}, "
              f"{scores}, {info['feature_nodes']} feature + {info['error_nodes']} error nodes, "
              f"{info['edges']} edges", start)

@@ -29,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=positive_int, default=d.top_k, help="feature nodes per circuit (default %(default)s)")
     parser.add_argument("--method", choices=("attrib", "ig", "exact"), default=d.method,
                         help="node attribution method (default %(default)s)")
-    parser.add_argument("--no-compare-bases", dest="compare_bases", action="store_false",
-                        help="skip the SAE vs PCA vs raw basis comparison")
+    parser.add_argument("--compare-bases", action=argparse.BooleanOptionalAction, default=None,
+                        help="SAE vs PCA vs raw basis comparison at the middle hook (default: on, "
+                             "off with --quick)")
     parser.add_argument("--basis-prompts", type=positive_int, default=d.basis_prompts,
                         help="IOI prompts of the basis comparison (default %(default)s)")
     parser.add_argument("--steer-candidates", type=positive_int, default=d.steer_candidates,

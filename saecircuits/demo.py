@@ -236,7 +236,7 @@ def _p_close(rm: ReplacementModel, prompts: list[str], close: list[int], interve
 
 
 LEVERS = [("set", 3.0, "all"), ("set", 6.0, "all"), ("set", 12.0, "all"), ("add", 6.0, "all"),
-          ("set", 12.0, "last")]  # (mode, multiple of the feature's corpus max, positions)
+          ("set", 12.0, "last"), ("set", 24.0, "last")]  # (mode, x the feature's corpus max, positions)
 
 
 def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int], float],
@@ -255,7 +255,7 @@ def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int
         raise ConfigError("the parens circuit has no feature with a positive effect to steer with")
 
     def intervention(hook, feat, mode, mult, where):
-        value = mult * max(peaks.get((hook, feat), 0.0), 1.0)
+        value = round(mult * max(peaks.get((hook, feat), 0.0), 1.0), 2)
         return Intervention(hook, feat, mode, value, positions=[-1] if where == "last" else where)
 
     base = _p_close(rm, SELECT_PROMPTS, close)

@@ -1,7 +1,9 @@
 """The end-to-end demo: train (or reuse) SAEs, trace two circuits, steer, export.
 
-    load model ─► SAEs (cached by config) ─► IOI + parens circuits ─► top features + contexts
-               ─► clamp the top parens feature during generation ─► exports + viewer
+    load model ─► SAEs (cached by recipe) ─► IOI + parens circuits (+ warnings)
+               ─► basis comparison (SAE vs PCA vs raw) ─► top features (one logit lens) + contexts
+               ─► steering: the parens feature with the largest MEASURED effect on P(")"),
+                  chosen on selection prompts, reported on disjoint held-out prompts ─► exports
 
 `run_demo(DemoConfig(...))` is what `saecircuits demo` calls; every step prints what it did.
 """
@@ -25,7 +27,19 @@ from .replacement import ReplacementModel
 from .sae import SAESet
 
 DEMO_MARKER = "demo.json"
-NOT_DUE_PROMPTS = [  # held-out prompts where ")" is not the natural next token
+EXPLAIN = ("faithfulness = share of the clean-vs-patch metric gap the circuit alone recovers "
+           "(1 = all of it; > 0.5 is good); completeness = the share left when only the circuit "
+           "is ablated (near 0 = nothing important is missing)")
+ERROR_SHARE_WARN = 0.5  # warn when SAE error nodes hold more of the circuit's |effect| than this
+SELECT_PROMPTS = [  # prompts where ")" is not due, used to CHOOSE the steering feature and lever
+    "The train left the station and",
+    "values = [1, 2, 3]\nbest =",
+    "In the morning we walked to",
+    "The committee decided that the",
+    "class Point:\n    x =",
+    "He looked at the sky and said",
+]
+NOT_DUE_PROMPTS = [  # held-out prompts (disjoint from SELECT_PROMPTS) for the reported numbers
     "The weather in Paris today is",
     "def greet(name):\n    message =",
     "She opened the door and",
@@ -40,8 +54,13 @@ class DemoConfig:
     """Settings of `saecircuits demo` (defaults: a full run on a 2-core CPU in < 20 min).
 
     hooks: residual hook points that straddle SmolLM2's IOI step at layer 23.
-    tokens / expansion / k: SAE training budget, width (d_sae = expansion·d_model), TopK k.
+    tokens / expansion / k / corpus: the SAE recipe: training budget, width
+        (d_sae = expansion·d_model), TopK k, training corpus (None: the embedded default;
+        any `trainers.corpus.load_documents` source, e.g. "embedded-mix:0.7").
     n: prompts per task; top_k: feature nodes kept per circuit; method: attrib | ig | exact.
+    compare_bases: run the SAE vs PCA vs raw basis comparison at the middle hook on
+        `basis_prompts` IOI prompts (None: on, except with `quick`).
+    steer_candidates: parens-circuit features tried (by measured effect) for the steering showcase.
     quick: a much smaller run (< 5 min) for a first look.
     """
 
@@ -51,6 +70,7 @@ class DemoConfig:
     tokens: int = 200_000
     expansion: int = 4
     k: int = 32
+    corpus: str | None = None
     n: int = 32
     top_k: int = 60
     method: str = "attrib"
@@ -59,17 +79,23 @@ class DemoConfig:
     quick: bool = False
     seed: int = 0
     dashboard_windows: int = 192
+    compare_bases: bool | None = None
+    basis_prompts: int = 16
+    steer_candidates: int = 6
 
     def __post_init__(self) -> None:
         if isinstance(self.hooks, str):
             self.hooks = [h.strip() for h in self.hooks.split(",") if h.strip()]
         if not self.hooks:
             raise ConfigError("demo needs at least one hook point (--hooks)")
+        if self.compare_bases is None:  # ~140 s measured on a loaded 2-core CPU: full runs only
+            self.compare_bases = not self.quick
         if self.quick:
             self.tokens, self.n, self.top_k = min(self.tokens, 40_000), min(self.n, 16), min(self.top_k, 30)
             self.dashboard_windows = min(self.dashboard_windows, 64)
             self.method = "attrib"
-        for name in ("tokens", "expansion", "k", "n", "top_k", "dashboard_windows"):
+        for name in ("tokens", "expansion", "k", "n", "top_k", "dashboard_windows", "basis_prompts",
+                     "steer_candidates"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"demo {name} must be a positive integer, got {value!r}")
@@ -80,6 +106,7 @@ class DemoConfig:
 
         return TrainConfig(hooks=list(self.hooks), architecture="topk", k=self.k,
                            expansion=self.expansion, tokens=self.tokens, seed=self.seed,
+                           corpus=self.corpus,
                            device=self.device, eval_tokens=2048 if self.quick else 4096)
 
     def trace_config(self):
@@ -128,6 +155,7 @@ def demo_saes(model, tok, cfg: DemoConfig, start: float) -> SAESet:
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _say(f"trained SAEs cached at {folder} (a rerun reuses them; --retrain trains again)", start)
     return SAESet.load(folder, model=model, hooks=list(cfg.hooks))
 
 
@@ -143,31 +171,118 @@ def top_features(graph, n: int) -> list[tuple[str, int, float, str]]:
     return sorted(rows, key=lambda r: -abs(r[2]))[:n]
 
 
-def steering_feature(rm: ReplacementModel, graph, token_ids) -> tuple[str, int, float]:
-    """The circuit feature to clamp: among features with a positive effect on the metric, the
-    one whose decoder row most promotes `token_ids` (mean logit-lens value); (hook, feature, value)."""
-    ids = torch.as_tensor(list(token_ids), dtype=torch.long)
-    positive: dict[str, list[int]] = {}
-    for hook, feat, effect, _ in top_features(graph, 10**6):
-        if effect > 0:
-            positive.setdefault(hook, []).append(feat)
-    best: tuple[str, int, float] | None = None
-    for hook, feats in positive.items():  # one logit-lens product per hook
-        promotes = rm.lens(hook, feats)[:, ids].mean(1)
-        i = int(promotes.argmax())
-        if best is None or float(promotes[i]) > best[2]:
-            best = (hook, feats[i], float(promotes[i]))
-    if best is None:
+def error_share(graph) -> float:
+    """Share of the circuit's total |effect| (feature, error and embedding nodes) held by SAE
+    error nodes; 0 for a graph without effects."""
+    err = total = 0.0
+    for _, d in graph.nodes(data=True):
+        effect = d.get("effect")
+        if d["kind"] in ("metric", "logit") or effect is None or effect != effect:
+            continue
+        total += abs(float(effect))
+        if d["kind"] == "error":
+            err += abs(float(effect))
+    return err / total if total > 0 else 0.0
+
+
+def lens_note(rm: ReplacementModel, tok, hook: str, feat: int, token_id: int | None = None,
+              top: int = 3) -> str:
+    """What the feature's decoder row promotes through the ONE logit lens (`rm.lens`): its top
+    tokens and, if `token_id` is given, its logit change for that token and that token's rank."""
+    row = rm.lens(hook, [feat])[0]  # [vocab]
+    label = "↑ " + " ".join(repr(tok.decode([i])) for i in row.topk(top).indices.tolist())
+    if token_id is None:
+        return label
+    value = float(row[token_id])
+    rank = int((row > value).sum()) + 1
+    return f"{label}; {tok.decode([token_id])!r} {value:+.2f} (rank {rank:,} of {row.numel():,})"
+
+
+def basis_headline(model, tok, saes: SAESet, cfg: DemoConfig) -> dict[str, Any]:
+    """SAE vs PCA vs raw at the middle hook on a small IOI set (`saecircuits.bases`): the
+    recovered share of the clean→patch metric change when the top n = 16 / 64 units are patched,
+    and with every SAE feature patched (error term kept clean)."""
+    from .bases import build_bases, compare_bases
+    from .tasks import make_task
+
+    hook = cfg.hooks[len(cfg.hooks) // 2]
+    task = make_task(tok, "ioi", n=cfg.basis_prompts, seed=cfg.seed)
+    bases = build_bases(model, tok, hook, ["sae", "pca", "raw"], sae=saes[hook], fit_tokens=2048,
+                        seed=cfg.seed)
+    result = compare_bases(model, tok, task, hook, bases, ns=(16, 64))
+    out = result.to_dict()
+    cells = []
+    for n in (16, 64):
+        parts = [f"{b.upper()} {f:.2f}" for b in ("sae", "pca", "raw")
+                 if (f := result.fraction(b, n)) is not None]
+        cells.append(f"top {n}: " + ", ".join(parts))
+    out["headline"] = (f"basis comparison at {hook} (IOI, {len(task)} prompts; share of the "
+                       f"clean→patch metric change recovered by patching the top-n units): "
+                       + "; ".join(cells) + f"; all {result.sizes['sae']:,} SAE features "
+                       f"(error term kept clean) {result.all_features_recovery:.2f}")
+    return out
+
+
+def _p_close(rm: ReplacementModel, prompts: list[str], close: list[int], interventions=None) -> float:
+    """Mean P(next token starts with ')') over `prompts` at the first generated step."""
+    from .splice import encode_inputs
+    from .steering import steer
+
+    if not interventions:
+        logits, _ = rm.run(encode_inputs(rm.tokenizer, prompts), last=True, splice=False)
+        return float(logits.float().softmax(-1)[:, close].sum(-1).mean())
+    result = steer(rm, None, prompts, interventions, max_new_tokens=1, baseline=False, track=close)
+    return float(result.steered_probs[:, 0].sum(-1).mean())
+
+
+LEVERS = [("set", 3.0, "all"), ("set", 6.0, "all"), ("set", 12.0, "all"), ("add", 6.0, "all"),
+          ("set", 12.0, "last"), ("set", 24.0, "last")]  # (mode, x the feature's corpus max, positions)
+
+
+def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int], float],
+                    cfg: DemoConfig) -> dict[str, Any]:
+    """Choose the parens feature and lever by MEASURED effect on P(')') on SELECT_PROMPTS.
+
+    Candidates: the `cfg.steer_candidates` features with the largest positive circuit effect.
+    Each is clamped (set to 6x its corpus max at every position); the one that raises P(')')
+    most is kept, then every lever in LEVERS is tried on it and the best is returned."""
+    from .steering import Intervention
+    from .tasks.parens import closing_ids
+
+    close = closing_ids(tok)
+    candidates = [(h, f, e) for h, f, e, _ in top_features(graph, 10**6) if e > 0][:cfg.steer_candidates]
+    if not candidates:
         raise ConfigError("the parens circuit has no feature with a positive effect to steer with")
-    return best
+
+    def intervention(hook, feat, mode, mult, where):
+        value = round(mult * max(peaks.get((hook, feat), 0.0), 1.0), 2)
+        return Intervention(hook, feat, mode, value, positions=[-1] if where == "last" else where)
+
+    base = _p_close(rm, SELECT_PROMPTS, close)
+    tried = [{"feature": f"{h}:{f}", "hook": h, "index": f, "effect": e,
+              "p_close": _p_close(rm, SELECT_PROMPTS, close, [intervention(h, f, "set", 6.0, "all")])}
+             for h, f, e in candidates]
+    best = max(tried, key=lambda t: t["p_close"])
+    levers = []
+    for mode, mult, where in LEVERS:
+        if (mode, mult, where) == ("set", 6.0, "all"):
+            p = best["p_close"]
+        else:
+            p = _p_close(rm, SELECT_PROMPTS, close, [intervention(best["hook"], best["index"], mode, mult, where)])
+        levers.append({"mode": mode, "multiple": mult, "positions": where, "p_close": p})
+    lever = max(levers, key=lambda lv: lv["p_close"])
+    iv = intervention(best["hook"], best["index"], lever["mode"], lever["multiple"], lever["positions"])
+    return {"baseline_select": base, "candidates": tried, "levers": levers, "chosen": best,
+            "lever": lever, "intervention": iv, "peak": peaks.get((best["hook"], best["index"]), 0.0)}
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo end to end; returns the summary also written to `<out>/demo.json`."""
     from .attribution import trace_circuit
+    from .errors import SaecircuitsError
     from .export import export_graph
     from .export.dashboards import collect_activations, contexts_of, write_dashboards
-    from .steering import Intervention, steer
+    from .steering import steer
     from .tasks.parens import closing_ids
     from trainers.corpus import load_documents
 
@@ -186,17 +301,37 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"model": model_name_of(model), "config": asdict(cfg), "circuits": {}}
     graphs = {}
+    print(f"\n  ({EXPLAIN})", flush=True)
     for task in ("ioi", "parens"):
         _say(f"tracing the {task} circuit ({cfg.n} prompts, method {cfg.method}, top {cfg.top_k} nodes)", start)
         graph, info = trace_circuit(rm, tok, None, task, cfg.trace_config())
         graphs[task] = graph
         summary["circuits"][task] = info
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in sorted(  # faithfulness* first, then completeness*
+            info.items(), key=lambda kv: (not kv[0].startswith("faith"), kv[0]))
+            if k.startswith(("faithfulness", "completeness")) and isinstance(v, float))
         _say(f"  {task}: clean metric {info['metric_clean']:.2f}, accuracy {info['accuracy_clean']:.2f}, "
-             f"faithfulness {info['faithfulness']:.2f}, completeness {info['completeness']:.2f}, "
-             f"{info['feature_nodes']} feature + {info['error_nodes']} error nodes, {info['edges']} edges "
-             f"({info['eval_ablation']} evaluation)", start)
-        for warning in info.get("warnings", []):
-            _say(f"  warning: {warning}", start)
+             f"{scores}, {info['feature_nodes']} feature + {info['error_nodes']} error nodes, "
+             f"{info['edges']} edges ({info.get('eval_ablation', 'mean')} evaluation)", start)
+        warnings_ = [str(w) for w in (info.get("warnings") or [])]
+        share = error_share(graph)
+        info["error_share"] = share
+        if share > ERROR_SHARE_WARN and not any("error node" in w for w in warnings_):
+            warnings_.append(f"SAE error nodes hold {share:.0%} of the circuit's |effect|: the SAEs "
+                             "miss most of what this circuit computes (more training tokens or a "
+                             "wider SAE help)")
+        for w in warnings_:
+            print(f"    warning: {w}", flush=True)
+        info["demo_warnings"] = warnings_
+
+    if cfg.compare_bases:
+        _say("comparing bases (SAE vs PCA vs raw) on IOI prompts", start)
+        try:
+            summary["bases"] = basis_headline(model, tok, saes, cfg)
+            _say(f"  {summary['bases']['headline']}", start)
+        except SaecircuitsError as err:  # an informative extra, never the reason a demo fails
+            summary["bases"] = {"error": str(err)}
+            _say(f"  basis comparison skipped: {err}", start)
 
     features = {task: top_features(g, 5) for task, g in graphs.items()}
     all_nodes = sorted({(h, f) for g in graphs.values() for _, d in g.nodes(data=True)
@@ -207,37 +342,53 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     texts = [texts[i] for i in order[:400]]
     acts = collect_activations(model, tok, saes, all_nodes, texts, max_windows=cfg.dashboard_windows)
+    peaks = {node: float(acts.acts[..., acts.column(node)].max()) for node in all_nodes}
+    paren = tok.encode(")", add_special_tokens=False)
+    paren_id = paren[0] if len(paren) == 1 else None
     for task, rows in features.items():
-        print(f"\nTop features of the {task} circuit (effect on the metric; top context, »max token«):")
-        for hook, feat, effect, label in rows:
+        print(f"\nTop features of the {task} circuit, by |effect| on the metric (logit lens: what the "
+              "decoder row promotes; top corpus context, »max token«):")
+        shown_rows = []
+        for hook, feat, effect, _ in rows:
+            note = lens_note(rm, tok, hook, feat, paren_id if task == "parens" else None)
             ctx = contexts_of(acts, tok, (hook, feat), n=1)
             where = ""
             if ctx and ctx[0].max > 0:
                 c = ctx[0]
-                text = c.marked("»", "«")
-                where = f"  max {c.max:.1f} in {text[-70:]!r}"
-            print(f"  {hook}:{feat:<5d} effect {effect:+.3f}  promotes {label!r}{where}")
-        summary["circuits"][task]["top_features"] = [
-            {"hook": h, "feature": f, "effect": e, "label": lab} for h, f, e, lab in rows]
+                where = f"  max {c.max:.1f} in {c.marked('»', '«')[-70:]!r}"
+            print(f"  {hook}:{feat:<5d} effect {effect:+.3f}  lens {note}{where}")
+            shown_rows.append({"hook": hook, "feature": feat, "effect": effect, "label": note})
+        summary["circuits"][task]["top_features"] = shown_rows
     print()
 
-    hook, feat, promotes = steering_feature(rm, graphs["parens"], closing_ids(tok))
-    peak = float(acts.acts[..., acts.column((hook, feat))].max())
-    value = max(3.0 * peak, 1.0)
-    _say(f"steering: clamping parens feature {hook}:{feat} (circuit effect > 0, decoder promotes ')' "
-         f"by {promotes:+.2f} logits per unit) to {value:.1f} (3x its corpus max) on prompts where "
-         "')' is not due", start)
-    result = steer(rm, None, NOT_DUE_PROMPTS, [Intervention(hook, feat, "set", value, positions="all")],
-                   max_new_tokens=12, track=closing_ids(tok))
-    shift = result.steered_probs[:, 0].sum(-1) - result.baseline_probs[:, 0].sum(-1)
-    print(result.format())
+    _say(f"steering: choosing among the top {cfg.steer_candidates} parens features (positive effect) "
+         f"by their measured effect on P(')') on {len(SELECT_PROMPTS)} selection prompts", start)
+    choice = choose_steering(rm, tok, graphs["parens"], peaks, cfg)
+    print(f"  P(next token starts with ')') on the selection prompts, baseline {choice['baseline_select']:.4f}; "
+          "each feature set to 6x its corpus max at every position:")
+    for t in choice["candidates"]:
+        mark = "  <- chosen" if t is choice["chosen"] else ""
+        print(f"    {t['feature']:<14s} effect {t['effect']:+.3f}  P {t['p_close']:.4f}{mark}")
+    print(f"  levers on {choice['chosen']['feature']} (mode, x corpus max {choice['peak']:.1f}, positions):")
+    for lv in choice["levers"]:
+        mark = "  <- used" if lv is choice["lever"] else ""
+        print(f"    {lv['mode']:<4s} {lv['multiple']:>4.0f}x  {lv['positions']:<5s} P {lv['p_close']:.4f}{mark}")
+    iv = choice["intervention"]
+    close = closing_ids(tok)
+    result = steer(rm, None, NOT_DUE_PROMPTS, [iv], max_new_tokens=12, track=close)
+    first_before = float(result.baseline_probs[:, 0].sum(-1).mean())
+    first_after = float(result.steered_probs[:, 0].sum(-1).mean())
     every = float(result.prob_shift.sum(-1).mean())
-    _say(f"  P(next token starts with ')'): first step {result.baseline_probs[:, 0].sum(-1).mean():.4f}"
-         f" -> {result.steered_probs[:, 0].sum(-1).mean():.4f} (mean shift {shift.mean():+.4f}); "
-         f"mean over all {result.prob_shift.shape[1]} steps shifts {every:+.4f}", start)
-    summary["steering"] = {**result.to_dict(), "feature": f"{hook}:{feat}", "value": value,
-                           "decoder_promotes_close": promotes,
-                           "mean_prob_shift": float(shift.mean()), "mean_prob_shift_all_steps": float(every)}
+    print(result.format())
+    _say(f"  held-out prompts ({len(NOT_DUE_PROMPTS)}, disjoint from the selection prompts): "
+         f"P(next token starts with ')') {first_before:.4f} -> {first_after:.4f} at the first step; "
+         f"mean shift over all {result.prob_shift.shape[1]} steps {every:+.4f}", start)
+    summary["steering"] = {**result.to_dict(), "feature": choice["chosen"]["feature"],
+                           "value": float(iv.value), "mode": iv.mode, "positions": choice["lever"]["positions"],
+                           "candidates": choice["candidates"], "levers": choice["levers"],
+                           "p_close_before": first_before, "p_close_after": first_after,
+                           "mean_prob_shift": first_after - first_before,
+                           "mean_prob_shift_all_steps": every}
 
     _prepare_out(out)
     summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -248,7 +399,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             export_graph(graph, tmp / task, dashboards=tmp / "dashboards", tokenizer=tok)
         write_json(tmp / DEMO_MARKER, summary)
     dash_dir = out / "dashboards"
-    _say(f"wrote {out}/ioi, {out}/parens (graph.json, nodes.csv, edges.csv, graph.graphml, graph.svg, "
-         f"index.html, ...) and {dash_dir}", start)
+    _say(f"wrote {out}/ioi, {out}/parens (graph.json, nodes.csv sorted by |effect|, edges.csv, "
+         f"graph.graphml, graph.svg, index.html, ...) and {dash_dir}", start)
     print(f"\nOpen the circuits:  saecircuits serve {out}/ioi   (or {out}/parens)")
     return summary

@@ -32,6 +32,9 @@ def test_quickstart_runs(tmp_path, monkeypatch):
     exec(compile(small, "README-quickstart", "exec"), scope)   # noqa: S102 - our own README
     assert (tmp_path / "saes" / "resid.23" / "sae.safetensors").is_file()
     assert (tmp_path / "ioi-circuit" / "graph.json").is_file()
-    res = scope["res"]
+    res, graph, top = scope["res"], scope["graph"], scope["top"]
     assert res.baseline[0] and res.steered[0]
+    effects = [abs(d["effect"]) for _, d in graph.nodes(data=True) if d["kind"] == "feature"]
+    assert top.kind == "feature" and abs(top.effect) == max(effects)  # the circuit's own top feature
+    assert res.interventions[0].startswith(f"{top.hook}:{int(top.feature)} set=8.0")
     assert -10 < scope["summary"]["faithfulness"] < 10

@@ -7,6 +7,8 @@ O(batch·k·d_in) weights instead of O(batch·d_sae·d_in) (sparsify's trick, wi
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -69,9 +71,10 @@ def sparse_topk(enc: torch.Tensor, b_enc: torch.Tensor, x_c: torch.Tensor, k: in
             idx = low.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
             B = x_c.shape[0]
             crow = torch.arange(0, B * k + 1, k, device=idx.device)
-            pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1), torch.zeros(B * k, dtype=x_c.dtype,
-                                              device=x_c.device), (B, enc.shape[0]),
-                                              check_invariants=False)
+            with warnings.catch_warnings():  # torch's "sparse CSR is in beta" note is not the user's concern
+                warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+                pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1), torch.zeros(
+                    B * k, dtype=x_c.dtype, device=x_c.device), (B, enc.shape[0]), check_invariants=False)
             values = torch.sparse.sampled_addmm(pattern, x_c, enc.T).values().view(B, k) + b_enc[idx]
     pre = _SelectedPreActivations.apply(x_c, enc, b_enc, idx, values)
     return torch.relu(pre), idx

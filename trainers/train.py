@@ -392,6 +392,10 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
                                             f"at step {step}: loss is not finite; the last good "
                                             "checkpoint is intact")
             bar.update(batch)
+            if step == start and step + 1 < total_steps:  # the first batch carries set-up (corpus,
+                done = bar.n                               # first activation block): the ETA starts after it
+                bar.reset(total=total_steps * batch)
+                bar.initial = bar.n = done
             if cfg.progress and (step % 10 == 0 or step + 1 == total_steps):
                 bar.set_postfix_str("  ".join(
                     f"{n}: L0 {s['l0']:.0f} EV {1 - s['fvu']:.3f} dead {s['dead']:.1%}"

@@ -100,10 +100,13 @@ def _to_text_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_csv(graph: FeatureGraph, folder: str | os.PathLike) -> tuple[Path, Path]:
-    """Write `nodes.csv` and `edges.csv` (UTF-8, RFC 4180 quoting) into `folder`."""
+    """Write `nodes.csv` (largest |effect| first; nodes without an effect last) and `edges.csv`
+    (UTF-8, RFC 4180 quoting) into `folder`."""
     folder = Path(folder)
     paths = folder / "nodes.csv", folder / "edges.csv"
-    for frame, path in zip((nodes_df(graph), edges_df(graph)), paths):
+    nodes = nodes_df(graph).sort_values("effect", key=lambda col: -col.abs(), kind="stable",
+                                        na_position="last")
+    for frame, path in zip((nodes, edges_df(graph)), paths):
         with atomic_path(path) as tmp:
             _to_text_frame(frame).to_csv(tmp, index=False, encoding="utf-8")
     return paths

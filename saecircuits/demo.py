@@ -68,9 +68,9 @@ class DemoConfig:
     device: str | None = None
     hooks: list[str] = field(default_factory=lambda: ["resid.4", "resid.10", "resid.16", "resid.23"])
     tokens: int = 200_000
-    expansion: int = 4
-    k: int = 32
-    corpus: str | None = None
+    expansion: int = 8
+    k: int = 128
+    corpus: str | None = "embedded-mix:0.7"
     n: int = 32
     top_k: int = 60
     method: str = "attrib"

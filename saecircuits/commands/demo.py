@@ -7,8 +7,8 @@ HELP = "train (or reuse) SAEs, trace the IOI and closing-parenthesis circuits, s
 
 
 # DemoConfig's defaults, repeated here so that `--help` imports no torch (a test keeps them equal)
-DEFAULTS = dict(hooks=["resid.4", "resid.10", "resid.16", "resid.23"], tokens=200_000, expansion=4,
-                k=32, corpus=None, n=32, top_k=60, method="attrib", out="saecircuits-demo", seed=0,
+DEFAULTS = dict(hooks=["resid.4", "resid.10", "resid.16", "resid.23"], tokens=200_000, expansion=8,
+                k=128, corpus="embedded-mix:0.7", n=32, top_k=60, method="attrib", out="saecircuits-demo", seed=0,
                 basis_prompts=16, steer_candidates=6)
 
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--expansion", type=positive_int, default=d.expansion, help="d_sae / d_model (default %(default)s)")
     parser.add_argument("--k", type=positive_int, default=d.k, help="TopK active latents (default %(default)s)")
     parser.add_argument("--corpus", default=d.corpus,
-                        help="SAE training corpus, e.g. embedded-mix:0.7 (default: the embedded corpus)")
+                        help="SAE training corpus: embedded, narrative, embedded-mix:R, a file or folder (default %(default)s)")
     parser.add_argument("--n", type=positive_int, default=d.n, help="prompts per task (default %(default)s)")
     parser.add_argument("--top-k", type=positive_int, default=d.top_k, help="feature nodes per circuit (default %(default)s)")
     parser.add_argument("--method", choices=("attrib", "ig", "exact"), default=d.method,

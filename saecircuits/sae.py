@@ -280,6 +280,19 @@ def _check_header(path: Path, cfg: SAEConfig) -> None:
                                  f"cfg.json (d_in={cfg.d_in}, d_sae={cfg.d_sae})")
 
 
+# (is_native, load_sae_set), registered by `saecircuits.formats` when it is imported. formats sits
+# above this module (it builds SAEs), so it is loaded by name on first need, as a plugin.
+_PEER_FORMATS: list = [None]
+
+
+def _peer_formats():
+    if _PEER_FORMATS[0] is None:
+        import importlib
+
+        importlib.import_module(f"{__package__}.formats")
+    return _PEER_FORMATS[0]
+
+
 class SAESet(Mapping[str, SAE]):
     """SAEs keyed by hook point. On disk: one subdirectory per hook point."""
 
@@ -335,8 +348,7 @@ class SAESet(Mapping[str, SAE]):
         """
         folder = Path(folder)
         if format != "native":
-            from .formats import is_native, load_sae_set
-
+            is_native, load_sae_set = _peer_formats()
             if format != "auto" or not is_native(folder):
                 saes = load_sae_set(folder, format=format, variant=variant, hooks=hooks)
                 if device is not None:

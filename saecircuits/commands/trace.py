@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompts of a built-in --mean-from task (default 64)")
     parser.add_argument("--length", type=_length, default=None, metavar="L|common",
                         help="keep only the prompts of this many tokens, or of the most common "
-                             "length (e.g. for --positional, which needs one length)")
+                             "length (e.g. for --positional, which needs one length; default: all prompts)")
     parser.add_argument("--per-prompt", action="store_true",
                         help="also trace each prompt alone: one graph per prompt in "
                              "--out/prompts/NNN plus the aggregate, and the faithfulness "

@@ -348,3 +348,13 @@ def is_native(path) -> bool:
         return _is_sae_folder(folder) and detect_format(folder) == "native"
     subs = [p.parent for p in folder.glob(f"*/{CFG_FILE}")]
     return bool(subs) and all(_is_sae_folder(p) and detect_format(p) == "native" for p in subs)
+
+
+def _register() -> None:
+    """Let `SAESet.load(path, format=...)` reach these loaders without sae.py importing formats."""
+    from .. import sae as _sae
+
+    _sae._PEER_FORMATS[0] = (is_native, load_sae_set)
+
+
+_register()

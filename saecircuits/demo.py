@@ -145,7 +145,7 @@ def demo_saes(model, tok, cfg: DemoConfig, start: float) -> SAESet:
         except SAEFormatError:
             _say(f"cached SAEs at {folder} are incomplete; training again", start)
     _say(f"training TopK SAEs (k={cfg.k}, d_sae={cfg.expansion}x) at {', '.join(cfg.hooks)} "
-         f"on {cfg.tokens:,} tokens of the embedded corpus", start)
+         f"on {cfg.tokens:,} tokens of {cfg.corpus or 'the embedded corpus'}", start)
     tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     train_cfg.out = str(tmp)

@@ -97,19 +97,9 @@ def narrative_documents() -> list[Document]:
         raise ConfigError(f"the narrative corpus {str(path)!r} is not there; it ships as "
                           "trainers/data/narrative.jsonl.gz (or set $SAECIRCUITS_NARRATIVE)")
     opener = gzip.open if path.suffix == ".gz" else open
-    docs = []
     with opener(path, "rt", encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise ConfigError(f"{path}:{number}: expected an object with a string field 'text'")
-            genre = str(obj.get("genre") or "text").replace("/", "_")
-            docs.append(Document(f"narrative/{genre}/{number}", obj["text"]))
+        docs = [Document(f"narrative/{str(obj.get('genre') or 'text').replace('/', '_')}/{number}",
+                         obj["text"]) for number, obj in jsonl_objects(fh, path, "text")]
     return dedupe(docs)
 
 
@@ -189,20 +179,24 @@ def read_text_file(path: str | os.PathLike) -> list[Document]:
 def read_jsonl(path: str | os.PathLike, field: str = "text") -> list[Document]:
     """One document per line of a JSONL file: the string under `field`."""
     path = Path(path)
-    docs = []
-    for doc in read_text_file(path):
-        for number, line in enumerate(doc.text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                raise ConfigError(f"{path}:{number}: expected an object with a string "
-                                  f"field {field!r}")
-            docs.append(Document(f"{path.name}:{number}", obj[field]))
-    return docs
+    return [Document(f"{path.name}:{number}", obj[field])
+            for doc in read_text_file(path)
+            for number, obj in jsonl_objects(doc.text.splitlines(), path, field)]
+
+
+def jsonl_objects(lines: Iterable[str], path, field: str):
+    """(line number, object) for each non-blank JSONL line; ConfigError naming `path:line` when a
+    line is not JSON or lacks a string `field`."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+            raise ConfigError(f"{path}:{number}: expected an object with a string field {field!r}")
+        yield number, obj
 
 
 def read_hf_dataset(source: str, field: str = "text", split: str = "train",

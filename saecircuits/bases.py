@@ -14,7 +14,10 @@ For a contrastive task with patch prompts, each unit j gets the attribution
 ranked by their attribution toward the clean→patch change (`a_j · sign(m_patch − m_clean)`,
 largest first). Patching the top n units of a basis runs the clean prompts with
 `x = x_clean + Σ_{j∈top n} (c_patch,j − c_clean,j) dec_j` at every position except each
-prompt's first token (the attention sink) and padding. The recovered fraction is
+prompt's first token (the attention sink) and padding.
+`rank="prompt"` ranks units per prompt instead (each prompt's own attribution, summed over its
+positions; each prompt patches its own top n): how many units localise the task in one prompt,
+when different prompts (different names) use different units. The recovered fraction is
 `(m̄_n − m̄_clean) / (m̄_patch − m̄_clean)` (ratio of the means over prompts).
 For complete bases n = all reproduces the patch run (fraction 1); for an SAE, n = all patches
 every feature but keeps the clean error term ("all features, no error term").
@@ -209,6 +212,7 @@ class BasisComparison:
     curves: dict[str, list[tuple[int, float]]]
     sizes: dict[str, int]
     info: dict = field(default_factory=dict)
+    rank: str = "dataset"
 
     def fraction(self, basis: str, n: int | str) -> float | None:
         size = self.sizes[basis]
@@ -224,7 +228,7 @@ class BasisComparison:
         return self.fraction("sae", "all") if "sae" in self.curves else None
 
     def to_dict(self) -> dict:
-        return {"task": self.task, "hook": self.hook, "n_prompts": self.n_prompts,
+        return {"task": self.task, "hook": self.hook, "n_prompts": self.n_prompts, "rank": self.rank,
                 "metric_clean": self.metric_clean, "metric_patch": self.metric_patch,
                 "all_features_recovery": self.all_features_recovery, "sizes": self.sizes,
                 "curves": {b: [{"n": n, "fraction": f} for n, f in c] for b, c in self.curves.items()},
@@ -294,15 +298,21 @@ def _metric_with(model, hp, task: Task, inputs, x_new: torch.Tensor) -> float:
     return float(task.metric(logits).mean())
 
 
+RANKS = ("dataset", "prompt")
+
+
 def compare_bases(model, tok, task: Task, hook: str, bases: Sequence[Basis],
-                  ns: Sequence[int] = DEFAULT_NS) -> BasisComparison:
+                  ns: Sequence[int] = DEFAULT_NS, rank: str = "dataset") -> BasisComparison:
     """Patch the top-n units of every basis from the patch run; see the module docstring.
+    rank: "dataset" (one ranking from the mean attribution) or "prompt" (each prompt its own).
 
     Runs 1 forward+backward and 1 forward for the clean/patch values, then one forward per
     (basis, n). The prompts run as one batch (left padded)."""
     _check_task(task)
     if not bases:
         raise ConfigError("compare_bases needs at least one basis")
+    if rank not in RANKS:
+        raise ConfigError(f"rank must be one of {RANKS}, got {rank!r}")
     ns = sorted({int(n) for n in ns})
     if not ns or ns[0] < 1:
         raise ConfigError(f"unit counts must be positive integers, got {ns}")
@@ -335,19 +345,26 @@ def compare_bases(model, tok, task: Task, hook: str, bases: Sequence[Basis],
         c_clean = b.encode(x_clean.to(b.dec.device)).float().cpu()
         c_patch = b.encode(x_patch.to(b.dec.device)).float().cpu()
         delta = (c_patch - c_clean) * keep                   # [B, T, m]
-        attr = ((grad @ dec.T) * delta).sum((0, 1)) / n_prompts  # [m]
+        per_prompt = ((grad @ dec.T) * delta).sum(1)              # [B, m]
+        attr = per_prompt.sum(0) / n_prompts                        # [m]
         order = (attr * math.copysign(1.0, change)).argsort(descending=True)
+        if rank == "prompt":
+            orders = (per_prompt * math.copysign(1.0, change)).argsort(dim=1, descending=True)  # [B, m]
         points = [n for n in ns if n < b.size] + [b.size]
         curve = []
         for n in points:
-            sel = order[:n]
-            x_new = x_clean + delta[..., sel] @ dec[sel]
+            if rank == "prompt" and n < b.size:
+                chosen = torch.zeros_like(per_prompt).scatter_(1, orders[:, :n], 1.0)  # [B, m]
+                x_new = x_clean + (delta * chosen.unsqueeze(1)) @ dec
+            else:
+                sel = order[:n]
+                x_new = x_clean + delta[..., sel] @ dec[sel]
             curve.append((n, (_metric_with(model, hp, task, clean, x_new) - m_clean) / change))
         curves[b.name], sizes[b.name] = curve, b.size
         info[b.name] = {**b.info, "attribution_total": float(attr.sum()),
                         "attribution_top16": float(attr[order[:16]].sum())}
     return BasisComparison(task=task.name, hook=hp.name, n_prompts=n_prompts, metric_clean=m_clean,
-                           metric_patch=m_patch, curves=curves, sizes=sizes, info=info)
+                           metric_patch=m_patch, curves=curves, sizes=sizes, info=info, rank=rank)
 
 
 # -- picture -----------------------------------------------------------------------------------
@@ -405,7 +422,8 @@ def write_outputs(result: BasisComparison, folder) -> dict[str, str]:
     write_text(folder / "bases.md", f"# Basis comparison: {result.task} at {result.hook}\n\n"
                f"{result.n_prompts} prompts; metric clean {result.metric_clean:.3f}, patch "
                f"{result.metric_patch:.3f}. Fraction of the clean→patch change recovered by "
-               f"patching the top-n units (SAE 'all': every feature, error term kept clean).\n\n"
+               f"patching the top-n units, ranked per {result.rank} (SAE 'all': every feature, error "
+               f"term kept clean).\n\n"
                f"{result.table()}\n")
     if importlib.util.find_spec("matplotlib") is not None:
         import matplotlib

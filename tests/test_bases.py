@@ -87,6 +87,50 @@ def test_compare_bases_tiny(tiny, tiny_fit):
     assert torch.equal(before, bare_logits(model, tok, ["The cat sat on the"]))
 
 
+def test_compare_bases_per_prompt_ranking(tiny, tiny_fit):
+    """rank='prompt': each prompt patches its own top-n units; with one prompt it is the
+    dataset ranking; n=1 per prompt is checked by hand against single-prompt runs."""
+    model, tok = tiny
+    task = make_task(tok, "ioi", n=4, seed=3)
+    raw = build_bases(model, tok, "resid.1", ["raw"])
+    per = compare_bases(model, tok, task, "resid.1", raw, ns=[1, 4], rank="prompt")
+    assert per.rank == "prompt" and per.to_dict()["rank"] == "prompt"
+    assert per.fraction("raw", "all") == pytest.approx(1.0, abs=2e-3)
+    # by hand: each prompt's top-1 raw dimension, patched in its own prompt
+    clean, patch = encode_inputs(tok, task.clean), encode_inputs(tok, task.patch)
+    hp = hooks.resolve(model, "resid.1")
+    with torch.enable_grad():
+        with model.trace(clean):
+            x = hooks.read(model, hp)
+            leaf = nnsight.save(x.detach().clone().requires_grad_(True))
+            hooks.write(model, hp, leaf)
+            logits = model.lm_head.output.save()
+        task.metric(logits).sum().backward()
+    with torch.no_grad(), model.trace(patch) as t:
+        xp = nnsight.save(hooks.read(model, hp)); t.stop()
+    xc, grad = leaf.detach(), leaf.grad
+    keep = clean["attention_mask"].bool().clone()
+    keep[torch.arange(len(task)), clean["attention_mask"].long().argmax(1)] = False
+    delta = (xp - xc) * keep[..., None]
+    sign = 1.0 if per.metric_patch > per.metric_clean else -1.0
+    top1 = ((grad * delta).sum(1) * sign).argmax(1)                     # [B]
+    mask = torch.zeros_like(xc[:, 0]).scatter_(1, top1[:, None], 1.0)   # [B, d]
+    x_new = xc + delta * mask[:, None, :]
+    with torch.no_grad(), model.trace(clean):
+        hooks.read(model, hp)
+        hooks.write(model, hp, x_new)
+        logits = model.lm_head.output.save()
+    want = (task.metric(logits).mean() - per.metric_clean) / (per.metric_patch - per.metric_clean)
+    assert per.fraction("raw", 1) == pytest.approx(float(want), abs=1e-4)
+    single = from_records(tok, task.to_records()[:1])
+    a = compare_bases(model, tok, single, "resid.1", raw, ns=[1, 4], rank="prompt")
+    b = compare_bases(model, tok, single, "resid.1", raw, ns=[1, 4], rank="dataset")
+    assert a.curves == b.curves
+    with pytest.raises(SaecircuitsError, match="'nope'"):
+        compare_bases(model, tok, task, "resid.1", raw, rank="nope")
+    assert_model_clean(model)
+
+
 def test_compare_bases_needs_patch_prompts(tiny, tiny_fit):
     model, tok = tiny
     task = from_records(tok, [{"clean_prefix": "When Mary and John went", "patch_prefix": None,

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated subset of {','.join(BASES)} (default: all)")
     parser.add_argument("--ns", default=",".join(map(str, DEFAULT_NS)),
                         help="unit counts to patch (default: %(default)s; the full basis is always added)")
+    parser.add_argument("--rank", choices=("dataset", "prompt"), default="dataset",
+                        help="rank units once from the mean attribution over prompts, or per prompt "
+                        "(each prompt patches its own top n) (default dataset)")
     parser.add_argument("--fit-tokens", type=positive_int, default=16384,
                         help="corpus activations to fit PCA/ICA on (default 16384)")
     parser.add_argument("--corpus", default=None, help="text for the PCA/ICA fit (default: the "
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> dict:
     sae = SAESet.load(args.saes, model=model, hooks=[args.hook])[args.hook] if "sae" in names else None
     bases = build_bases(model, tok, args.hook, names, sae=sae, fit_tokens=args.fit_tokens,
                         corpus=args.corpus, seed=args.seed, ica_iter=args.ica_iter)
-    result = compare_bases(model, tok, task, args.hook, bases, ns=ns)
+    result = compare_bases(model, tok, task, args.hook, bases, ns=ns, rank=args.rank)
     print(result.table())
     if result.all_features_recovery is not None:
         print(f"all SAE features (error term kept clean): {result.all_features_recovery:.3f} "

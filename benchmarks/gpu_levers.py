@@ -10,6 +10,18 @@ before and after a KL fine-tune of the whole stack.
 
     python3 benchmarks/gpu_levers.py --device cuda --tokens 2000000 --out $OUT/levers.json
 
+On a CPU, start from an existing 4-hook stack (e.g. the demo's cached SAEs) and run only the
+steps a 2-core machine affords:
+
+    python3 benchmarks/gpu_levers.py --device cpu --steps baselines,stack,kl,layout \
+        --saes ~/.cache/saecircuits/saes/demo-<key> --kl-tokens 40000 --tokens 200000 \
+        --out benchmarks/results_cpu_levers.json
+
+Steps: baselines (raw/PCA/ICA curves), single (corpus × k × width at --hook), stack (circuit
+numbers of the 4-hook residual stack: trained here, or --saes), kl (the stack after a KL
+fine-tune), layout (attention + MLP output SAEs at --layout-hooks, trained in one pass).
+Every basis curve is measured with both rankings (dataset-level and per-prompt top n).
+
 Every finished step rewrites the JSON (partial results survive a time-out); `--time-limit`
 skips the remaining steps once spent.
 """
@@ -42,7 +54,13 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=1e9)
     ap.add_argument("--model-batch", type=int, default=64)
     ap.add_argument("--kl-batch", type=int, default=32)
+    ap.add_argument("--steps", default="baselines,single,stack,kl")
+    ap.add_argument("--saes", default=None, help="use this 4-hook stack instead of training one")
+    ap.add_argument("--layout-hooks", default="attn.4,mlp.4,attn.10,mlp.10,attn.16,mlp.16,attn.23,mlp.23")
+    ap.add_argument("--layout-k", type=int, default=64)
+    ap.add_argument("--stack-k", type=int, default=64)
     args = ap.parse_args()
+    steps = set(args.steps.split(","))
 
     import torch
 
@@ -73,17 +91,21 @@ def main() -> None:
 
     model, tok = load_model(device=args.device)
     task = make_task(tok, args.task, n=args.n)
-    base = compare_bases(model, tok, task, args.hook,
-                         build_bases(model, tok, args.hook, ["raw", "pca", "ica"],
-                                     fit_tokens=args.fit_tokens), ns=NS)
-    save("baselines", {"metric_clean": base.metric_clean, "metric_patch": base.metric_patch,
-                       "curves": base.curves})
+    if "baselines" in steps:
+        dense = build_bases(model, tok, args.hook, ["raw", "pca", "ica"], fit_tokens=args.fit_tokens)
+        for rank in ("dataset", "prompt"):
+            base = compare_bases(model, tok, task, args.hook, dense, ns=NS, rank=rank)
+            save(f"baselines/{rank}", {"metric_clean": base.metric_clean,
+                                       "metric_patch": base.metric_patch, "curves": base.curves})
 
     def bases_row(sae) -> dict:
-        res = compare_bases(model, tok, task, args.hook,
-                            build_bases(model, tok, args.hook, ["sae"], sae=sae), ns=NS)
-        return {"curve": res.curves["sae"], "all_features": res.all_features_recovery,
-                "d_sae": res.sizes["sae"]}
+        row = {}
+        for rank in ("dataset", "prompt"):
+            res = compare_bases(model, tok, task, args.hook,
+                                build_bases(model, tok, args.hook, ["sae"], sae=sae), ns=NS, rank=rank)
+            row[f"curve_{rank}"] = res.curves["sae"]
+            row["all_features"], row["d_sae"] = res.all_features_recovery, res.sizes["sae"]
+        return row
 
     def metrics_of(folder: Path) -> dict:
         path = folder / "metrics.json"
@@ -91,7 +113,7 @@ def main() -> None:
 
     single = {}
     for corpus_name, corpus in (("code", None), ("mix", "embedded-mix:0.7")):
-        if not time_left():
+        if not time_left() or "single" not in steps:
             break
         folder = Path(args.work) / f"single-{corpus_name}"
         cfg = TrainConfig(hooks=[args.hook], k=[32, 64, 128], expansion=[8, 32],
@@ -122,27 +144,49 @@ def main() -> None:
                                        eval_ablation=ev, progress=False, batch_size=16)
             row[f"faithfulness_{ev}"] = summary["faithfulness"]
             row["feature_nodes"] = summary.get("feature_nodes")
+            row["circuit_error_share"] = summary.get("error_share")
         return row
 
-    if time_left():
-        folder = Path(args.work) / "stack-mix"
-        cfg = TrainConfig(hooks=args.stack.split(","), k=64, expansion=8,
-                          tokens=args.stack_tokens or args.tokens, corpus="embedded-mix:0.7",
-                          out=str(folder), progress=False, model_batch=args.model_batch,
-                          device=args.device, eval_tokens=8192)
+    def train(hooks_: list[str], k: int, name: str) -> SAESet:
+        folder = Path(args.work) / name
+        cfg = TrainConfig(hooks=hooks_, k=k, expansion=8, tokens=args.stack_tokens or args.tokens,
+                          corpus="embedded-mix:0.7", out=str(folder), progress=False,
+                          model_batch=args.model_batch, device=args.device, eval_tokens=8192)
+        t = time.time()
         train_saes(model, tok, cfg)
         saes = SAESet.load(folder, model=model)
-        row = circuit_row(saes)
-        row["metrics"] = {h: {k: m.get(k) for k in ("explained_variance", "ce_loss_score")}
-                          for h, m in metrics_of(folder).items()}
-        save("stack/mix-k64", row)
-        if time_left():
+        saes.train_s = round(time.time() - t, 1)
+        return saes
+
+    def stack_metrics(saes) -> dict:
+        return {h: {k: (sae.cfg.metadata.get("metrics") or {}).get(k)
+                    for k in ("explained_variance", "ce_loss_score", "dead_fraction")}
+                for h, sae in saes.items()}
+
+    saes = None
+    if steps & {"stack", "kl"} and time_left():
+        saes = SAESet.load(args.saes, model=model) if args.saes else train(
+            args.stack.split(","), args.stack_k, "stack-mix")
+        name = "given" if args.saes else f"mix-k{args.stack_k}"
+        if "stack" in steps:
+            row = circuit_row(saes)
+            row["bases"] = bases_row(saes[args.hook])
+            row["metrics"] = stack_metrics(saes)
+            save(f"stack/{name}", row)
+        if "kl" in steps and time_left():
+            t = time.time()
             info = kl_finetune(model, tok, saes, KLFinetuneConfig(
                 tokens=args.kl_tokens, batch=args.kl_batch, progress=False), corpus="embedded-mix:0.7")
+            kl_s = round(time.time() - t, 1)
             row = circuit_row(saes)
-            row["bases_after_kl"] = bases_row(saes[args.hook])
-            row["kl_info"] = info
-            save("stack/mix-k64+kl", row)
+            row["bases"] = bases_row(saes[args.hook])
+            row["kl_info"], row["kl_s"] = info, kl_s
+            save(f"stack/{name}+kl{args.kl_tokens}", row)
+    if "layout" in steps and time_left():
+        lay = train(args.layout_hooks.split(","), args.layout_k, "layout-attn-mlp")
+        row = circuit_row(lay)
+        row["metrics"], row["train_s"] = stack_metrics(lay), lay.train_s
+        save(f"layout/attn-mlp-k{args.layout_k}", row)
     save("done", True)
 
 

@@ -239,29 +239,49 @@ LEVERS = [("set", 3.0, "all"), ("set", 6.0, "all"), ("set", 12.0, "all"), ("add"
           ("set", 12.0, "last"), ("set", 24.0, "last")]  # (mode, x the feature's corpus max, positions)
 
 
-def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int], float],
-                    cfg: DemoConfig) -> dict[str, Any]:
-    """Choose the parens feature and lever by MEASURED effect on P(')') on SELECT_PROMPTS.
+def lens_candidates(rm: ReplacementModel, close: list[int], n: int) -> list[tuple[str, int, float]]:
+    """The `n` features (over every hook) whose decoder rows raise the ')' logits most through
+    the logit lens: (hook, feature, lens logit change). Cheap: one `[d_sae, vocab]` product a hook."""
+    rows = []
+    for hook in rm.hooks:
+        d_sae = rm.saes[hook].cfg.d_sae
+        gain = torch.cat([rm.lens(hook, range(s, min(s + 1024, d_sae)))[:, close].max(-1).values
+                          for s in range(0, d_sae, 1024)])
+        top = gain.topk(min(n, d_sae))
+        rows += [(hook, int(i), float(v)) for v, i in zip(top.values, top.indices)]
+    return sorted(rows, key=lambda r: -r[2])[:n]
 
-    Candidates: the `cfg.steer_candidates` features with the largest positive circuit effect.
-    Each is clamped (set to 6x its corpus max at every position); the one that raises P(')')
-    most is kept, then every lever in LEVERS is tried on it and the best is returned."""
+
+def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int], float],
+                    cfg: DemoConfig, lens: list[tuple[str, int, float]] | None = None) -> dict[str, Any]:
+    """Choose the feature and lever by MEASURED effect on P(')') on SELECT_PROMPTS.
+
+    Candidates: the `cfg.steer_candidates` parens-circuit features with the largest positive
+    effect, plus the `cfg.steer_candidates` features whose decoder rows promote ')' most through
+    the logit lens (`lens`, from `lens_candidates`; computed here when None). Each is clamped (set to 6x its corpus max at every position); the one that
+    raises P(')') most is kept, then every lever in LEVERS is tried on it and the best is returned."""
     from .steering import Intervention
     from .tasks.parens import closing_ids
 
     close = closing_ids(tok)
-    candidates = [(h, f, e) for h, f, e, _ in top_features(graph, 10**6) if e > 0][:cfg.steer_candidates]
+    circuit = [(h, f, e, "circuit") for h, f, e, _ in top_features(graph, 10**6) if e > 0][:cfg.steer_candidates]
+    seen = {(h, f) for h, f, _, _ in circuit}
+    if lens is None:
+        lens = lens_candidates(rm, close, cfg.steer_candidates)
+    lens = [(h, f, e, "lens") for h, f, e in lens if (h, f) not in seen]
+    candidates = circuit + lens
     if not candidates:
-        raise ConfigError("the parens circuit has no feature with a positive effect to steer with")
+        raise ConfigError("no feature to steer with: the parens circuit has no feature with a positive "
+                          "effect and no decoder row promotes ')'")
 
     def intervention(hook, feat, mode, mult, where):
         value = round(mult * max(peaks.get((hook, feat), 0.0), 1.0), 2)
         return Intervention(hook, feat, mode, value, positions=[-1] if where == "last" else where)
 
     base = _p_close(rm, SELECT_PROMPTS, close)
-    tried = [{"feature": f"{h}:{f}", "hook": h, "index": f, "effect": e,
+    tried = [{"feature": f"{h}:{f}", "hook": h, "index": f, "effect": e, "source": src,
               "p_close": _p_close(rm, SELECT_PROMPTS, close, [intervention(h, f, "set", 6.0, "all")])}
-             for h, f, e in candidates]
+             for h, f, e, src in candidates]
     best = max(tried, key=lambda t: t["p_close"])
     levers = []
     for mode, mult, where in LEVERS:
@@ -341,8 +361,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     texts = [d.text for d in load_documents(None)]
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     texts = [texts[i] for i in order[:400]]
-    acts = collect_activations(model, tok, saes, all_nodes, texts, max_windows=cfg.dashboard_windows)
-    peaks = {node: float(acts.acts[..., acts.column(node)].max()) for node in all_nodes}
+    lens = lens_candidates(rm, closing_ids(tok), cfg.steer_candidates)  # steering candidates too
+    wanted = sorted(set(all_nodes) | {(h, f) for h, f, _ in lens})
+    acts = collect_activations(model, tok, saes, wanted, texts, max_windows=cfg.dashboard_windows)
+    peaks = {node: float(acts.acts[..., acts.column(node)].max()) for node in wanted}
     paren = tok.encode(")", add_special_tokens=False)
     paren_id = paren[0] if len(paren) == 1 else None
     for task, rows in features.items():
@@ -362,13 +384,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print()
 
     _say(f"steering: choosing among the top {cfg.steer_candidates} parens features (positive effect) "
+         f"and the {cfg.steer_candidates} features whose decoder rows promote ')' most (logit lens) "
          f"by their measured effect on P(')') on {len(SELECT_PROMPTS)} selection prompts", start)
-    choice = choose_steering(rm, tok, graphs["parens"], peaks, cfg)
+    choice = choose_steering(rm, tok, graphs["parens"], peaks, cfg, lens=lens)
     print(f"  P(next token starts with ')') on the selection prompts, baseline {choice['baseline_select']:.4f}; "
           "each feature set to 6x its corpus max at every position:")
     for t in choice["candidates"]:
         mark = "  <- chosen" if t is choice["chosen"] else ""
-        print(f"    {t['feature']:<14s} effect {t['effect']:+.3f}  P {t['p_close']:.4f}{mark}")
+        what = "circuit effect" if t["source"] == "circuit" else "lens ')'"
+        print(f"    {t['feature']:<14s} {what} {t['effect']:+.3f}  P {t['p_close']:.4f}{mark}")
     print(f"  levers on {choice['chosen']['feature']} (mode, x corpus max {choice['peak']:.1f}, positions):")
     for lv in choice["levers"]:
         mark = "  <- used" if lv is choice["lever"] else ""

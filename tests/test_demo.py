@@ -37,6 +37,10 @@ def test_demo_end_to_end(smol, tmp_path):
     assert any((out / "dashboards").iterdir())
     steering = summary["steering"]
     assert steering["feature"].split(":")[0] in ("resid.4", "resid.23")
+    # the feature is chosen by measured P(')') among circuit and logit-lens candidates
+    cands = steering["candidates"]
+    assert {c["source"] for c in cands} <= {"circuit", "lens"} and cands
+    assert steering["feature"] == max(cands, key=lambda c: c["p_close"])["feature"]
     assert steering["results"] and all(r["baseline"] and r["steered"] for r in steering["results"])
     assert math.isfinite(steering["mean_prob_shift"])
     assert "saecircuits serve" in proc.stderr  # the how-to-open line (stdout carries only JSON)

@@ -95,6 +95,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
 
 
+def add_explanations_argument(parser: argparse.ArgumentParser) -> None:
+    """--explanations: auto-interp labels for the graphs / dashboards a subcommand writes."""
+    parser.add_argument("--explanations", default=None, metavar="PATH",
+                        help="explanations.json or the --out directory of `saecircuits explain`: "
+                             "explained features show their explanation (and score) in graph "
+                             "labels (clerp, nodes.csv, viewer) and dashboards (default: none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="saecircuits", formatter_class=HelpFormatter,

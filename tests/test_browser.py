@@ -286,3 +286,42 @@ def test_viewer_fits_labels_top_nodes_and_saves_pins(tmp_path):
     assert all(u == server.url or u.startswith("blob:") for u in requests), requests
     assert not [e for e in browser.events if e["method"] == "Runtime.exceptionThrown"]
 
+
+
+def test_viewer_shows_explanations_on_hover_and_in_the_panel(tmp_path):
+    """Explanations from an explain run reach the hover text, the on-graph label and the side
+    panel, with their score; hostile explanation text runs nothing."""
+    from test_export import make_graph
+
+    graph = make_graph(n_layers=2, n_pos=2, per=1)
+    hostile = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'
+    run = tmp_path / "explain"
+    run.mkdir()
+    (run / "explanations.json").write_text(json.dumps({"resid.1:1": "fires on " + hostile,
+                                                       "resid.0:0": "the word 'Mary'"}))
+    (run / "results.json").write_text(json.dumps([{"key": "resid.1:1", "basis": "sae",
+                                                   "score": 0.375, "score_top": 0.5}]))
+    export_graph(graph, tmp_path / "e", formats=["html"], explanations=run)
+    target = "resid.1/1/1"
+    browser = Browser(tmp_path / "profile")
+    try:
+        with serve(tmp_path / "e") as server:
+            browser.call("Runtime.enable")
+            browser.call("Page.navigate", url=server.url)
+            browser.wait_for("document.body && document.body.dataset.ready === '1'")
+            box = _box(browser, f'g.node[data-id="{target}"]')
+            browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=box["x"], y=box["y"])
+            tip = browser.js("document.getElementById('tip').textContent")
+            label = browser.js(f"""(() => {{ const t = document.querySelector('text.nlabel[data-id="{target}"]');
+                                   return t ? t.textContent : null; }})()""")
+            browser.click(box["x"], box["y"])
+            panel = browser.js("document.getElementById('node-explanation').textContent")
+            pwned = browser.js("window.pwned === undefined && !document.querySelector('#details img')")
+    finally:
+        browser.close()
+    assert "explanation: fires on " + hostile + " (score 0.38)" in tip
+    assert "tok L1" in tip  # the logit-lens label is still shown
+    assert label.startswith("fires on")  # the on-graph label shows the explanation
+    assert panel == "fires on " + hostile + " (score 0.38)"
+    assert pwned
+    assert not [e for e in browser.events if e["method"] == "Runtime.exceptionThrown"]

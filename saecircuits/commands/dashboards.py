@@ -8,7 +8,7 @@ HELP = "build feature dashboards: top contexts, histograms, output tokens (HTML 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_model_arguments, positive_int
+    from ..cli import add_explanations_argument, add_model_arguments, positive_int
 
     add_model_arguments(parser)
     add_saes_arguments(parser)
@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--activations", default=None,
                         help="reuse stored activations (activations.safetensors of an earlier run; "
                         "default: compute them)")
+    add_explanations_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
@@ -36,8 +37,11 @@ def run(args: argparse.Namespace) -> dict:
     from ..fileio import check_output_dir
     from ..models import load_model, model_device
 
+    from ..export.explanations import load_explanation_records
+
     check_output_dir(args.out, overwrite=args.overwrite)
     features = parse_features(args.features)
+    explanations = load_explanation_records(args.explanations) if args.explanations else None
     from ..limits import check_tokens
 
     model, tok = load_model(args.model, device=args.device)
@@ -51,8 +55,9 @@ def run(args: argparse.Namespace) -> dict:
     result = write_dashboards(model, tok, saes, features, texts, args.out,
                               overwrite=args.overwrite, context=args.context,
                               max_windows=args.windows, batch_size=args.batch_size,
-                              activations=stored)
+                              activations=stored, explanations=explanations)
     if not args.json:
         print(f"wrote dashboards for {len(result['features'])} features to {args.out} "
-              f"({result['about']})")
+              f"({result['about']})" + (f"; {len(result['explained'])} with explanations"
+                                        if explanations else ""))
     return result

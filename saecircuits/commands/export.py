@@ -12,6 +12,8 @@ FORMATS = ("all", "dot", "svg", "graphml", "nodelink", "csv", "parquet", "neuron
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli import add_explanations_argument
+
     parser.add_argument("graph", metavar="GRAPH_DIR",
                         help="graph to export: a directory or file written by FeatureGraph.save "
                              "(featuregraph.json), an export directory, .graphml or .nodelink.json")
@@ -21,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dashboards", default=None,
                         help="dashboards directory (from `saecircuits dashboards`) for the viewer "
                         "(default: none)")
+    add_explanations_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
@@ -30,13 +33,17 @@ def run(args: argparse.Namespace) -> dict:
     from ..fileio import check_output_dir
 
     check_output_dir(args.out, overwrite=args.overwrite)
+    from ..export.explanations import load_explanation_records
     from ..export.neuronpedia import local_tokenizer
+
+    explanations = load_explanation_records(args.explanations) if args.explanations else None
 
     graph = load_graph(args.graph)
     formats = args.formats or ["all"]
     tokenizer = None if graph.meta.get("prompt_tokens") else local_tokenizer(graph.meta.get("model"))
     summary = export_graph(graph, args.out, overwrite=args.overwrite,
-                           dashboards=args.dashboards, formats=formats, tokenizer=tokenizer)
+                           dashboards=args.dashboards, formats=formats, tokenizer=tokenizer,
+                           explanations=explanations)
     if "svg_error" in summary:
         if "svg" in formats:
             raise ExportError(f"{summary['svg_error']} (the other files are in {args.out})")

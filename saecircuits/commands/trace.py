@@ -20,7 +20,8 @@ def _length(text: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_model_arguments, nonnegative_float, positive_int, unit_float
+    from ..cli import (add_explanations_argument, add_model_arguments, nonnegative_float,
+                       positive_int, unit_float)
 
     add_model_arguments(parser)
     add_saes_arguments(parser)
@@ -64,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-edge-eval", action="store_true",
                         help="skip the exact edge ablation of the final circuit")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task's prompts and resampling")
+    add_explanations_argument(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -98,7 +100,10 @@ def run(args: argparse.Namespace) -> dict:
     from ..fileio import atomic_dir, check_output_dir, write_json
     from ..models import load_model
 
+    from ..export.explanations import load_explanation_records, with_explanations
+
     check_output_dir(args.out, overwrite=args.overwrite)  # before any model pass
+    explanations = load_explanation_records(args.explanations) if args.explanations else {}
     for name, spec in (("--task", args.task), ("--mean-from", args.mean_from)):
         if spec is not None and spec not in ("ioi", "parens", "sva"):
             from pathlib import Path
@@ -137,6 +142,12 @@ def run(args: argparse.Namespace) -> dict:
                          "warnings": s.get("warnings", []), **({"error": s["error"]} if "error" in s
                                                                 else {})}
                         for i, _, s in singles]}
+    if explanations:  # feature nodes carry `explanation`: nodes.csv, featuregraph.json, export
+        graph = with_explanations(graph, explanations)
+        singles = [(i, g if g is None else with_explanations(g, explanations), s)
+                   for i, g, s in singles]
+        summary["explained_nodes"] = sum(1 for _, d in graph.graph.nodes(data=True)
+                                         if d.get("explanation") is not None)
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
         write_json(tmp / "summary.json", summary)
         write_csv(graph, tmp)

@@ -37,6 +37,10 @@ function histogram(parent, h) {
 function renderDashboard(panel, d) {
   const box = el("div", {class: "dashboard", "data-feature": d.hook + ":" + d.index}, null, panel);
   el("h3", {}, "Feature dashboard " + d.hook + " #" + d.index, box);
+  if (d.explanation) {  // auto-interp text (LLM output: textContent only, like everything here)
+    const score = typeof d.explanation_score === "number" ? " (score " + d.explanation_score.toFixed(2) + ")" : "";
+    el("div", {class: "explanation", "data-key": "explanation"}, "explanation: " + d.explanation + score, box);
+  }
   const kv = el("div", {class: "kv"}, null, box);
   for (const [k, v] of [["activation freq", fmt(d.activation_frequency)], ["max activation", fmt(d.act_max)],
                         ["description", d.label || ""], ["tokens seen", d.n_tokens]]) {

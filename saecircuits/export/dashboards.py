@@ -28,6 +28,7 @@ from ..fileio import atomic_dir, read_safetensors, write_json, write_safetensors
 from ..models import model_name_of
 from ..replacement import ReplacementModel, final_norm, logit_lens
 from ..sae import SAE
+from .explanations import ExplanationsLike, as_explanations, dashboards_with_explanations
 from .viewer import asset, fill_page
 
 Feature = tuple[str, int]
@@ -373,13 +374,17 @@ def write_dashboards(model, tok, saes: Mapping[str, SAE], features: Sequence[Fea
                      overwrite: bool = False, context: int = 64, max_windows: int | None = None,
                      batch_size: int = 8, n_contexts: int = 10,
                      activations: FeatureActivations | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True,
+                     explanations: ExplanationsLike = None) -> dict[str, Any]:
     """Write a dashboards directory atomically: `dashboards.html`, `dashboards.json`,
     `features/<hook>_<index>.json` (Neuronpedia) and `activations.safetensors`.
 
     Pass `activations` (e.g. `FeatureActivations.load(old_dir / ACTIVATIONS_FILE)`) to
-    reuse stored activations instead of running the model again.
+    reuse stored activations instead of running the model again. `explanations` (an
+    explain run's explanations.json / --out directory, or `"hook:index" -> text`) adds
+    `explanation` and `explanation_score` to the dashboards of the features it explains.
     """
+    expl = as_explanations(explanations)  # a bad file fails before the model runs
     for name, value, low in (("context", context, 2), ("max_windows", max_windows, 1),
                              ("batch_size", batch_size, 1), ("n_contexts", n_contexts, 1)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
@@ -396,6 +401,7 @@ def write_dashboards(model, tok, saes: Mapping[str, SAE], features: Sequence[Fea
             raise ConfigError(f"stored activations lack feature(s) {missing}")
     dashboards = build_dashboards(model, tok, saes, activations, n_contexts)
     dashboards = {feature_key(*f): dashboards[feature_key(*f)] for f in features}
+    dashboards = dashboards_with_explanations(dashboards, expl)
     n_tokens = int(activations.mask.sum())
     about = (f"{len(dashboards)} features of {model_name_of(model)} over {n_tokens} tokens "
              f"({activations.tokens.shape[0]} windows of {activations.tokens.shape[1]})")
@@ -407,7 +413,7 @@ def write_dashboards(model, tok, saes: Mapping[str, SAE], features: Sequence[Fea
             write_json(tmp / "features" / f"{name}.json", neuronpedia_feature(data))
         write_text(tmp / "dashboards.html", render_dashboards_html(dashboards, about))
     return {"out": str(out_dir), "features": list(dashboards), "n_tokens": n_tokens,
-            "about": about}
+            "about": about, "explained": [k for k, d in dashboards.items() if "explanation" in d]}
 
 
 def load_dashboards(path: str | os.PathLike) -> dict[str, dict[str, Any]]:

@@ -2,10 +2,11 @@
 
 Nodes are ranked by layer (embeddings at the bottom, the metric on top) and ordered by
 token position inside a rank; labels show the hook, feature index, position and the
-node's short description; fill colour follows the sign of the node's effect (blue
-positive, red negative), edge colour the sign of the weight and edge width |weight|;
-features are rounded boxes, error nodes grey dashed boxes. Labels are HTML-escaped Graphviz HTML labels, so
-any token text (quotes, newlines, `<script>`) is drawn literally.
+node's short description (its auto-interp `explanation` when it has one, else its label);
+fill colour follows the sign of the node's effect (blue positive, red negative), edge
+colour the sign of the weight and edge width |weight|; features are rounded boxes, error
+nodes grey dashed boxes. Labels are HTML-escaped Graphviz HTML labels, so any token or
+explanation text (quotes, newlines, `<script>`) is drawn literally.
 
 To be readable at a glance the picture keeps only the `max_nodes` largest-|effect| nodes
 (plus the metric / logit nodes) and the strongest edges between them, carries a legend in
@@ -157,13 +158,14 @@ def to_dot(graph: FeatureGraph, title: str | None = None,
                 d = nodes[nid]
                 effect = d.get("effect") or 0.0
                 lines = []
-                if d.get("label"):
-                    lines.append(f"<b>{html.escape(short(d['label']))}</b>")
+                head = d.get("explanation") or d.get("label")  # auto-interp text first
+                if head:
+                    lines.append(f"<b>{html.escape(short(head))}</b>")
                 where = node_title(nid, d)
                 tok = _token(graph, d.get("pos"))
                 if tok is not None:
                     where += f" {short(repr(tok), 14)}"
-                lines.append(html.escape(short(where, 44)) if d.get("label")
+                lines.append(html.escape(short(where, 44)) if head
                              else f"<b>{html.escape(short(where, 44))}</b>")
                 lines.append(f"eff {effect:+.3g}")
                 attrs = {"label": "<" + "<br/>".join(lines) + ">", "tooltip": short(nid, 80),

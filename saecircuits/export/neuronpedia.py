@@ -19,6 +19,8 @@ Feature id scheme: `feature = cantor(site, index) = (site + index)(site + index 
     the hook point's position in `transcoder_list` (circuit-tracer uses its layer as the site), so every
     (hook point, latent) pair has one integer; `saecircuits_id` keeps our own node id
     (`{hook}/{pos}/{feature}`).
+clerp: a feature's auto-interp explanation when it has one (`explanation`, with `explanation_score` and
+    the logit-lens `label` kept beside it), else its label.
 ctx_idx: the token position; nodes summed over positions (pos `*`) and the metric sit at the last token.
 `influence` is the cumulative share of |effect| over nodes sorted by |effect| (the quantity
 circuit-tracer's node threshold cuts), so `node_threshold` keeps its meaning.
@@ -98,6 +100,12 @@ def _logit(d: dict[str, Any], meta: dict[str, Any]) -> tuple[str, float, int]:
     return str(token), float(prob) if prob is not None else 1.0, int(token_id) if token_id is not None else -1
 
 
+def clerp(d: dict[str, Any]) -> str:
+    """A feature / error node's `clerp`: its auto-interp explanation when it has one (what
+    Neuronpedia shows as a feature's label), else its own label (e.g. logit-lens tokens)."""
+    return str(d.get("explanation") or d.get("label") or "")
+
+
 def graph_json(graph: FeatureGraph, node_threshold: float = 0.8,
                feature_url: str = FEATURE_URL) -> dict[str, Any]:
     """The attribution-graph JSON object for `graph` (see the module docstring)."""
@@ -164,8 +172,12 @@ def graph_json(graph: FeatureGraph, node_threshold: float = 0.8,
             else:
                 node = {"node_id": f"{layer}_-1_{ctx}{tag}", "feature": -1, "jsNodeId": f"{layer}_-1-{ctx}{tag}",
                         "feature_type": "mlp reconstruction error"}
-            node.update(layer=layer, ctx_idx=ctx, clerp=str(d.get("label") or ""), influence=influence.get(nid),
+            node.update(layer=layer, ctx_idx=ctx, clerp=clerp(d), influence=influence.get(nid),
                         activation=float(d.get("activation", 0.0)), is_target_logit=False, token_prob=0.0)
+            if d.get("explanation") is not None:  # the logit-lens label stays next to it
+                node.update(explanation=str(d["explanation"]), label=str(d.get("label") or ""))
+                if d.get("explanation_score") is not None:
+                    node["explanation_score"] = float(d["explanation_score"])
         node.update(run_idx=0, reverse_ctx_idx=0, **extra)
         if any(n["node_id"] == node["node_id"] for n in nodes):  # e.g. two metric nodes at one position
             node["node_id"] += f"_{len(nodes)}"

@@ -1,7 +1,8 @@
 """FeatureGraph <-> pandas DataFrames, CSV and Parquet (round trips exactly).
 
 `nodes_df(graph)`: one row per node, columns `id, kind, hook, layer, pos, feature,
-activation, effect, label` plus one column per extra node attribute.
+activation, effect, label` plus one column per extra node attribute (e.g. `explanation`,
+plain text, and `explanation_score` of auto-interp explanations).
 `edges_df(graph)`: columns `source, target, weight` plus extra edge attributes.
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ..graph import EDGE_COLUMNS, NODE_COLUMNS, FeatureGraph
 
 _INT = ("layer", "pos", "feature")
 _FLOAT = ("activation", "effect", "weight")
-_STR = ("id", "kind", "hook", "label", "source", "target")
+_STR = ("id", "kind", "hook", "label", "source", "target", "explanation")
+_OPTIONAL_STR = ("hook", "explanation")  # an empty cell reads back as None (no attribute)
 
 
 def _check_extra(name: str, value: Any) -> Any:
@@ -130,7 +132,7 @@ def _parse_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
                 parsed[col] = [None if c == "" else int(c) for c in cells]
             elif col in _FLOAT:
                 parsed[col] = [None if c == "" else float(c) for c in cells]
-            elif col == "hook":
+            elif col in _OPTIONAL_STR:
                 parsed[col] = [None if c == "" else c for c in cells]
             elif col in _STR:
                 parsed[col] = cells

@@ -45,6 +45,12 @@
     const d = dashboards[dashKey(n)];
     return n.explanation || (d && d.explanation) || "";
   }
+  // the explanation with its simulation score, e.g. "fires on names (score 0.42)"
+  function explained(n) {
+    const d = dashboards[dashKey(n)], ex = explanation(n);
+    const sc = num(n.explanation ? n.explanation_score : d && d.explanation_score);
+    return ex && sc !== null ? ex + " (score " + sc.toFixed(2) + ")" : ex;
+  }
   // Task batches are left-padded, so node positions may count from the start of the longest
   // prompt: when they reach past the shown prompt, its tokens are aligned to the right end.
   const maxNodePos = Math.max(-1, ...nodes.map(n => n.pos === null ? -1 : n.pos));
@@ -187,7 +193,7 @@
     const circles = lay.shown.map(n => ({x: n._x - n._r, y: n._y - n._r, w: 2 * n._r, h: 2 * n._r, id: n.id}));
     for (const n of order) {
       const main = isOut(n) ? (n.kind === "logit" ? "logit " + cut(n.label || n.id, 18) : "metric " + cut(n.label || "", 18))
-        : cut(n.label || (n.kind === "error" ? "SAE error" : n.kind === "embed" ? "embedding" : title(n)), 24);
+        : cut(explanation(n) || n.label || (n.kind === "error" ? "SAE error" : n.kind === "embed" ? "embedding" : title(n)), 24);
       const sub = (n.kind === "feature" ? shortHook(n) + " #" + n.feature + " " : n.kind === "error" ? shortHook(n) + " " : "") + signed(n.effect);
       const w = Math.max(textWidth(main, 10), textWidth(sub, 8.5)) + 4, h = 22;
       const r = n._r + 2, cands = [];
@@ -297,7 +303,7 @@
     const tok = n.token || tokenAt(n.pos);
     const lines = [title(n)];
     if (n.label) lines.push(visTok(n.label));
-    const ex = explanation(n); if (ex) lines.push("explanation: " + ex);
+    const ex = explained(n); if (ex) lines.push("explanation: " + ex);
     lines.push("effect " + fmt(n.effect) + (n.activation !== null ? "   activation " + fmt(n.activation) : ""));
     if (tok !== null) lines.push("token " + JSON.stringify(tok));
     if (dash) lines.push("top tokens: " + visTok(dash.label || "") + "\nfreq " + fmt(dash.activation_frequency) + " (click for dashboard)");
@@ -388,7 +394,7 @@
     for (const id of pinned) {
       const n = byId.get(id);
       const row = el("div", {class: "pin", "data-id": id}, null, box);
-      el("span", {}, title(n), row); el("span", {class: "muted"}, cut(n.label || "", 22), row);
+      el("span", {}, title(n), row); el("span", {class: "muted"}, cut(explanation(n) || n.label || "", 22), row);
       const x = el("span", {class: "x", title: "unpin"}, "\u00d7", row);
       row.addEventListener("click", () => { selected = id; refreshState(); showDetails(id); });
       x.addEventListener("click", ev => { ev.stopPropagation(); pinned.splice(pinned.indexOf(id), 1); if (selected === id) selected = null; refreshState(); });
@@ -412,8 +418,8 @@
     if (id === null) { el("p", {class: "muted"}, "Click a node to pin it and see its paths and dashboard.", panel); return; }
     const n = byId.get(id);
     el("h2", {id: "node-title"}, title(n), panel);
-    const ex = explanation(n);
-    if (ex) el("div", {class: "explanation"}, ex, panel);
+    const ex = explained(n);
+    if (ex) el("div", {class: "explanation", id: "node-explanation"}, ex, panel);
     const kv = el("div", {class: "kv"}, null, panel);
     const tok = tokenAt(n.pos);
     for (const [k, v] of [["id", n.id], ["kind", n.kind], ["hook", n.hook], ["layer", n.layer], ["position", posText(n)],
@@ -428,7 +434,7 @@
       el("h3", {}, name, panel);
       for (const e of list) {
         const o = byId.get(e[other]);
-        const r = el("div", {class: e.weight >= 0 ? "pos" : "neg"}, fmt(e.weight) + "  " + title(o) + (o.label ? "  " + cut(o.label, 30) : ""), panel);
+        const r = el("div", {class: e.weight >= 0 ? "pos" : "neg"}, fmt(e.weight) + "  " + title(o) + (explanation(o) || o.label ? "  " + cut(explanation(o) || o.label, 30) : ""), panel);
         r.style.cursor = "pointer"; r.addEventListener("click", () => { selected = e[other]; refreshState(); showDetails(e[other]); });
       }
     }

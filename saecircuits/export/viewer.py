@@ -31,7 +31,7 @@ def asset(name: str) -> str:
 
 
 NODE_KEYS = ("kind", "hook", "layer", "pos", "feature", "activation", "effect", "label")
-EXTRA_KEYS = ("explanation", "ctx_idx", "prob", "token")  # passed on when a node has them
+EXTRA_KEYS = ("explanation", "explanation_score", "ctx_idx", "prob", "token")  # passed on when a node has them
 
 
 def viewer_data(graph: FeatureGraph, summary: dict[str, Any],

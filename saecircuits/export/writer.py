@@ -19,6 +19,8 @@ from ..errors import ExportError, GraphError
 from ..fileio import atomic_dir, write_json, write_text
 from . import dot as dot_mod
 from . import neuronpedia, networkx_io, tables, viewer
+from .explanations import ExplanationsLike, as_explanations, dashboards_with_explanations, \
+    with_explanations
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ def _formats(formats: Iterable[str] | str) -> list[str]:
 def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: bool = False,
                  dashboards: Mapping[str, Any] | str | os.PathLike | None = None,
                  formats: Iterable[str] | str = "all", parquet: bool = False,
-                 tokenizer=None, svg_nodes: int | None = dot_mod.TOP_NODES) -> dict[str, Any]:
+                 tokenizer=None, svg_nodes: int | None = dot_mod.TOP_NODES,
+                 explanations: ExplanationsLike = None) -> dict[str, Any]:
     """Write the export directory for `graph`; returns the summary (with `files`).
 
     Args:
@@ -77,6 +80,12 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
             prompt's tokens are added to the views (viewer axis, graph.json, summary).
         svg_nodes: graph.dot / graph.svg / graph.png draw only this many largest-|effect|
             nodes (plus the metric); None draws all of them.
+        explanations: auto-interp explanations (`saecircuits explain`): an explanations.json,
+            an explain --out directory or a mapping `"hook:index" -> text`. Feature nodes that
+            have one carry `explanation` (+ `explanation_score`) in every file (a nodes.csv
+            column, graph.json fields); graph.json's `clerp`, the DOT/SVG and viewer labels
+            show it in place of the logit-lens label, which stays in `label`; the viewer's
+            dashboards show it too.
     If the Graphviz `dot` binary is missing, graph.dot is still written, graph.svg and
     graph.png are left out and `summary["svg_error"]` says why (a warning is logged).
     """
@@ -85,7 +94,9 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
     chosen = _formats(formats)
     if parquet and "parquet" not in chosen:
         chosen.append("parquet")
-    dash = _load_dashboards(dashboards)
+    expl = as_explanations(explanations)
+    dash = dashboards_with_explanations(_load_dashboards(dashboards), expl)
+    graph = with_explanations(graph, expl)
     shown = with_dashboard_labels(graph, dash)
     if tokenizer is not None and graph.meta.get("prompt") and not graph.meta.get("prompt_tokens"):
         shown = shown.copy() if shown is graph else shown
@@ -134,6 +145,9 @@ def export_graph(graph: FeatureGraph, out_dir: str | os.PathLike, overwrite: boo
             viewer.write_viewer(shown, tmp / "index.html", summary, dash, gj)
             files.append("index.html")
         summary["dashboards"] = sorted(dash)
+        if expl:
+            summary["explained_nodes"] = sum(1 for _, d in graph.graph.nodes(data=True)
+                                             if d.get("explanation") is not None)
         summary["files"] = files + ["summary.json"]
         summary["meta"] = graph.meta
         write_json(tmp / "summary.json", summary)

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, ExportError
+from ..export.explanations import load_explanations  # noqa: F401 (re-exported)
 from ..fileio import write_json, write_text
 from ..sae import SAE
 from .backends import AnswerCache, ExplainerError
@@ -44,23 +45,6 @@ WEAK_NOTE = ("the explainer is a small local model ({name}, {params:.0f}M parame
 def unit_key(hook: str, basis: str, unit: int) -> str:
     """`hook:unit` for SAE features (the dashboards' key), `hook:basis<unit>` otherwise."""
     return f"{hook}:{int(unit)}" if basis == "sae" else f"{hook}:{basis}{int(unit)}"
-
-
-def load_explanations(path: str | os.PathLike) -> dict[str, str]:
-    """`{"hook:feature": explanation}` from an explanations.json (or an explain --out dir)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "explanations.json"
-    if not path.is_file():
-        raise ExportError(f"no explanations file at {str(path)!r}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ExportError(f"explanations file {str(path)!r} is not valid JSON: {err}") from err
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                             for k, v in data.items()):
-        raise ExportError(f"explanations file {str(path)!r} must map 'hook:feature' to text")
-    return data
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.95,

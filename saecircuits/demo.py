@@ -402,7 +402,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     result = steer(rm, None, NOT_DUE_PROMPTS, [iv], max_new_tokens=12, track=close)
     first_before = float(result.baseline_probs[:, 0].sum(-1).mean())
     first_after = float(result.steered_probs[:, 0].sum(-1).mean())
-    every = float(result.prob_shift.sum(-1).mean())
+    every = float(result.prob_shift.sum(-1).nanmean())   # NaN: steps after a prompt's EOS
     print(result.format())
     _say(f"  held-out prompts ({len(NOT_DUE_PROMPTS)}, disjoint from the selection prompts): "
          f"P(next token starts with ')') {first_before:.4f} -> {first_after:.4f} at the first step; "

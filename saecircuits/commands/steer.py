@@ -8,6 +8,7 @@ from .saes_args import add_saes_arguments, load_saes
 HELP = "generate with SAE features clamped/scaled/added/ablated; print baseline vs steered"
 
 _SPEC = "HOOK:FEATURES[=VALUE][@POSITIONS]"
+CHUNK_TOKENS = 2048  # torch-free copy of steering.generate.CHUNK_TOKENS (a test keeps them equal)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=unit_float, default=1.0, help="nucleus sampling mass")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed")
     parser.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
+    parser.add_argument("--chunk-tokens", type=positive_int, default=CHUNK_TOKENS,
+                        help="generate in batches of at most this many padded prompt + new tokens "
+                             "(at least one prompt); bounds memory for many prompts")
     parser.add_argument("--track", action="append", default=[], metavar="TOKEN",
                         help="single-token string whose per-step probability shift is reported "
                         "(repeatable; default: none)")
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> dict:
     saes.to(model_device(model))
     result = steer(model, saes, prompts, interventions, args.max_new_tokens, do_sample=args.sample,
                    temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                   track=args.track, use_cache=not args.no_cache, tokenizer=tok)
+                   track=args.track, use_cache=not args.no_cache, tokenizer=tok,
+                   chunk_tokens=args.chunk_tokens)
     if not args.json:
         print(result.format())
         if result.tracked:

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: features summed over positions, pos '*')")
     parser.add_argument("--steps", type=positive_int, default=10, help="integrated-gradients steps")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="prompts per model pass")
+    parser.add_argument("--chunk-tokens", type=positive_int, default=512,
+                        help="at most this many padded tokens per model pass (fewer prompts than "
+                             "--batch-size when they are long; at least one prompt); bounds memory")
     parser.add_argument("--eval-ablation", default=None, choices=("mean", "zero", "resample", "patch"),
                         help="ablation of the circuit's complement in faithfulness (default: patch "
                              "when the task has patch prompts, else mean)")
@@ -74,7 +77,8 @@ def _options(args: argparse.Namespace) -> dict:
     return dict(method=args.method, ablation=args.ablation, n=args.n, top_k=args.top_k,
                 node_threshold=args.node_threshold, influence=args.influence,
                 edge_influence=args.edge_influence, positional=args.positional, steps=args.steps,
-                batch_size=args.batch_size, eval_ablation=args.eval_ablation,
+                batch_size=args.batch_size, chunk_tokens=args.chunk_tokens,
+                eval_ablation=args.eval_ablation,
                 mean_from=args.mean_from, mean_n=args.mean_n, length=args.length, seed=args.seed,
                 edge_eval=not args.no_edge_eval)
 

@@ -1,7 +1,7 @@
 """Cost of an attribution graph (nodes + edges) vs one forward+backward, same batch, same run.
 
     python benchmarks/bench_graph_cost.py --saes DIR [--n 64] [--graph-k 200] [--fb-repeats 3]
-        [--paths reference,closed,bf16] [--seed-batch 16]
+        [--paths reference@16,closed,bf16,closed@4] [--seed-batch 8]
 
 Times on one batch of `--n` IOI prompts: one spliced forward+backward (median of
 `--fb-repeats`, interleaved before and after the graph), `ablation.prepare` (clean run,
@@ -13,6 +13,7 @@ No IG and no exact patching here (see bench_attribution.py --cost-only for those
 (seeds at the SAE's f / err, `closed_form=False`, the code before issue 17), `closed` (the
 closed-form seeds, fp32, the default) and `bf16` (closed form under bf16 autocast); each is
 compared with the first path listed (largest |difference|, Pearson r of the edge weights).
+`path@S` runs that path with seed_batch S (default `--seed-batch`).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def main() -> None:
     ap.add_argument("--graph-k", type=int, default=200)
     ap.add_argument("--fb-repeats", type=int, default=3)
     ap.add_argument("--paths", default="closed", help="comma list of reference, closed, bf16")
-    ap.add_argument("--seed-batch", default="16", help="comma list: one closed run per value")
+    ap.add_argument("--seed-batch", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     model, tok = load_model(device="cpu")
@@ -74,8 +75,9 @@ def main() -> None:
             grad_s[0] += time.perf_counter() - s
 
     runs = []
-    for path in args.paths.split(","):
-        for sb in ([int(b) for b in args.seed_batch.split(",")] if path != "reference" else [16]):
+    for spec in args.paths.split(","):
+        path, _, sb = spec.partition("@")
+        for sb in [int(sb or args.seed_batch)]:
             kw = {"reference": dict(closed_form=False), "closed": {},
                   "bf16": dict(precision="bf16")}[path]
             grad_s[0] = 0.0

@@ -438,3 +438,24 @@ def test_closed_form_edges_equal_the_autograd_path(tiny, arch, hooks):
         for k, v in ref.items():
             assert new.get(k, 0.0) == pytest.approx(v, abs=1e-5 * scale, rel=1e-4), (k, v, new.get(k))
     assert_model_clean(model)
+
+
+def test_bf16_edges_track_fp32_and_bad_precision(setup):
+    """The opt-in bf16 edge pass (issue 17) keeps the edge weights (r ≥ 0.99 vs fp32); a bad
+    precision or seed_batch is a ConfigError naming the value, before any model pass."""
+    from saecircuits.attribution.circuit import trace_config
+
+    model, _, saes, _, _, states = setup
+    est = attrib_scores(states, HOOKS)
+    kept = est.nodes()[:30] + [n for n in est.nodes() if n[2] == "err"]
+    ref = compute_edges(model, saes, states, HOOKS, kept, progress=False)
+    got = compute_edges(model, saes, states, HOOKS, kept, progress=False, precision="bf16")
+    keys = sorted(ref, key=str)
+    pair = torch.tensor([[ref[k] for k in keys], [got.get(k, 0.0) for k in keys]], dtype=torch.float64)
+    assert len(keys) > 20 and torch.corrcoef(pair)[0, 1] >= 0.99
+    with pytest.raises(ConfigError, match="'fp16'"):
+        compute_edges(model, saes, states, HOOKS, kept, progress=False, precision="fp16")
+    with pytest.raises(ConfigError, match="seed_batch"):
+        compute_edges(model, saes, states, HOOKS, kept, progress=False, seed_batch=0)
+    with pytest.raises(ConfigError, match="'fp16'"):
+        trace_config(edge_precision="fp16")

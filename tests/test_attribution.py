@@ -392,3 +392,70 @@ def test_smollm2_one_prompt_trace_with_defaults(smol, tmp_path, capsys):
     assert math.isfinite(s["faithfulness"]) and math.isfinite(s["edge_faithfulness"])
     assert s["evaluation"]["mean"]["faithfulness"] is None and isinstance(s["warnings"], list)
     assert json.loads((out / "summary.json").read_text())["faithfulness"] == s["faithfulness"]
+
+
+def _arch_saes(arch, hooks, d_in=64, d_sae=48):
+    """Random SAEs of `arch` with non-zero biases and thresholds (so b_dec and θ matter)."""
+    gen = torch.Generator().manual_seed(7)
+    out = {}
+    for i, h in enumerate(hooks):
+        k = 8 if arch in ("topk", "batchtopk") else None
+        sae = sc.SAE.random(sc.SAEConfig(arch, d_in, d_sae, k=k, hook=h), seed=i)
+        with torch.no_grad():
+            sae.b_dec.copy_(0.1 * torch.randn(d_in, generator=gen))
+            sae.b_enc.copy_(0.02 * torch.randn(d_sae, generator=gen))
+            if sae.threshold is not None:
+                sae.threshold.copy_(0.02 * torch.rand(d_sae, generator=gen))
+        out[h] = sae
+    return sc.SAESet(out)
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu", "batchtopk"])
+@pytest.mark.parametrize("hooks", [HOOKS, ["resid.0", "mlp.1", "attn.2"]], ids=["resid", "mlp-attn"])
+def test_closed_form_edges_equal_the_autograd_path(tiny, arch, hooks):
+    """Seeds at x / gradients at the stream in closed form = seeds at f, err (issue 17), for
+    every architecture, positional or not, also where a hook does not replace the stream."""
+    from saecircuits.attribution import edges as E
+
+    model, tok = tiny
+    saes = _arch_saes(arch, hooks)
+    assert all(E.has_closed_form(s) for s in saes.values())
+    task = make_task(tok, "ioi", n=4, seed=1)
+    states = ab.prepare(model, saes, ab.chunks(tok, task, 2), "patch")
+    for positional in (False, True):
+        scores = attrib_scores(states, hooks, positional=positional)
+        kept = [n for n in scores.nodes() if scores.effect(n) != 0][:40]
+        kept += [n for n in scores.nodes() if n[2] == "err"]
+        assert {n[0] for n in kept} == set(hooks)
+        ref = compute_edges(model, saes, states, hooks, kept, positional, seed_batch=5,
+                            progress=False, closed_form=False)
+        new = compute_edges(model, saes, states, hooks, kept, positional, seed_batch=7,
+                            progress=False)
+        assert len(ref) > 20 and set(new) <= set(ref)
+        if hooks[1] == "mlp.1":     # resid.0 -> attn.2 goes around mlp.1: not cut by it
+            assert any(a[0] == "resid.0" and b[0] == "attn.2" for a, b in new)
+        scale = max(abs(v) for v in ref.values())
+        for k, v in ref.items():
+            assert new.get(k, 0.0) == pytest.approx(v, abs=1e-5 * scale, rel=1e-4), (k, v, new.get(k))
+    assert_model_clean(model)
+
+
+def test_bf16_edges_track_fp32_and_bad_precision(setup):
+    """The opt-in bf16 edge pass (issue 17) keeps the edge weights (r ≥ 0.99 vs fp32); a bad
+    precision or seed_batch is a ConfigError naming the value, before any model pass."""
+    from saecircuits.attribution.circuit import trace_config
+
+    model, _, saes, _, _, states = setup
+    est = attrib_scores(states, HOOKS)
+    kept = est.nodes()[:30] + [n for n in est.nodes() if n[2] == "err"]
+    ref = compute_edges(model, saes, states, HOOKS, kept, progress=False)
+    got = compute_edges(model, saes, states, HOOKS, kept, progress=False, precision="bf16")
+    keys = sorted(ref, key=str)
+    pair = torch.tensor([[ref[k] for k in keys], [got.get(k, 0.0) for k in keys]], dtype=torch.float64)
+    assert len(keys) > 20 and torch.corrcoef(pair)[0, 1] >= 0.99
+    with pytest.raises(ConfigError, match="'fp16'"):
+        compute_edges(model, saes, states, HOOKS, kept, progress=False, precision="fp16")
+    with pytest.raises(ConfigError, match="seed_batch"):
+        compute_edges(model, saes, states, HOOKS, kept, progress=False, seed_batch=0)
+    with pytest.raises(ConfigError, match="'fp16'"):
+        trace_config(edge_precision="fp16")

@@ -14,7 +14,7 @@ from ..replacement import ReplacementModel, bind
 from ..sae import SAE
 from ..tasks import Task, make_task
 from . import ablation as ab
-from .edges import compute_edges
+from .edges import PRECISIONS as EDGE_PRECISIONS, compute_edges
 from .evaluate import Evaluator, error_share, trace_warnings
 from ..graph import FeatureGraph, Node
 from .nodes import NodeScores, node_scores
@@ -45,6 +45,7 @@ class TraceConfig:
     seed: int = 0
     edges: bool = True
     edge_eval: bool = True                 # exact edge ablation of the final circuit
+    edge_precision: str = "fp32"           # fp32 | bf16 | auto: matmuls of the edge pass
     progress: bool = True
 
 
@@ -131,6 +132,9 @@ def trace_config(cfg: TraceConfig | None = None, **overrides) -> TraceConfig:
     cfg = dataclasses.replace(cfg or TraceConfig(), **overrides)
     if cfg.top_k is None and cfg.node_threshold is None and cfg.influence is None:
         cfg = dataclasses.replace(cfg, top_k=100)
+    if cfg.edge_precision not in EDGE_PRECISIONS:
+        raise ConfigError(f"edge_precision must be one of {', '.join(EDGE_PRECISIONS)}, got "
+                          f"{cfg.edge_precision!r}")
     return cfg
 
 
@@ -242,7 +246,8 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         cfg: a `TraceConfig` (default: its defaults; pruning default top_k=100).
         overrides: `TraceConfig` fields overriding `cfg` (method, ablation, n, top_k,
             node_threshold, influence, edge_influence, positional, steps, batch_size,
-            eval_ablation, mean_from, mean_n, length, chunk_tokens, seed, edges, edge_eval, progress); an
+            eval_ablation, mean_from, mean_n, length, chunk_tokens, seed, edges, edge_eval,
+            edge_precision, progress); an
             unknown name is a ConfigError.
     Every check that can fail (options, prompt lengths, positional alignment, the mean reference,
     F(M) = F(∅)) runs before node attribution and edges.
@@ -282,7 +287,8 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
     full = build_graph(rm, tok, scores, candidates, {}, meta, labels=False)
     pruned = prune_nodes(full, cfg.node_threshold, cfg.top_k, cfg.influence)
     kept = graph_nodes(pruned)
-    edges = (compute_edges(rm, states, hooks, kept, cfg.positional, progress=cfg.progress)
+    edges = (compute_edges(rm, states, hooks, kept, cfg.positional, progress=cfg.progress,
+                           precision=cfg.edge_precision)
              if cfg.edges else {})
     graph = build_graph(rm, tok, scores, kept, edges, meta)
     if cfg.edges:

@@ -8,8 +8,11 @@
    and each set against itself (sanity: MMCS 1.0).
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python3 benchmarks/bench_interp.py \
-        --saes /tmp/i18-saes-s0 --other-seed /tmp/i18-saes-s1 --other-size /tmp/i18-saes-x4 \
-        --per-basis 50 --budget 600
+        --saes SAES_SEED0 --other-seed SAES_SEED1 --other-size SAES_HALF_SIZE_SEED2 \
+        --per-basis 50 --budget 2700
+
+--other-size must come from another seed than --saes: two sizes trained with one seed share
+their first rows of initialisation, which inflates the match (see RESULTS.md).
 """
 from __future__ import annotations
 

@@ -185,6 +185,34 @@ def test_local_backend_with_tiny_model(tiny_dir):
     assert len({round(p, 6) for p in pred}) > 1  # a real forward pass, not a constant
 
 
+def test_batched_simulation_matches_separate_full_forwards(tiny_dir):
+    """The shared-prefix simulation (prefix cache + logits at the slots only) gives the
+    numbers of one full forward per excerpt, and caches them under the same keys."""
+    from saecircuits.interp.explain import (_digit_tokens, _simulation_prompt,
+                                            simulate_logprobs_many)
+
+    backend = LocalBackend(str(tiny_dir("llama")), device="cpu")
+    excerpts = [Excerpt(["a ", "cat ", "sat"], [0.0, 2.0, 0.0], "top", 0, 1),
+                Excerpt(["the ", "dog ", "ran ", "far"], [0.0, 0.0, 1.0, 0.0], "top", 1, 1),
+                Excerpt(["\n", "x"], [0.0, 0.0], "random", 2, 1)]
+    cand, values = _digit_tokens(backend.tok)
+    ref = []
+    with torch.no_grad():
+        for e in excerpts:  # the former method: every logit of the whole prompt, one by one
+            ids, slots = _simulation_prompt(backend, "cats", e)
+            logits = backend.model(input_ids=torch.tensor([ids])).logits[0, slots]
+            probs = torch.softmax(logits.float()[:, cand], dim=-1)
+            ref.append((probs @ torch.tensor(values)).tolist())
+    cache = AnswerCache(None)
+    got = simulate_logprobs_many(backend, cache, "cats", excerpts)
+    assert [len(p) for p in got] == [3, 4, 2]
+    np.testing.assert_allclose(np.concatenate(got), np.concatenate(ref), atol=1e-4)
+    assert len({round(v, 4) for v in np.concatenate(got)}) > 2  # not a constant
+    assert len(cache) == 3
+    again = [simulate_logprobs(backend, cache, "cats", e) for e in excerpts]
+    assert again == got and cache.hits == 3  # same keys: old caches stay valid
+
+
 def test_model_without_chat_template(tiny_dir, tmp_path):
     from transformers import AutoTokenizer
 

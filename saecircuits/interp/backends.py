@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -229,10 +230,59 @@ class LocalBackend:
                          candidates: Sequence[int]) -> torch.Tensor:
         """Probabilities `[len(positions), len(candidates)]` of the candidate tokens as the
         next token after each position of `ids`, renormalised over the candidates."""
-        x = torch.tensor([list(ids)], device=self.device)
-        logits = self.model(input_ids=x).logits[0, list(positions)].float()
-        sub = logits[:, list(candidates)]
-        return torch.softmax(sub, dim=-1).cpu()
+        return self.next_token_probs_many([(ids, positions)], candidates)[0]
+
+    @torch.no_grad()
+    def next_token_probs_many(self, prompts: Sequence[tuple[Sequence[int], Sequence[int]]],
+                              candidates: Sequence[int]) -> list[torch.Tensor]:
+        """`next_token_probs` for several `(ids, positions)` prompts at once: the token prefix
+        they all share is run once and its key/value cache reused for each prompt's rest, and
+        the output layer is applied at the asked positions only. Same numbers as separate
+        full forwards (to float rounding), fewer FLOPs."""
+        if not prompts:
+            return []
+        lists = [list(map(int, ids)) for ids, _ in prompts]
+        shared = min(min(len(ids) for ids in lists),
+                     min((min(p) for _, p in prompts if len(p)), default=0))
+        for ids in lists[1:]:  # the longest common token prefix, ending before every position
+            n = 0
+            while n < shared and ids[n] == lists[0][n]:
+                n += 1
+            shared = n
+        cand = torch.as_tensor(list(candidates), device=self.device)
+        prefix_cache = None
+        if shared >= 2 and len(prompts) > 1 and _accepts(self.model, "logits_to_keep"):
+            cache_arg = "cache" if _accepts(self.model, "cache") else "past_key_values"
+            out = self.model(input_ids=torch.tensor([lists[0][:shared]], device=self.device),
+                             use_cache=True, logits_to_keep=1)
+            prefix_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        results = []
+        for ids, (_, positions) in zip(lists, prompts):
+            pos = torch.as_tensor(list(positions), dtype=torch.long, device=self.device)
+            if not len(pos):
+                results.append(torch.zeros((0, len(cand))))
+                continue
+            if prefix_cache is not None:
+                rest = torch.tensor([ids[shared:]], device=self.device)
+                logits = self.model(input_ids=rest, use_cache=True, logits_to_keep=pos - shared,
+                                    **{cache_arg: copy.deepcopy(prefix_cache)}).logits[0]
+            elif _accepts(self.model, "logits_to_keep"):
+                logits = self.model(input_ids=torch.tensor([ids], device=self.device),
+                                    logits_to_keep=pos).logits[0]
+            else:
+                logits = self.model(input_ids=torch.tensor([ids], device=self.device)).logits[0, pos]
+            results.append(torch.softmax(logits.float()[:, cand], dim=-1).cpu())
+        return results
+
+
+def _accepts(model: torch.nn.Module, arg: str) -> bool:
+    """Whether `model.forward` takes the keyword `arg` (newer transformers features)."""
+    import inspect
+
+    try:
+        return arg in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def make_backend(kind: str, *, base_url: str | None = None, model: str | None = None,

@@ -176,23 +176,43 @@ def _digit_tokens(tok) -> tuple[list[int], list[float]]:
 
 def simulate_logprobs(backend, cache: AnswerCache, explanation: str, excerpt: Excerpt) -> list[float]:
     """Expected 0–10 activation per token from next-token probabilities ("all at once")."""
-    messages = simulate_messages(explanation, excerpt, json_answer=False)
-    key = AnswerCache.key("simulate-logprobs", backend.ident, messages, excerpt.tokens)
-    hit = cache.get(key)
-    if hit is not None:
-        return [float(v) for v in hit]
+    return simulate_logprobs_many(backend, cache, explanation, [excerpt])[0]
+
+
+def _simulation_prompt(backend, explanation: str, excerpt: Excerpt) -> tuple[list[int], list[int]]:
+    """Token ids of the "all at once" prompt and the slot positions (after each `token<TAB>`)."""
     tok = backend.tok
-    ids = backend.prompt_ids(messages, "")
+    ids = backend.prompt_ids(simulate_messages(explanation, excerpt, json_answer=False), "")
     slots = []
     for t in excerpt.tokens:
         ids += tok(_show(t) + "\t", add_special_tokens=False)["input_ids"]
         slots.append(len(ids) - 1)
         ids += tok("unknown\n", add_special_tokens=False)["input_ids"]
-    cand, values = _digit_tokens(tok)
-    probs = backend.next_token_probs(ids, slots, cand)
-    pred = [round(float(v), 5) for v in probs @ np.asarray(values, dtype=np.float32)]
-    cache.put(key, pred)
-    return pred
+    return ids, slots
+
+
+def simulate_logprobs_many(backend, cache: AnswerCache, explanation: str,
+                           excerpts: Sequence[Excerpt]) -> list[list[float]]:
+    """`simulate_logprobs` for each excerpt (cached one by one under the same keys); the
+    uncached ones go to the backend together, so the prompt prefix they share (system
+    prompt and explanation) is computed once."""
+    keys = [AnswerCache.key("simulate-logprobs", backend.ident,
+                            simulate_messages(explanation, e, json_answer=False), e.tokens)
+            for e in excerpts]
+    out: list[list[float] | None] = []
+    for key in keys:
+        hit = cache.get(key)
+        out.append(None if hit is None else [float(v) for v in hit])
+    todo = [i for i, p in enumerate(out) if p is None]
+    if todo:
+        cand, values = _digit_tokens(backend.tok)
+        weights = np.asarray(values, dtype=np.float32)
+        prompts = [_simulation_prompt(backend, explanation, excerpts[i]) for i in todo]
+        for i, probs in zip(todo, backend.next_token_probs_many(prompts, cand)):
+            pred = [round(float(v), 5) for v in probs.numpy() @ weights]
+            cache.put(keys[i], pred)
+            out[i] = pred
+    return out  # type: ignore[return-value]
 
 
 def simulate_json(backend, cache: AnswerCache, explanation: str, excerpt: Excerpt,
@@ -241,14 +261,11 @@ def score_unit(backend, cache: AnswerCache, key: str, basis: str, unit: int,
     """Explain `split.explain`, simulate `split.score`, correlate."""
     cfg = cfg or ScoreConfig()
     explanation = explain(backend, cache, split.explain, cfg)
-    preds, trues = [], []
-    for e in split.score:
-        if getattr(backend, "supports_logprobs", False):
-            p = simulate_logprobs(backend, cache, explanation, e)
-        else:
-            p = simulate_json(backend, cache, explanation, e, cfg)
-        preds.append(p)
-        trues.append(list(e.acts))
+    if getattr(backend, "supports_logprobs", False):
+        preds = simulate_logprobs_many(backend, cache, explanation, split.score)
+    else:
+        preds = [simulate_json(backend, cache, explanation, e, cfg) for e in split.score]
+    trues = [list(e.acts) for e in split.score]
     flat_p = [v for p in preds for v in p]
     flat_t = [v for t in trues for v in t]
     top = [i for i, e in enumerate(split.score) if e.kind == "top"]

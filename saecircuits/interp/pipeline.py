@@ -207,7 +207,9 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
             if len(units) < (cfg.top if cfg.units is None else 1):
                 log(f"note: {hook} {kind}: only {len(units)} live units with >= "
                     f"{cfg.excerpts.n_top} active windows")
-            per_basis.append([(hook, kind, basis, acts, u) for u in units])
+            # the chosen units' activations in one encoding pass (not one pass per unit)
+            unit_acts = basis.activations(acts.x, units) if units else None
+            per_basis.append([(hook, kind, unit_acts[..., j], acts, u) for j, u in enumerate(units)])
         for i in range(max((len(b) for b in per_basis), default=0)):  # round-robin over bases
             jobs += [b[i] for b in per_basis if i < len(b)]
     rows = [done[unit_key(h, k, u)] for h, k, _, _, u in jobs if unit_key(h, k, u) in done]
@@ -219,13 +221,12 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
     skipped: list[str] = []
     started = time.monotonic()
     try:
-        for hook, kind, basis, acts, unit in todo:
+        for hook, kind, unit_acts, acts, unit in todo:
             if time_budget is not None and time.monotonic() - started > time_budget:
                 log(f"time budget of {time_budget:.0f}s spent: {len(rows)} of {len(jobs)} units "
                     "scored; rerun to continue")
                 break
             key = unit_key(hook, kind, unit)
-            unit_acts = basis.activations(acts.x, [unit])[..., 0]
             try:
                 split = split_excerpts(tok, acts, unit_acts, cfg.excerpts,
                                        salt=BASES.index(kind) * 1_000_003 + unit)

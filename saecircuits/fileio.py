@@ -40,6 +40,18 @@ def read_text(path: str | os.PathLike, what: str = "file", error: type[Exception
         raise error(f"cannot read {what} {str(path)!r}: {err.strerror or err}") from None
 
 
+def file_in(path: str | os.PathLike, name: str, missing: str,
+            error: type[Exception] = ExportError) -> Path:
+    """`path` itself, or `path/name` when `path` is a directory; `error(missing)` (with
+    `{path}` filled in) when that file does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / name
+    if not path.is_file():
+        raise error(missing.format(path=repr(str(path))))
+    return path
+
+
 def parse_json(text: str, where: str, error: type[Exception] = ConfigError) -> Any:
     """`json.loads` whose failures (syntax, nesting too deep) raise `error` naming `where`."""
     try:

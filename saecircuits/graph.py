@@ -25,7 +25,7 @@ from typing import Any
 import networkx as nx
 
 from .errors import GraphError
-from .fileio import write_json
+from .fileio import file_in, write_json
 
 NODE_KINDS = ("feature", "error", "embed", "metric", "logit")
 GRAPH_FILE = "featuregraph.json"
@@ -310,11 +310,7 @@ class FeatureGraph:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureGraph":
-        path = Path(path)
-        if path.is_dir():
-            path = path / GRAPH_FILE
-        if not path.is_file():
-            raise GraphError(f"no feature graph at {str(path)!r}")
+        path = file_in(path, GRAPH_FILE, "no feature graph at {path}", GraphError)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

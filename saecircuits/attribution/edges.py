@@ -243,7 +243,7 @@ def _edges_closed(rm, states, hooks, kept, positional, seed_batch, progress, dty
                         if gh is not None:
                             acc.add(h, *_leaf_products(gh.float(), st, h, sae[h], feats[h], errs[h],
                                                        positional, n), tg)
-                    ups = [h for h, gh in zip(ups, g) if gh is not None]   # unreachable: always
+                    ups = [h for h, gh in zip(ups, g) if gh is not None]  # a hook with no gradient stays unreached
                     bar.update(1)
                     if not ups:
                         bar.update(-(-(len(targets_all) - s - len(tg)) // seed_batch))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .. import hooks
 from ..errors import ConfigError, ExportError
-from ..fileio import atomic_dir, read_safetensors, write_json, write_safetensors, write_text
+from ..fileio import atomic_dir, file_in, read_safetensors, write_json, write_safetensors, write_text
 from ..models import model_name_of
 from ..replacement import ReplacementModel, final_norm, logit_lens
 from ..sae import SAE
@@ -418,12 +418,8 @@ def write_dashboards(model, tok, saes: Mapping[str, SAE], features: Sequence[Fea
 
 def load_dashboards(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Dashboards (`"hook:index" -> data`) from a dashboards directory or its JSON file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / DASHBOARDS_FILE
-    if not path.is_file():
-        raise ExportError(f"no dashboards at {str(path)!r} (write them with "
-                          "`saecircuits dashboards`)")
+    path = file_in(path, DASHBOARDS_FILE, "no dashboards at {path} (write them with "
+                   "`saecircuits dashboards`)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         dashboards = data["dashboards"]

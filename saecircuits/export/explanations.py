@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..errors import ExportError
+from ..fileio import file_in
 from ..graph import FeatureGraph
 
 EXPLANATIONS_FILE = "explanations.json"
@@ -77,12 +78,8 @@ def _scores(path: Path) -> dict[str, tuple[float | None, float | None]]:
 def load_explanation_records(path: str | os.PathLike) -> dict[str, Explanation]:
     """`{"hook:feature": Explanation}` from an explanations.json or an explain --out directory;
     scores from the sibling results.json when there is one. ExportError names a bad file."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / EXPLANATIONS_FILE
-    if not path.is_file():
-        raise ExportError(f"no explanations file at {str(path)!r} (write one with "
-                          "`saecircuits explain --out DIR`)")
+    path = file_in(path, EXPLANATIONS_FILE, "no explanations file at {path} (write one with "
+                   "`saecircuits explain --out DIR`)")
     data = _read_json(path, "explanations")
     if not isinstance(data, dict):
         raise ExportError(f"explanations file {str(path)!r} must map 'hook:feature' to text")

@@ -2,7 +2,8 @@
 
     load model ─► SAEs (cached by recipe) ─► IOI + parens circuits (+ warnings)
                ─► basis comparison (SAE vs PCA vs raw) ─► top features (one logit lens) + contexts
-               ─► steering: the parens feature with the largest MEASURED effect on P(")"),
+               ─► steering: among parens-circuit features and those whose addition raises
+                  log P(")") most (gradient x corpus max), the one with the largest MEASURED P(")"),
                   chosen on selection prompts, reported on disjoint held-out prompts ─► exports
 
 `run_demo(DemoConfig(...))` is what `saecircuits demo` calls; every step prints what it did.
@@ -60,7 +61,8 @@ class DemoConfig:
     n: prompts per task; top_k: feature nodes kept per circuit; method: attrib | ig | exact.
     compare_bases: run the SAE vs PCA vs raw basis comparison at the middle hook on
         `basis_prompts` IOI prompts (None: on, except with `quick`).
-    steer_candidates: parens-circuit features tried (by measured effect) for the steering showcase.
+    steer_candidates: parens-circuit features, and as many gradient-ranked ones, tried (by measured
+        P(")")) for the steering showcase.
     quick: a much smaller run (< 5 min) for a first look.
     """
 
@@ -235,44 +237,43 @@ def _p_close(rm: ReplacementModel, prompts: list[str], close: list[int], interve
     return float(result.steered_probs[:, 0].sum(-1).mean())
 
 
-LEVERS = [("set", 3.0, "all"), ("set", 6.0, "all"), ("set", 12.0, "all"), ("add", 6.0, "all"),
-          ("set", 12.0, "last"), ("set", 24.0, "last")]  # (mode, x the feature's corpus max, positions)
+LEVERS = [("set", 6.0, "all"), ("set", 12.0, "all"), ("set", 24.0, "all"), ("add", 12.0, "all"),
+          ("set", 24.0, "last"), ("set", 48.0, "last")]  # (mode, x the feature's corpus max, positions)
+CANDIDATE_LEVER = ("set", 12.0, "all")  # how every candidate is tried before the levers
 
 
-def lens_candidates(rm: ReplacementModel, close: list[int], n: int) -> list[tuple[str, int, float]]:
-    """The `n` features (over every hook) whose decoder rows raise the ')' logits most through
-    the logit lens: (hook, feature, lens logit change). Cheap: one `[d_sae, vocab]` product a hook."""
-    rows = []
-    for hook in rm.hooks:
-        d_sae = rm.saes[hook].cfg.d_sae
-        gain = torch.cat([rm.lens(hook, range(s, min(s + 1024, d_sae)))[:, close].max(-1).values
-                          for s in range(0, d_sae, 1024)])
-        top = gain.topk(min(n, d_sae))
-        rows += [(hook, int(i), float(v)) for v, i in zip(top.values, top.indices)]
-    return sorted(rows, key=lambda r: -r[2])[:n]
+def gradient_candidates(rm: ReplacementModel, close: list[int], per_hook: int) -> dict[str, list[tuple[int, float]]]:
+    """Per hook, the `per_hook` features whose addition raises log P(')') most to first order on
+    SELECT_PROMPTS (`steering.promoting_features`: one forward + backward of the bound model)."""
+    from .steering import promoting_features
+
+    return promoting_features(rm, SELECT_PROMPTS, close, top=per_hook)
 
 
 def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int], float],
-                    cfg: DemoConfig, lens: list[tuple[str, int, float]] | None = None) -> dict[str, Any]:
+                    cfg: DemoConfig, grads: dict[str, list[tuple[int, float]]] | None = None) -> dict[str, Any]:
     """Choose the feature and lever by MEASURED effect on P(')') on SELECT_PROMPTS.
 
     Candidates: the `cfg.steer_candidates` parens-circuit features with the largest positive
-    effect, plus the `cfg.steer_candidates` features whose decoder rows promote ')' most through
-    the logit lens (`lens`, from `lens_candidates`; computed here when None). Each is clamped (set to 6x its corpus max at every position); the one that
-    raises P(')') most is kept, then every lever in LEVERS is tried on it and the best is returned."""
+    effect, plus the `cfg.steer_candidates` features with the largest predicted gain
+    g x corpus max, where g = d log P(')') / d feature at the last position (`grads`, from
+    `gradient_candidates`; computed here when None). Each candidate is set to 12x its corpus max
+    at every position; the one that raises P(')') most is kept, then every lever in LEVERS is
+    tried on it and the best is returned. The reported numbers come from NOT_DUE_PROMPTS."""
     from .steering import Intervention
     from .tasks.parens import closing_ids
 
     close = closing_ids(tok)
     circuit = [(h, f, e, "circuit") for h, f, e, _ in top_features(graph, 10**6) if e > 0][:cfg.steer_candidates]
     seen = {(h, f) for h, f, _, _ in circuit}
-    if lens is None:
-        lens = lens_candidates(rm, close, cfg.steer_candidates)
-    lens = [(h, f, e, "lens") for h, f, e in lens if (h, f) not in seen]
-    candidates = circuit + lens
+    if grads is None:
+        grads = gradient_candidates(rm, close, 8 * cfg.steer_candidates)
+    gain = sorted(((h, f, g * max(peaks.get((h, f), 0.0), 1.0), "gradient") for h, rows in grads.items()
+                   for f, g in rows if g > 0 and (h, f) not in seen), key=lambda r: -r[2])
+    candidates = circuit + gain[:cfg.steer_candidates]
     if not candidates:
         raise ConfigError("no feature to steer with: the parens circuit has no feature with a positive "
-                          "effect and no decoder row promotes ')'")
+                          "effect and no feature's addition raises P(')')")
 
     def intervention(hook, feat, mode, mult, where):
         value = round(mult * max(peaks.get((hook, feat), 0.0), 1.0), 2)
@@ -280,12 +281,12 @@ def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int
 
     base = _p_close(rm, SELECT_PROMPTS, close)
     tried = [{"feature": f"{h}:{f}", "hook": h, "index": f, "effect": e, "source": src,
-              "p_close": _p_close(rm, SELECT_PROMPTS, close, [intervention(h, f, "set", 6.0, "all")])}
+              "p_close": _p_close(rm, SELECT_PROMPTS, close, [intervention(h, f, *CANDIDATE_LEVER)])}
              for h, f, e, src in candidates]
     best = max(tried, key=lambda t: t["p_close"])
     levers = []
     for mode, mult, where in LEVERS:
-        if (mode, mult, where) == ("set", 6.0, "all"):
+        if (mode, mult, where) == CANDIDATE_LEVER:
             p = best["p_close"]
         else:
             p = _p_close(rm, SELECT_PROMPTS, close, [intervention(best["hook"], best["index"], mode, mult, where)])
@@ -361,8 +362,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     texts = [d.text for d in load_documents(None)]
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     texts = [texts[i] for i in order[:400]]
-    lens = lens_candidates(rm, closing_ids(tok), cfg.steer_candidates)  # steering candidates too
-    wanted = sorted(set(all_nodes) | {(h, f) for h, f, _ in lens})
+    grads = gradient_candidates(rm, closing_ids(tok), 8 * cfg.steer_candidates)  # steering candidates
+    wanted = sorted(set(all_nodes) | {(h, f) for h, rows in grads.items() for f, _ in rows})
     acts = collect_activations(model, tok, saes, wanted, texts, max_windows=cfg.dashboard_windows)
     peaks = {node: float(acts.acts[..., acts.column(node)].max()) for node in wanted}
     paren = tok.encode(")", add_special_tokens=False)
@@ -384,14 +385,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print()
 
     _say(f"steering: choosing among the top {cfg.steer_candidates} parens features (positive effect) "
-         f"and the {cfg.steer_candidates} features whose decoder rows promote ')' most (logit lens) "
-         f"by their measured effect on P(')') on {len(SELECT_PROMPTS)} selection prompts", start)
-    choice = choose_steering(rm, tok, graphs["parens"], peaks, cfg, lens=lens)
+         f"and the {cfg.steer_candidates} features with the largest predicted gain (d log P(')') / d feature "
+         f"x corpus max) by their measured effect on P(')') on {len(SELECT_PROMPTS)} selection prompts", start)
+    choice = choose_steering(rm, tok, graphs["parens"], peaks, cfg, grads=grads)
     print(f"  P(next token starts with ')') on the selection prompts, baseline {choice['baseline_select']:.4f}; "
-          "each feature set to 6x its corpus max at every position:")
+          f"each feature set to {CANDIDATE_LEVER[1]:.0f}x its corpus max at every position:")
     for t in choice["candidates"]:
         mark = "  <- chosen" if t is choice["chosen"] else ""
-        what = "circuit effect" if t["source"] == "circuit" else "lens ')'"
+        what = "circuit effect" if t["source"] == "circuit" else "predicted gain"
         print(f"    {t['feature']:<14s} {what} {t['effect']:+.3f}  P {t['p_close']:.4f}{mark}")
     print(f"  levers on {choice['chosen']['feature']} (mode, x corpus max {choice['peak']:.1f}, positions):")
     for lv in choice["levers"]:

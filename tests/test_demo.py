@@ -37,9 +37,9 @@ def test_demo_end_to_end(smol, tmp_path):
     assert any((out / "dashboards").iterdir())
     steering = summary["steering"]
     assert steering["feature"].split(":")[0] in ("resid.4", "resid.23")
-    # the feature is chosen by measured P(')') among circuit and logit-lens candidates
+    # the feature is chosen by measured P(')') among circuit and gradient-ranked candidates
     cands = steering["candidates"]
-    assert {c["source"] for c in cands} <= {"circuit", "lens"} and cands
+    assert {c["source"] for c in cands} <= {"circuit", "gradient"} and cands
     assert steering["feature"] == max(cands, key=lambda c: c["p_close"])["feature"]
     assert steering["results"] and all(r["baseline"] and r["steered"] for r in steering["results"])
     assert math.isfinite(steering["mean_prob_shift"])

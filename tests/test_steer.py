@@ -172,6 +172,40 @@ def test_feature_selection_helpers(tiny, tiny_saes):
     assert_model_clean(model)
 
 
+
+def test_promoting_features_is_the_first_order_effect_of_adding(tiny, tiny_saes):
+    """g = d log P(tracked) / d feature at the last position: adding a small amount of the top
+    feature there changes log P by about g x amount; nothing accumulates into parameters."""
+    from saecircuits.replacement import ReplacementModel
+    from saecircuits.steering import promoting_features
+
+    model, tok = tiny
+    rm = ReplacementModel(model, tiny_saes, tok)
+    ids = [tok(t, add_special_tokens=False)["input_ids"][0] for t in TRACK]
+    prompts = PROMPTS[:2]
+    params = [p for sae in tiny_saes.values() for p in sae.parameters()]
+    grads_before = [None if p.grad is None else p.grad.clone() for p in params]
+    found = promoting_features(rm, prompts, ids, top=4)
+    assert list(found) == rm.hooks and all(len(rows) == 4 for rows in found.values())
+    for rows in found.values():
+        assert [g for _, g in rows] == sorted((g for _, g in rows), reverse=True)
+    feat, g = found["resid.2"][0]
+    assert g > 0
+    amount = 1e-2
+    for i, prompt in enumerate(prompts):  # per prompt: g is the mean over prompts of per-prompt slopes
+        res = steer(model, tiny_saes, [prompt], [Intervention("resid.2", feat, "add", amount, positions=[-1])],
+                    1, tokenizer=tok, track=ids)
+        slope = float(res.steered_probs[0, 0].sum().log() - res.baseline_probs[0, 0].sum().log()) / amount
+        one = promoting_features(rm, [prompt], ids, top=tiny_saes["resid.2"].cfg.d_sae)["resid.2"]
+        assert slope == pytest.approx(dict(one)[feat], rel=0.05, abs=1e-3)
+    for p, before in zip(params, grads_before):  # autograd.grad: nothing accumulated
+        assert (p.grad is None and before is None) or torch.equal(p.grad, before)
+    with pytest.raises(ConfigError, match="target token"):
+        promoting_features(rm, prompts, [], top=4)
+    with pytest.raises(ConfigError, match="no hook points"):
+        promoting_features(ReplacementModel(model, {}, tok), prompts, ids)
+    assert_model_clean(model)
+
 # -- spec parsing ------------------------------------------------------------------------------
 def test_parse_spec():
     iv = parse_spec("resid.12:1234=8.0", "set")
@@ -316,4 +350,33 @@ def test_trained_saes_exact_identity_and_parens_clamp(smol, smol_saes):
                 1, tokenizer=tok, track=closing_ids(tok))
     shift = res.steered_probs[:, 0].sum(-1) - res.baseline_probs[:, 0].sum(-1)
     assert shift.mean() < 0  # ablating the features that support ")" lowers P(")"...)
+    assert_model_clean(model)
+
+
+@pytest.mark.slow
+def test_promoting_features_steer_smollm2_toward_close_paren(smol, smol_saes):
+    """Real model, real text: features chosen by `promoting_features` on selection prompts, set
+    to 12x their max on corpus text, raise P(next token starts with ")") on disjoint prompts
+    where ")" is not due, by orders of magnitude."""
+    from saecircuits.demo import NOT_DUE_PROMPTS, SELECT_PROMPTS
+    from saecircuits.replacement import ReplacementModel
+    from saecircuits.steering import feature_activations, promoting_features
+    from saecircuits.tasks.parens import closing_ids
+    from trainers.corpus import load_documents
+
+    model, tok = smol
+    rm = ReplacementModel(model, smol_saes, tok)
+    close = closing_ids(tok)
+    hook = "resid.24"
+    found = promoting_features(rm, SELECT_PROMPTS, close, top=5)[hook]
+    texts = [d.text[:600] for d in load_documents(None)[:24]]
+    peak = torch.stack([a.amax(0) for a in feature_activations(model, smol_saes, hook, texts, tok)]).amax(0)
+    held = []
+    for feat, g in found:
+        assert g > 0
+        res = steer(rm, None, NOT_DUE_PROMPTS, [Intervention(hook, feat, "set", 12 * float(peak[feat]))],
+                    1, track=close)
+        held.append((float(res.steered_probs[:, 0].sum(-1).mean()), float(res.baseline_probs[:, 0].sum(-1).mean())))
+    best, base = max(held)
+    assert base < 1e-3 and best > 0.05 and best > 100 * base, held
     assert_model_clean(model)

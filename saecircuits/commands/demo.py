@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--basis-prompts", type=positive_int, default=d.basis_prompts,
                         help="IOI prompts of the basis comparison (default %(default)s)")
     parser.add_argument("--steer-candidates", type=positive_int, default=d.steer_candidates,
-                        help="parens features tried for the steering showcase (default %(default)s)")
+                        help="parens-circuit features, and as many gradient-ranked ones, tried for the "
+                             "steering showcase (default %(default)s)")
     parser.add_argument("--out", default=d.out, help="output directory (default %(default)s)")
     parser.add_argument("--retrain", action="store_true", help="train SAEs even if cached ones exist")
     parser.add_argument("--quick", action="store_true", help="a small run (< 5 minutes on 2 CPU cores)")

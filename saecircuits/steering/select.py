@@ -1,4 +1,5 @@
-"""Pick features to steer: contrastive mean activation difference and attribution scores.
+"""Pick features to steer: contrastive mean activation difference, attribution scores, and the
+first-order effect of adding a feature on chosen next tokens (`promoting_features`).
 
 Top-activating contexts: `saecircuits.export.dashboards.top_contexts`.
 
@@ -73,3 +74,31 @@ def attribution_features(model, saes: Mapping[str, SAE], hook: str, prompts: Seq
     score = (feats.detach() * feats.grad)[:, position].mean(0)
     values, index = score.topk(top)
     return [(int(i), float(v)) for i, v in zip(index, values)]
+
+
+def promoting_features(rm: ReplacementModel, prompts: Sequence[str], token_ids: Sequence[int],
+                       top: int = 32, position: int = -1) -> dict[str, list[tuple[int, float]]]:
+    """Per hook, the features whose decoder rows raise log P(any of `token_ids`) most when added.
+
+    One forward + backward of the bound model (every SAE spliced, error terms held fixed):
+    `g[f] = mean over prompts of d log sum_t P(t | prompt) / d f` at `position`, i.e. the
+    first-order change of the log-probability per unit of feature f added there (inactive
+    features included, unlike `attribution_features`). Multiply by a feature's typical size
+    (e.g. its corpus max) to compare features across hooks.
+    Returns `{hook: [(feature, g), ...]}` with the `top` largest g per hook, largest first.
+    """
+    if not rm.hooks:
+        raise ConfigError("promoting_features needs a model with SAEs bound (no hook points)")
+    ids = sorted({int(t) for t in token_ids})
+    if not ids:
+        raise ConfigError("promoting_features needs at least one target token id, got none")
+    logits, acts = rm.run(encode_inputs(rm.tokenizer, list(prompts)), grad=True)
+    logp = logits[:, position].float().log_softmax(-1)[:, ids].logsumexp(-1)  # [batch]
+    hooks = list(rm.hooks)  # autograd.grad: nothing accumulates into SAE or model parameters
+    grads = torch.autograd.grad(logp.sum(), [acts[h].features for h in hooks])
+    out = {}
+    for hook, g in zip(hooks, grads):
+        grad = g[:, position].float().mean(0)  # [d_sae]
+        values, index = grad.topk(min(top, grad.numel()))
+        out[hook] = [(int(i), float(v)) for i, v in zip(index, values)]
+    return out

@@ -239,7 +239,8 @@ def _p_close(rm: ReplacementModel, prompts: list[str], close: list[int], interve
 
 LEVERS = [("set", 6.0, "all"), ("set", 12.0, "all"), ("set", 24.0, "all"), ("add", 12.0, "all"),
           ("set", 24.0, "last"), ("set", 48.0, "last")]  # (mode, x the feature's corpus max, positions)
-CANDIDATE_LEVER = ("set", 12.0, "all")  # how every candidate is tried before the levers
+CANDIDATE_MULTIPLES = (6.0, 12.0, 24.0)  # every candidate is set to these x its corpus max everywhere
+COMBINE = (2, 3)  # also try the 2 and 3 best candidates clamped together
 
 
 def gradient_candidates(rm: ReplacementModel, close: list[int], per_hook: int) -> dict[str, list[tuple[int, float]]]:
@@ -255,11 +256,14 @@ def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int
     """Choose the feature and lever by MEASURED effect on P(')') on SELECT_PROMPTS.
 
     Candidates: the `cfg.steer_candidates` parens-circuit features with the largest positive
-    effect, plus the `cfg.steer_candidates` features with the largest predicted gain
+    effect, plus the 2 x `cfg.steer_candidates` features with the largest predicted gain
     g x corpus max, where g = d log P(')') / d feature at the last position (`grads`, from
-    `gradient_candidates`; computed here when None). Each candidate is set to 12x its corpus max
-    at every position; the one that raises P(')') most is kept, then every lever in LEVERS is
-    tried on it and the best is returned. The reported numbers come from NOT_DUE_PROMPTS."""
+    `gradient_candidates`; computed here when None). Each candidate is set to each of
+    CANDIDATE_MULTIPLES x its corpus max at every position (the response is not monotonic: too
+    large a clamp breaks the model); the candidate with the highest P(')') is kept, every lever in
+    LEVERS is tried on it, and so are the `COMBINE` best candidates clamped together (each at its
+    best multiple). The option with the highest P(')') is returned (`interventions`). The
+    reported numbers come from NOT_DUE_PROMPTS."""
     from .steering import Intervention
     from .tasks.parens import closing_ids
 
@@ -270,7 +274,7 @@ def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int
         grads = gradient_candidates(rm, close, 8 * cfg.steer_candidates)
     gain = sorted(((h, f, g * max(peaks.get((h, f), 0.0), 1.0), "gradient") for h, rows in grads.items()
                    for f, g in rows if g > 0 and (h, f) not in seen), key=lambda r: -r[2])
-    candidates = circuit + gain[:cfg.steer_candidates]
+    candidates = circuit + gain[:2 * cfg.steer_candidates]
     if not candidates:
         raise ConfigError("no feature to steer with: the parens circuit has no feature with a positive "
                           "effect and no feature's addition raises P(')')")
@@ -279,22 +283,78 @@ def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int
         value = round(mult * max(peaks.get((hook, feat), 0.0), 1.0), 2)
         return Intervention(hook, feat, mode, value, positions=[-1] if where == "last" else where)
 
+    measured: dict[tuple, float] = {}
+
+    def p_close(*settings) -> float:  # settings: (hook, feature, mode, multiple, positions), ...
+        if settings not in measured:
+            measured[settings] = _p_close(rm, SELECT_PROMPTS, close, [intervention(*x) for x in settings])
+        return measured[settings]
+
     base = _p_close(rm, SELECT_PROMPTS, close)
-    tried = [{"feature": f"{h}:{f}", "hook": h, "index": f, "effect": e, "source": src,
-              "p_close": _p_close(rm, SELECT_PROMPTS, close, [intervention(h, f, *CANDIDATE_LEVER)])}
-             for h, f, e, src in candidates]
+    tried = []
+    for h, f, e, src in candidates:
+        sweep = {m: p_close((h, f, "set", m, "all")) for m in CANDIDATE_MULTIPLES}
+        m = max(sweep, key=sweep.get)
+        tried.append({"feature": f"{h}:{f}", "hook": h, "index": f, "effect": e, "source": src,
+                      "p_close": sweep[m], "multiple": m, "sweep": sweep})
     best = max(tried, key=lambda t: t["p_close"])
-    levers = []
-    for mode, mult, where in LEVERS:
-        if (mode, mult, where) == CANDIDATE_LEVER:
-            p = best["p_close"]
-        else:
-            p = _p_close(rm, SELECT_PROMPTS, close, [intervention(best["hook"], best["index"], mode, mult, where)])
-        levers.append({"mode": mode, "multiple": mult, "positions": where, "p_close": p})
+    levers = [{"mode": mode, "multiple": mult, "positions": where,
+               "p_close": p_close((best["hook"], best["index"], mode, mult, where))} for mode, mult, where in LEVERS]
     lever = max(levers, key=lambda lv: lv["p_close"])
-    iv = intervention(best["hook"], best["index"], lever["mode"], lever["multiple"], lever["positions"])
+    ivs = [intervention(best["hook"], best["index"], lever["mode"], lever["multiple"], lever["positions"])]
+    ranked = sorted(tried, key=lambda t: -t["p_close"])
+    for n in COMBINE:  # the n best candidates clamped together, each at its best multiple
+        if len(ranked) < n:
+            break
+        settings = tuple((t["hook"], t["index"], "set", t["multiple"], "all") for t in ranked[:n])
+        levers.append({"mode": "set", "multiple": [t["multiple"] for t in ranked[:n]], "positions": "all",
+                       "features": [t["feature"] for t in ranked[:n]], "p_close": p_close(*settings)})
+        if levers[-1]["p_close"] > lever["p_close"]:
+            lever, ivs = levers[-1], [intervention(*x) for x in settings]
     return {"baseline_select": base, "candidates": tried, "levers": levers, "chosen": best,
-            "lever": lever, "intervention": iv, "peak": peaks.get((best["hook"], best["index"]), 0.0)}
+            "lever": lever, "interventions": ivs, "peak": peaks.get((best["hook"], best["index"]), 0.0)}
+
+
+def steering_showcase(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int], float], cfg: DemoConfig,
+                      grads: dict[str, list[tuple[int, float]]] | None = None,
+                      start: float | None = None) -> dict[str, Any]:
+    """The demo's steering step: `choose_steering` on SELECT_PROMPTS (printed), then 12 greedy
+    tokens on the held-out NOT_DUE_PROMPTS with and without the chosen clamp; returns the summary."""
+    from .steering import steer
+    from .tasks.parens import closing_ids
+
+    start = time.perf_counter() if start is None else start
+    choice = choose_steering(rm, tok, graph, peaks, cfg, grads=grads)
+    print(f"  P(next token starts with ')') on the selection prompts, baseline {choice['baseline_select']:.4f}; "
+          f"each feature set to {'/'.join(f'{m:.0f}' for m in CANDIDATE_MULTIPLES)}x its corpus max at every position:")
+    for t in choice["candidates"]:
+        mark = "  <- chosen" if t is choice["chosen"] else ""
+        what = "circuit effect" if t["source"] == "circuit" else "predicted gain"
+        sweep = " / ".join(f"{p:.4f}" for p in t["sweep"].values())
+        print(f"    {t['feature']:<14s} {what} {t['effect']:+8.3f}  P {sweep}{mark}")
+    print(f"  levers on {choice['chosen']['feature']} (mode, x corpus max {choice['peak']:.1f}, positions), "
+          "then the best candidates together:")
+    for lv in choice["levers"]:
+        mark = "  <- used" if lv is choice["lever"] else ""
+        what = f"  {' + '.join(lv['features'])}" if "features" in lv else ""
+        mult = "/".join(f"{m:.0f}" for m in lv["multiple"]) if isinstance(lv["multiple"], list) else f"{lv['multiple']:.0f}"
+        print(f"    {lv['mode']:<4s} {mult:>4s}x  {lv['positions']:<5s} P {lv['p_close']:.4f}{what}{mark}")
+    ivs = choice["interventions"]
+    close = closing_ids(tok)
+    result = steer(rm, None, NOT_DUE_PROMPTS, ivs, max_new_tokens=12, track=close)
+    first_before = float(result.baseline_probs[:, 0].sum(-1).mean())
+    first_after = float(result.steered_probs[:, 0].sum(-1).mean())
+    every = float(result.prob_shift.sum(-1).nanmean())   # NaN: steps after a prompt's EOS
+    print(result.format())
+    _say(f"  held-out prompts ({len(NOT_DUE_PROMPTS)}, disjoint from the selection prompts): "
+         f"P(next token starts with ')') {first_before:.4f} -> {first_after:.4f} at the first step; "
+         f"mean shift over all {result.prob_shift.shape[1]} steps {every:+.4f}", start)
+    return {**result.to_dict(), "feature": choice["chosen"]["feature"],
+            "features": [f"{iv.hook}:{iv.feature}" for iv in ivs], "value": float(ivs[0].value),
+            "mode": ivs[0].mode, "positions": choice["lever"]["positions"],
+            "candidates": choice["candidates"], "levers": choice["levers"],
+            "p_close_before": first_before, "p_close_after": first_after,
+            "mean_prob_shift": first_after - first_before, "mean_prob_shift_all_steps": every}
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -303,7 +363,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from .errors import SaecircuitsError
     from .export import export_graph
     from .export.dashboards import collect_activations, contexts_of, write_dashboards
-    from .steering import steer
     from .tasks.parens import closing_ids
     from trainers.corpus import load_documents
 
@@ -385,35 +444,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print()
 
     _say(f"steering: choosing among the top {cfg.steer_candidates} parens features (positive effect) "
-         f"and the {cfg.steer_candidates} features with the largest predicted gain (d log P(')') / d feature "
+         f"and the {2 * cfg.steer_candidates} features with the largest predicted gain (d log P(')') / d feature "
          f"x corpus max) by their measured effect on P(')') on {len(SELECT_PROMPTS)} selection prompts", start)
-    choice = choose_steering(rm, tok, graphs["parens"], peaks, cfg, grads=grads)
-    print(f"  P(next token starts with ')') on the selection prompts, baseline {choice['baseline_select']:.4f}; "
-          f"each feature set to {CANDIDATE_LEVER[1]:.0f}x its corpus max at every position:")
-    for t in choice["candidates"]:
-        mark = "  <- chosen" if t is choice["chosen"] else ""
-        what = "circuit effect" if t["source"] == "circuit" else "predicted gain"
-        print(f"    {t['feature']:<14s} {what} {t['effect']:+.3f}  P {t['p_close']:.4f}{mark}")
-    print(f"  levers on {choice['chosen']['feature']} (mode, x corpus max {choice['peak']:.1f}, positions):")
-    for lv in choice["levers"]:
-        mark = "  <- used" if lv is choice["lever"] else ""
-        print(f"    {lv['mode']:<4s} {lv['multiple']:>4.0f}x  {lv['positions']:<5s} P {lv['p_close']:.4f}{mark}")
-    iv = choice["intervention"]
-    close = closing_ids(tok)
-    result = steer(rm, None, NOT_DUE_PROMPTS, [iv], max_new_tokens=12, track=close)
-    first_before = float(result.baseline_probs[:, 0].sum(-1).mean())
-    first_after = float(result.steered_probs[:, 0].sum(-1).mean())
-    every = float(result.prob_shift.sum(-1).nanmean())   # NaN: steps after a prompt's EOS
-    print(result.format())
-    _say(f"  held-out prompts ({len(NOT_DUE_PROMPTS)}, disjoint from the selection prompts): "
-         f"P(next token starts with ')') {first_before:.4f} -> {first_after:.4f} at the first step; "
-         f"mean shift over all {result.prob_shift.shape[1]} steps {every:+.4f}", start)
-    summary["steering"] = {**result.to_dict(), "feature": choice["chosen"]["feature"],
-                           "value": float(iv.value), "mode": iv.mode, "positions": choice["lever"]["positions"],
-                           "candidates": choice["candidates"], "levers": choice["levers"],
-                           "p_close_before": first_before, "p_close_after": first_after,
-                           "mean_prob_shift": first_after - first_before,
-                           "mean_prob_shift_all_steps": every}
+    summary["steering"] = steering_showcase(rm, tok, graphs["parens"], peaks, cfg, grads, start)
 
     _prepare_out(out)
     summary["seconds"] = round(time.perf_counter() - start, 1)

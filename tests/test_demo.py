@@ -41,6 +41,7 @@ def test_demo_end_to_end(smol, tmp_path):
     cands = steering["candidates"]
     assert {c["source"] for c in cands} <= {"circuit", "gradient"} and cands
     assert steering["feature"] == max(cands, key=lambda c: c["p_close"])["feature"]
+    assert steering["features"][0] == steering["feature"]  # alone, or the first of the best together
     assert steering["results"] and all(r["baseline"] and r["steered"] for r in steering["results"])
     assert math.isfinite(steering["mean_prob_shift"])
     assert "saecircuits serve" in proc.stderr  # the how-to-open line (stdout carries only JSON)

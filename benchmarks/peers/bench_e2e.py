@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
-VENV = {"sparsify": "sparsify", "saelens": "saelens"}
+VENV = {"sparsify": "sparsify", "saelens": "saelens", "saelens-bf16": "saelens"}
 CONTEXT, HOOK = 256, "resid.10"
 
 
@@ -80,9 +80,13 @@ def main() -> None:
     p.add_argument("--eval-tokens", type=int, default=20_480)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", default="ours,sparsify,saelens,ours",
-                   help="order of the sequential runs (ours | ours-fp32 | sparsify | saelens)")
+                   help="order of the sequential runs: ours | ours-fp32 (no autocast, fp32 step) | "
+                        "sparsify | saelens | saelens-bf16 (its autocast_lm=True)")
     p.add_argument("--work", default=None, help="directory for tokens, SAEs and logs (default: temp)")
     p.add_argument("--no-check", action="store_true", help="skip the peers' own held-out EV")
+    p.add_argument("--reuse", action="store_true",
+                   help="do not train: read the runs already in --work (same --runs) and evaluate them")
+    p.add_argument("--eval-runs", default=None, help="indices of the runs to evaluate (default: all)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.tokens % (16 * CONTEXT):
@@ -102,7 +106,11 @@ def main() -> None:
 
     model, tok = load_model(device="cpu")
     data = work / "tokens.safetensors"
-    desc = make_tokens(tok, data, args.tokens, args.eval_tokens)
+    if args.reuse:
+        desc = json.loads((work / "token_set.json").read_text())
+    else:
+        desc = make_tokens(tok, data, args.tokens, args.eval_tokens)
+        (work / "token_set.json").write_text(json.dumps(desc))
     print(f"token set: {desc['train_rows']} x {CONTEXT} training tokens, {desc['heldout_rows']} held-out "
           f"rows -> {data}", flush=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(args.threads),
@@ -116,6 +124,10 @@ def main() -> None:
             runs.append({"impl": impl, "error": "no venv"})
             continue
         out, result, log = work / f"{i}-{impl}", work / f"{i}-{impl}.json", work / f"{i}-{impl}.log"
+        if args.reuse:
+            done = work / f"{i}-{impl}.run.json"
+            runs.append(json.loads(done.read_text()) if done.is_file() else {"impl": impl, "error": "no saved run"})
+            continue
         cmd = [exe, str(HERE / "e2e_worker.py"), impl, "--data", str(data), "--out", str(out),
                "--result", str(result), "--threads", str(args.threads)]
         if not args.no_check and not impl.startswith("ours"):
@@ -133,6 +145,7 @@ def main() -> None:
         r = json.loads(result.read_text())
         r.update(run=i, wall_s=wall, load_before=load, load_after=os.getloadavg()[0], out=str(out), log=str(log))
         runs.append(r)
+        (work / f"{i}-{impl}.run.json").write_text(json.dumps(r, default=str))
         print(f"run {i} {impl}: train {r['train_s']:.1f} s ({r['tokens_per_s']:.0f} tok/s), total "
               f"{r['total_s']:.1f} s, process wall {wall:.1f} s, load avg {load:.1f} -> {r['load_after']:.1f}",
               flush=True)
@@ -140,19 +153,22 @@ def main() -> None:
     held = load_file(str(data))["heldout"]  # one document of whole rows: windows() gives them back
     held_corpus = TokenCorpus(held.flatten().numpy().astype(np.int32), np.array([0, held.numel()], np.int64),
                               ["heldout"], None, tok.bos_token_id, "bench-e2e-heldout")
+    wanted = None if args.eval_runs is None else {int(x) for x in args.eval_runs.split(",")}
     for r in runs:
-        if "error" in r:
+        if "error" in r or (wanted is not None and r["run"] not in wanted):
             continue
         start = time.perf_counter()
         sae = saved_sae(r["impl"], Path(r["out"]))
         m = evaluate_saes(model, tok, {HOOK: sae}, held_corpus, desc["heldout_tokens_scored"],
                           context=CONTEXT, progress=False)[HOOK]
         r["eval"] = {k: v for k, v in m.items() if not isinstance(v, dict)}
-        print(f"evaluated run {r['run']} {r['impl']} in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"evaluated run {r['run']} {r['impl']} in {time.perf_counter() - start:.0f} s: EV "
+              f"{m['explained_variance']:.4f} CE score {m['ce_loss_score']:.4f} dead {m['dead_fraction']:.2%}",
+              flush=True)
 
     ok = [r for r in runs if "eval" in r]
-    ours = [r for r in ok if r["impl"] == "ours"]
-    peers = [r for r in ok if not r["impl"].startswith("ours")]
+    ours = [r for r in runs if r["impl"] == "ours" and "error" not in r]
+    peers = [r for r in runs if not r["impl"].startswith("ours") and "error" not in r]
     fastest_peer = max(peers, key=lambda r: r["tokens_per_s"]) if peers else None
     m0 = ok[0]["eval"] if ok else {}
     print(f"\nEnd to end at the same budget (issue 17): SmolLM2-135M-Instruct {HOOK} (decoder layer 10 "
@@ -181,19 +197,21 @@ def main() -> None:
               f"{'-' if own is None else f'{own:.3f}':>7s} {r['load_before']:4.1f}>{r['load_after']:<4.1f}")
     summary = {}
     if ours and fastest_peer:
-        best_ev = max(r["eval"]["explained_variance"] for r in peers)
-        best_ce = max(r["eval"]["ce_loss_score"] for r in peers)
-        for j, o in enumerate(ours):
+        scored = [r for r in peers if "eval" in r]
+        best_ev = max((r["eval"]["explained_variance"] for r in scored), default=float("nan"))
+        best_ce = max((r["eval"]["ce_loss_score"] for r in scored), default=float("nan"))
+        for o in ours:
+            e = o.get("eval", {})
             summary[f"ours_run{o['run']}"] = {
                 "speed_vs_faster_peer": o["tokens_per_s"] / fastest_peer["tokens_per_s"],
-                "ev_minus_best_peer": o["eval"]["explained_variance"] - best_ev,
-                "ce_minus_best_peer": o["eval"]["ce_loss_score"] - best_ce}
+                "ev_minus_best_peer": e.get("explained_variance", float("nan")) - best_ev,
+                "ce_minus_best_peer": e.get("ce_loss_score", float("nan")) - best_ce}
         print(f"faster peer: {fastest_peer['impl']} ({fastest_peer['tokens_per_s']:.0f} tok/s); target: ours >= "
               f"1.5x it in tok/s with EV and CE score >= the best peer's")
         for name, s in summary.items():
             print(f"  {name}: {s['speed_vs_faster_peer']:.2f}x the faster peer "
                   f"({'met' if s['speed_vs_faster_peer'] >= 1.5 else 'not met'}); EV {s['ev_minus_best_peer']:+.3f}, "
-                  f"CE score {s['ce_minus_best_peer']:+.3f} vs the best peer")
+                  f"CE score {s['ce_minus_best_peer']:+.3f} vs the best peer (nan: not evaluated)")
     print("(ours/it > 1: ours is faster; own EV = the peer's own SAE module on the same held-out "
           "activations, a check of the conversion and the evaluator)")
     if args.json:

@@ -11,7 +11,7 @@ With `--check` it then (untimed) computes the peer's own explained variance on t
 rows with the peer's own SAE module, as a check of the shared evaluator and of the conversion.
 
     python e2e_worker.py IMPL --data tokens.safetensors --out DIR --result r.json [--threads 2]
-IMPL: ours | ours-fp32 | sparsify | saelens
+IMPL: ours | ours-fp32 | sparsify | saelens | saelens-bf16 (its autocast_lm=True)
 """
 from __future__ import annotations
 
@@ -92,10 +92,11 @@ def run_sparsify(args, train: torch.Tensor) -> tuple[float, dict]:
     return t_loaded, own
 
 
-def run_saelens(args, train: torch.Tensor) -> tuple[float, dict]:
+def run_saelens(args, train: torch.Tensor, autocast_lm: bool = False) -> tuple[float, dict]:
     """SAELens' own `LanguageModelSAETrainingRunner` (TopK; its HookedProxyLM path, since
     TransformerLens' HookedTransformer has no SmolLM2 entry) with its defaults except
-    training_tokens and context_size (the budget) and prepend_bos=False (the rows are given)."""
+    training_tokens and context_size (the budget) and prepend_bos=False (the rows are given).
+    autocast_lm: its own option (default off) to run the harvesting forward under bf16 autocast."""
     from datasets import Dataset
     from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
     from sae_lens.load_model import load_model
@@ -116,7 +117,7 @@ def run_saelens(args, train: torch.Tensor) -> tuple[float, dict]:
         model_name=args.model, model_class_name="AutoModelForCausalLM", hook_name=hook,
         dataset_path="local-fixed-token-set", is_dataset_tokenized=True, streaming=False,
         context_size=ctx, prepend_bos=False, training_tokens=tokens, train_batch_size_tokens=batch,
-        device="cpu", dtype="float32", output_path=args.out, checkpoint_path=None,
+        device="cpu", dtype="float32", output_path=args.out, checkpoint_path=None, autocast_lm=autocast_lm,
         logger=LoggingConfig(log_to_wandb=False))
     runner = LanguageModelSAETrainingRunner(cfg, override_dataset=ds, override_model=model)
     sae = runner.run()
@@ -124,7 +125,7 @@ def run_saelens(args, train: torch.Tensor) -> tuple[float, dict]:
            "settings": f"defaults (Adam lr {cfg.lr}, constant schedule, aux-k coefficient "
                        f"{cfg.sae.aux_loss_coefficient}, normalize_activations "
                        f"{cfg.sae.normalize_activations}); training_tokens {tokens}, context {ctx}, "
-                       "prepend_bos False"}
+                       "prepend_bos False" + ("; autocast_lm True" if autocast_lm else "")}
     args._peer = ("saelens", sae, model)
     return t_loaded, own
 
@@ -170,7 +171,7 @@ def peer_check(args, heldout: torch.Tensor) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("impl", choices=["ours", "ours-fp32", "sparsify", "saelens"])
+    p.add_argument("impl", choices=["ours", "ours-fp32", "sparsify", "saelens", "saelens-bf16"])
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--result", required=True)
@@ -185,7 +186,8 @@ def main() -> None:
     data = load_file(args.data)
     train = data["train"]
     run = {"ours": lambda: run_ours(args, train, False), "ours-fp32": lambda: run_ours(args, train, True),
-           "sparsify": lambda: run_sparsify(args, train), "saelens": lambda: run_saelens(args, train)}
+           "sparsify": lambda: run_sparsify(args, train), "saelens": lambda: run_saelens(args, train),
+           "saelens-bf16": lambda: run_saelens(args, train, autocast_lm=True)}
     t_loaded, own = run[args.impl]()
     t_end = time.perf_counter()
     res = {"impl": args.impl, "threads": torch.get_num_threads(), "rows": train.shape[0],

@@ -111,7 +111,7 @@ def run_saelens(args, train: torch.Tensor, autocast_lm: bool = False) -> tuple[f
     batch = 4096  # its default train_batch_size_tokens
     # its mixing buffer keeps activations back for mixing, so a budget of every row's tokens would
     # wrap into a second epoch: train on whole batches that the rows cover (49 of 4,096 for 800x256)
-    tokens = (rows * ctx // batch - 1) * batch
+    tokens = max(1, rows * ctx // batch - 1) * batch  # >= 1 step (tiny budgets then wrap)
     cfg = LanguageModelSAERunnerConfig(
         sae=TopKTrainingSAEConfig(d_in=576, d_sae=D_SAE, k=K, dtype="float32", device="cpu"),
         model_name=args.model, model_class_name="AutoModelForCausalLM", hook_name=hook,

@@ -64,6 +64,21 @@ def test_stream_is_deterministic_and_resumable(tiny):
     assert torch.allclose(torch.cat(full[:4]).sum(0), plain.sum(0), atol=1e-3)
 
 
+
+def test_stream_uses_every_harvested_token_across_block_boundaries(tiny):
+    """A block of 3 x 8 = 24 tokens is not a multiple of the batch (10): its remainder opens the
+    next batch, so the batches are exactly the concatenated shuffled blocks, none dropped."""
+    model, _ = tiny
+    points = hooks.sort_by_forward_order(model, ["resid.0"])
+    stream = ActivationStream(model, points, _windows(16, 9), batch=10, seed=1, windows_per_block=3)
+    assert (stream.n_blocks, stream.steps_available, stream.blocks_for(7)) == (5, 12, 3)
+    full = [b["resid.0"] for b in stream.batches()]
+    assert len(full) == 12 and all(b.shape[0] == 10 for b in full)
+    blocks = torch.cat([stream.block(i)["resid.0"] for i in range(5)])
+    assert torch.equal(torch.cat(full), blocks[:120])
+    for a, b in zip(full[5:], stream.batches(start_step=5)):  # resuming mid-block, mid-batch
+        assert torch.equal(a, b["resid.0"])
+
 def test_activation_cache_is_reused_without_the_model(tiny, tmp_path, monkeypatch):
     model, _ = tiny
     points = hooks.sort_by_forward_order(model, ["resid.0", "resid.2"])

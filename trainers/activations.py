@@ -7,7 +7,8 @@ outlier norms) and padding positions are dropped.
 
 `ActivationStream` turns token windows into shuffled training batches: it harvests a block
 of windows (drawn from many documents), permutes the block's tokens with a generator seeded
-by (seed, block index) and yields batches. Because each block is a pure function of its
+by (seed, block index) and yields batches (running across block boundaries, so no harvested
+token is dropped). Because each block is a pure function of its
 index, a resumed run regenerates the exact same batches from its step counter alone.
 
 `ActivationCache` stores harvested blocks as fp16/bf16 safetensors shards plus an atomic
@@ -15,6 +16,8 @@ index, a resumed run regenerates the exact same batches from its step counter al
 shards and skips the model.
 """
 from __future__ import annotations
+
+import math
 
 import hashlib
 import json
@@ -164,11 +167,29 @@ class ActivationStream:
         perm = torch.randperm(next(iter(acts.values())).shape[0], generator=gen)
         return {k: v[perm.to(v.device)].to(self.dtype) for k, v in acts.items()}
 
+    @property
+    def steps_available(self) -> int:
+        """Batches the whole corpus gives (every harvested token is used: batches run across
+        block boundaries)."""
+        return self.n_blocks * self.tokens_per_block // self.batch
+
+    def blocks_for(self, steps: int) -> int:
+        """Blocks that must be harvested for `steps` batches."""
+        return math.ceil(steps * self.batch / self.tokens_per_block)
+
     def batches(self, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches from global step `start_step` on (deterministic; resumable)."""
-        block, offset = divmod(start_step, self.batches_per_block)
-        while block < self.n_blocks:
-            acts = self.block(block)
-            for j in range(offset, self.batches_per_block):
-                yield {k: v[j * self.batch:(j + 1) * self.batch] for k, v in acts.items()}
-            block, offset = block + 1, 0
+        """Batches from global step `start_step` on (deterministic; resumable).
+
+        Batch s holds tokens [s * batch, (s + 1) * batch) of the concatenated shuffled blocks,
+        so a block's remainder opens the next batch instead of being harvested and dropped."""
+        cur_index, cur = -1, {}
+        for step in range(start_step, self.steps_available):
+            parts, pos, need = [], step * self.batch, self.batch
+            while need:
+                index, offset = divmod(pos, self.tokens_per_block)
+                if index != cur_index:
+                    cur_index, cur = index, self.block(index)
+                take = min(need, self.tokens_per_block - offset)
+                parts.append({k: v[offset:offset + take] for k, v in cur.items()})
+                pos, need = pos + take, need - take
+            yield parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in cur}

@@ -313,11 +313,10 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     stream = ActivationStream(model, points, windows, batch=batch, seed=cfg.seed,
                               windows_per_block=wpb, model_batch=cfg.model_batch,
                               autocast=getattr(torch, cfg.autocast) if cfg.autocast else None)
-    steps_available = stream.n_blocks * stream.batches_per_block
-    if steps_available < total_steps:
+    if stream.steps_available < total_steps:
         raise ConfigError(f"corpus is too short for tokens={cfg.tokens}: its {windows.shape[0]} "
-                          f"training windows give {steps_available * batch} activations")
-    windows = windows[: math.ceil(total_steps / stream.batches_per_block) * wpb]
+                          f"training windows give {stream.steps_available * batch} activations")
+    windows = windows[: stream.blocks_for(total_steps) * wpb]
     stream.windows = windows
     key = windows_key(windows)
     if cfg.cache_activations:

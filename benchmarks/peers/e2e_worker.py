@@ -51,17 +51,17 @@ def run_ours(args, train: torch.Tensor, fp32: bool) -> tuple[float, dict]:
     rows, ctx = train.shape
     corpus = TokenCorpus(train.flatten().numpy().astype(np.int32), np.array([0, train.numel()], np.int64),
                          ["fixed-token-set"], None, tok.bos_token_id, "bench-e2e")
-    # batch = 16 windows' activations (position 0 of every window is skipped, as in training
-    # and evaluation everywhere in saecircuits); block = the largest multiple of 16 windows <= 128
-    # that divides the row count, so every row is harvested once and no activation is dropped
+    # our default batch (1,020 activations = 4 windows of 255: position 0 of every window is
+    # skipped, as in training and evaluation everywhere in saecircuits); block = the largest
+    # multiple of 16 windows <= 128 that divides the row count, so every row is harvested once
     wpb = max(w for w in range(16, 129, 16) if rows % w == 0) if rows % 16 == 0 else None
     if wpb is None:
         raise SystemExit(f"ours: the row count {rows} must be a multiple of 16")
-    batch = 16 * (ctx - 1)
     cfg = TrainConfig(hooks=[f"resid.{LAYER}"], architecture="topk", k=K, d_sae=D_SAE,
                       tokens=rows * (ctx - 1), context=ctx, holdout=0.0, eval_tokens=0, out=args.out,
-                      batch=batch, windows_per_block=wpb, progress=False,
+                      windows_per_block=wpb, progress=False,
                       **({"autocast": None, "precision": "fp32"} if fp32 else {}))
+    batch = cfg.batch_size
     t_loaded = time.perf_counter()
     sets = train_saes(model, tok, cfg, corpus=corpus)
     sae = sets[f"resid.{LAYER}"]

@@ -13,7 +13,9 @@ No IG and no exact patching here (see bench_attribution.py --cost-only for those
 (seeds at the SAE's f / err, `closed_form=False`, the code before issue 17), `closed` (the
 closed-form seeds, fp32, the default) and `bf16` (closed form under bf16 autocast); each is
 compared with the first path listed (largest |difference|, Pearson r of the edge weights).
-`path@S` runs that path with seed_batch S (default `--seed-batch`).
+`path@S` runs that path with seed_batch S (default `--seed-batch`). `closed-math` is fp32 with
+the math attention kernel; `bf16` uses the math kernel on CPU (the default there),
+`bf16-flash` keeps the fused kernel (the bf16 path before this option).
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--graph-k", type=int, default=200)
     ap.add_argument("--fb-repeats", type=int, default=3)
-    ap.add_argument("--paths", default="closed", help="comma list of reference, closed, bf16")
+    ap.add_argument("--paths", default="closed", help="comma list of reference, closed, closed-math, bf16, bf16-flash")
     ap.add_argument("--seed-batch", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
@@ -79,7 +81,9 @@ def main() -> None:
         path, _, sb = spec.partition("@")
         for sb in [int(sb or args.seed_batch)]:
             kw = {"reference": dict(closed_form=False), "closed": {},
-                  "bf16": dict(precision="bf16")}[path]
+                  "closed-math": dict(math_attention=True),
+                  "bf16": dict(precision="bf16"),
+                  "bf16-flash": dict(precision="bf16", math_attention=False)}[path]
             grad_s[0] = 0.0
             torch.autograd.grad = timed_grad
             try:

@@ -44,7 +44,7 @@ def make_jsonl(tok, n: int, path: Path, seed: int = 0, max_len: int = 365) -> No
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def child(n: int, top_k: int, out: Path, max_len: int) -> None:
+def child(n: int, top_k: int, out: Path, max_len: int, chunk_tokens: int) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -62,10 +62,11 @@ def child(n: int, top_k: int, out: Path, max_len: int) -> None:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
     _, summary = trace_circuit(model, tok, saes, task, method="attrib", ablation="mean",
-                               n=n, top_k=top_k, batch_size=32, progress=False)
+                               n=n, top_k=top_k, batch_size=32, chunk_tokens=chunk_tokens,
+                               progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.write_text(json.dumps({
-        "n": n, "code": sc.__file__, "tokens_min": min(lengths), "tokens_max": max(lengths),
+        "n": n, "chunk_tokens": chunk_tokens, "code": sc.__file__, "tokens_min": min(lengths), "tokens_max": max(lengths),
         "tokens_mean": sum(lengths) / len(lengths), "rss_loaded_mb": base, "rss_peak_mb": peak,
         "seconds": time.perf_counter() - t, "faithfulness": summary["faithfulness"],
         "feature_nodes": summary["feature_nodes"], "edges": summary["edges"]}))
@@ -77,11 +78,12 @@ def main() -> None:
     ap.add_argument("--code", nargs="+", default=[str(ROOT)])
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--max-len", type=int, default=365, help="longest prompt (default 365)")
+    ap.add_argument("--chunk-tokens", type=int, default=256, help="trace chunk_tokens (default 256)")
     ap.add_argument("--child", type=int, default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.child is not None:
-        child(args.child, args.top_k, Path(args.out), args.max_len)
+        child(args.child, args.top_k, Path(args.out), args.max_len, args.chunk_tokens)
         return
     rows = []
     for code in args.code:
@@ -89,7 +91,8 @@ def main() -> None:
             out = Path(f"/tmp/bench_trace_memory_{os.getpid()}_{n}.json")
             env = {**os.environ, "PYTHONPATH": str(Path(code).resolve()), "OMP_NUM_THREADS": "1"}
             proc = subprocess.run([sys.executable, __file__, "--child", str(n), "--out", str(out),
-                                   "--top-k", str(args.top_k), "--max-len", str(args.max_len)], env=env)
+                                   "--top-k", str(args.top_k), "--max-len", str(args.max_len),
+                                   "--chunk-tokens", str(args.chunk_tokens)], env=env)
             if proc.returncode != 0:
                 print(f"{code} n={n}: child exited {proc.returncode}")
                 continue
@@ -97,10 +100,10 @@ def main() -> None:
             row["tree"] = code
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| code | n | tokens min/mean/max | RSS loaded MB | peak RSS MB | trace s |")
-    print("|---|---|---|---|---|---|")
+    print("\n| code | n | chunk tokens | tokens min/mean/max | RSS loaded MB | peak RSS MB | trace s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['tree']} | {r['n']} | {r['tokens_min']}/{r['tokens_mean']:.0f}/{r['tokens_max']} "
+        print(f"| {r['tree']} | {r['n']} | {r['chunk_tokens']} | {r['tokens_min']}/{r['tokens_mean']:.0f}/{r['tokens_max']} "
               f"| {r['rss_loaded_mb']:.0f} | {r['rss_peak_mb']:.0f} | {r['seconds']:.0f} |")
 
 

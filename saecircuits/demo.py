@@ -115,7 +115,10 @@ class DemoConfig:
         """The `TraceConfig` of the demo's circuits."""
         from .attribution import TraceConfig
 
-        return TraceConfig(method=self.method, n=self.n, top_k=self.top_k, seed=self.seed)
+        # edges in bf16 where the hardware has fast bf16: 2.1x less graph time on an AMX CPU,
+        # edge weights r = 0.999998 against fp32 (benchmarks/RESULTS.md, issue 17)
+        return TraceConfig(method=self.method, n=self.n, top_k=self.top_k, seed=self.seed,
+                           edge_precision="auto")
 
 
 def _say(message: str, start: float) -> None:

@@ -453,6 +453,14 @@ def test_bf16_edges_track_fp32_and_bad_precision(setup):
     keys = sorted(ref, key=str)
     pair = torch.tensor([[ref[k] for k in keys], [got.get(k, 0.0) for k in keys]], dtype=torch.float64)
     assert len(keys) > 20 and torch.corrcoef(pair)[0, 1] >= 0.99
+    # the math attention kernel (auto under bf16 on CPU) is the same function: fp32 edges agree
+    flags = (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
+    math = compute_edges(model, saes, states, HOOKS, kept, progress=False, math_attention=True)
+    assert flags == (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled())
+    scale = max(abs(v) for v in ref.values())
+    assert set(math) == set(ref)
+    for k, v in ref.items():
+        assert math[k] == pytest.approx(v, abs=1e-5 * scale, rel=1e-4), k
     with pytest.raises(ConfigError, match="'fp16'"):
         compute_edges(model, saes, states, HOOKS, kept, progress=False, precision="fp16")
     with pytest.raises(ConfigError, match="seed_batch"):

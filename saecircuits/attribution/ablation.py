@@ -274,11 +274,16 @@ def dataset_means(rm: ReplacementModel, all_chunks: list[Chunk]) -> Means:
             counts[L] = counts.get(L, 0) + 1
             acc = sums.setdefault(L, {})
             for h, (f, e) in vals.items():
-                sf, se = acc.get(h, (0.0, 0.0))
-                acc[h] = (sf + f[b, T - L:], se + e[b, T - L:])
-    out = {L: {h: (sf / counts[L], se / counts[L]) for h, (sf, se) in acc.items()}
-           for L, acc in sums.items()}
-    return Means(out, counts)
+                if h in acc:
+                    acc[h][0].add_(f[b, T - L:])
+                    acc[h][1].add_(e[b, T - L:])
+                else:
+                    acc[h] = (f[b, T - L:].clone(), e[b, T - L:].clone())
+    for L, acc in sums.items():          # in place: no second copy of every length's sums
+        for sf, se in acc.values():
+            sf.div_(counts[L])
+            se.div_(counts[L])
+    return Means(sums, counts)
 
 
 @bound

@@ -36,7 +36,8 @@ class TraceConfig:
     positional: bool = False
     steps: int = 10
     batch_size: int = 32
-    chunk_tokens: int = 512                # padded tokens per chunk (memory bound)
+    chunk_tokens: int = 256                # padded tokens per chunk (memory bound: the edge pass's
+                                           # batched backward peaks at ~3.3 MB per token on SmolLM2)
     eval_ablation: str | None = None      # None: patch when the task has patch prompts, else mean
     mean_from: "Task | str | None" = None  # reference set of the mean ablation (default: the task)
     mean_n: int = 64                       # prompts of a built-in `mean_from` task

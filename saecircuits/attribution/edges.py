@@ -30,10 +30,12 @@ reference path: seeds at the SAE's f / err outputs and gradients at the f / err 
 
 `precision="bf16"` (or "auto" on hardware with fast bf16, `trainers.precision`) runs the
 edge pass's forward and batched backward under bf16 autocast; seeds, masks and the products
-with the fp32 deltas stay fp32. Not exact: check against fp32 (see benchmarks/RESULTS.md).
+with the fp32 deltas stay fp32; on CPU attention then uses the math kernel (`_attention`).
+Not exact: check against fp32 (see benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -59,6 +61,19 @@ def _matmul_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def _autocast(dtype: torch.dtype | None, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _attention(math: bool | None, dtype: torch.dtype | None, device: torch.device):
+    """Attention kernel of the edge pass. `math=None` (auto): the decomposed math kernel under
+    bf16 on CPU, whose backward is ~2.5x faster there than the fused CPU flash kernel's at
+    short prompts (benchmarks/RESULTS.md, issue 17); otherwise the model's default kernel."""
+    if math is None:
+        math = dtype is not None and device.type == "cpu"
+    if not math:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 # -- reference path: seeds at f / err, gradients at the f / err leaves ----------------------
@@ -159,12 +174,15 @@ def _leaf_products(g_s: torch.Tensor, st: State, hook: str, sae: SAE, feats: lis
 @bound
 def compute_edges(rm: ReplacementModel, states: Sequence[State], hooks: Sequence[str], kept: Sequence[Node],
                   positional: bool = False, seed_batch: int = 8, progress: bool = True,
-                  closed_form: bool = True, precision: str = "fp32") -> dict[tuple[Node, Node], float]:
+                  closed_form: bool = True, precision: str = "fp32",
+                  math_attention: bool | None = None) -> dict[tuple[Node, Node], float]:
     """Edge weights `{(upstream node, downstream node or Node.metric()): weight}` among `kept`.
 
     closed_form: seed and read the gradients in closed form at the stream (module doc); False,
         or an SAE without a known encoder Jacobian, takes the reference path.
     precision: "fp32" (default), "bf16" or "auto" (bf16 where the device has fast bf16).
+    math_attention: run attention with the decomposed math kernel (None: auto, on under bf16 on
+        CPU; see `_attention`).
     """
     if not isinstance(seed_batch, int) or isinstance(seed_batch, bool) or seed_batch < 1:
         raise ConfigError(f"seed_batch must be a positive integer, got {seed_batch!r}")
@@ -172,7 +190,8 @@ def compute_edges(rm: ReplacementModel, states: Sequence[State], hooks: Sequence
     kept = [Node.coerce(nd) for nd in kept]
     fast = closed_form and all(has_closed_form(rm.saes[h]) for h in hooks)
     run = _edges_closed if fast else _edges_reference
-    edges = run(rm, states, list(hooks), kept, positional, seed_batch, progress, dtype)
+    with _attention(math_attention, dtype, rm.device):
+        edges = run(rm, states, list(hooks), kept, positional, seed_batch, progress, dtype)
     kept_set = set(kept)
     return {k: v for k, v in edges.items() if k[0] in kept_set}
 

@@ -8,6 +8,10 @@ clean trace + a spliced and a zero-ablated full trace per hook) and share_clean=
 medians, the speed-up, and the largest metric difference between the two paths.
 
     python benchmarks/bench_eval.py [--rounds 2] [--eval-tokens 4096] [--saes DIR]
+        [--compare share|autocast]
+
+`--compare autocast` alternates fp32 and bf16-autocast forwards (both sharing the clean forward)
+and prints every metric's difference (train scores its SAEs under its harvesting dtype).
 """
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ def main() -> None:
     p.add_argument("--eval-tokens", type=int, default=4096)
     p.add_argument("--hooks", default="resid.4,resid.10,resid.16,resid.23")
     p.add_argument("--saes", default=None)
+    p.add_argument("--compare", choices=("share", "autocast"), default="share",
+                   help="share: old separate traces vs the shared clean forward (fp32); autocast: "
+                        "fp32 vs bf16 forwards, both with the shared clean forward")
     args = p.parse_args()
 
     from saecircuits.models import load_model
@@ -55,19 +62,25 @@ def main() -> None:
     times = {False: [], True: []}
     metrics = {}
     for _ in range(args.rounds):
-        for shared in (False, True):
+        for new_path in (False, True):
+            kw = (dict(share_clean=new_path) if args.compare == "share" else
+                  dict(autocast=torch.bfloat16 if new_path else None))
             start = time.perf_counter()
-            metrics[shared] = evaluate_saes(model, tok, saes, held_out, args.eval_tokens, context=256,
-                                            progress=False, share_clean=shared)
-            times[shared].append(time.perf_counter() - start)
+            metrics[new_path] = evaluate_saes(model, tok, saes, held_out, args.eval_tokens,
+                                              context=256, progress=False, **kw)
+            times[new_path].append(time.perf_counter() - start)
     old, new = statistics.median(times[False]), statistics.median(times[True])
-    diff = max(abs(metrics[True][h][k] - metrics[False][h][k]) for h in metrics[True]
-               for k in ("explained_variance", "ce_loss_score", "kl_score"))
     print(f"hooks {list(saes)}, {args.eval_tokens:,} tokens, threads {torch.get_num_threads()}, "
           f"{args.rounds} interleaved rounds, load average {os.getloadavg()[0]:.1f}")
-    print(f"old (separate traces): {old:.1f} s  {[round(t, 1) for t in times[False]]}")
-    print(f"new (shared clean forward, batched from block L+1): {new:.1f} s  {[round(t, 1) for t in times[True]]}")
-    print(f"speed-up {old / new:.2f}x; largest |difference| in EV / CE score / KL score: {diff:.2e}")
+    names = (("old (separate traces)", "new (shared clean forward, batched from block L+1)")
+             if args.compare == "share" else ("fp32 forwards", "bf16 autocast forwards"))
+    print(f"{names[0]}: {old:.1f} s  {[round(t, 1) for t in times[False]]}")
+    print(f"{names[1]}: {new:.1f} s  {[round(t, 1) for t in times[True]]}")
+    print(f"speed-up {old / new:.2f}x")
+    for k in ("explained_variance", "ce_loss_score", "kl_score", "ce_clean", "dead_fraction"):
+        diffs = {h: metrics[True][h][k] - metrics[False][h][k] for h in metrics[True]}
+        print(f"  {k}: second − first = " + ", ".join(f"{h} {d:+.4f}" for h, d in diffs.items())
+              + f"  (largest |diff| {max(abs(d) for d in diffs.values()):.2e})")
 
 
 if __name__ == "__main__":

@@ -52,3 +52,23 @@ def test_shared_clean_forward_gives_the_same_metrics(tiny, hook_names):
         for key in ("explained_variance", "ce_clean", "ce_sae", "ce_zero", "kl_sae", "kl_zero",
                     "ce_loss_score", "l0"):
             assert math.isclose(fast[hook][key], slow[hook][key], rel_tol=1e-4, abs_tol=1e-5), key
+
+
+def test_autocast_forwards_track_fp32(tiny):
+    """bf16-autocast forwards (what `train` uses to score its SAEs when it harvests in bf16)
+    move the metrics little and leave no autocast state or edit behind."""
+    from saecircuits import hooks
+
+    model, tok = tiny
+    hook_names = ["resid.0", "resid.2"]
+    saes = {h: _random_sae(h, hooks.resolve(model, h).width, i) for i, h in enumerate(hook_names)}
+    fp32 = evaluate_saes(model, tok, saes, TEXTS, n_tokens=120, context=32, progress=False)
+    bf16 = evaluate_saes(model, tok, saes, TEXTS, n_tokens=120, context=32, progress=False,
+                         autocast=torch.bfloat16)
+    assert not torch.is_autocast_enabled("cpu")
+    for hook in hook_names:
+        assert abs(bf16[hook]["l0"] - fp32[hook]["l0"]) <= 0.1
+        assert abs(bf16[hook]["explained_variance"] - fp32[hook]["explained_variance"]) < 0.02
+        assert abs(bf16[hook]["ce_clean"] - fp32[hook]["ce_clean"]) < 0.02 * fp32[hook]["ce_clean"]
+        assert bf16[hook]["ce_clean"] != fp32[hook]["ce_clean"]  # the forwards did run in bf16
+    assert_model_clean(model)

@@ -70,13 +70,18 @@ def eval_windows(tok, data, n_tokens: int, context: int, prepend_bos: bool) -> t
 @torch.no_grad()
 def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 8192, *,
                   context: int = 256, prepend_bos: bool = False, batch: int = 4,
-                  progress: bool = True, share_clean: bool = True) -> dict[str, dict]:
+                  progress: bool = True, share_clean: bool = True,
+                  autocast: torch.dtype | None = None) -> dict[str, dict]:
     """Core metrics per hook point (see module doc) on `n_tokens` held-out tokens.
 
     share_clean: at `resid.L` hook points, run the SAE-spliced and the zero-ablated forward
     as one batch that starts at block L+1 from the clean forward's residual (blocks 0..L are
     not recomputed); other hook points (and share_clean=False) get two full traces each.
 
+    autocast: run the model's forwards (clean, spliced, zero-ablated alike) under
+    `torch.autocast` in this dtype; SAE encode/decode, EV and the log-softmax stay fp32. `train`
+    passes its harvesting dtype, so SAEs are scored on the activations they were trained on.
+    None (default): fp32.
     data: a `TokenCorpus`, a list of strings, or a corpus path (`trainers.corpus.load_documents`).
     Returns {hook: {metric: float, ..., "density_histogram": {"edges", "counts"}}}.
     """
@@ -99,11 +104,14 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
     as_tuple = block_output_is_tuple(model) if any(from_block.values()) else False
     sums_x = {hp.name: torch.zeros(hp.width, dtype=torch.float64) for hp in points}
     bar = tqdm(total=len(windows), desc="evaluate SAEs", unit="win", disable=not progress)
+    def forwards():
+        return torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
+
     for start in range(0, len(windows), batch):
         ids = windows[start:start + batch].to(device)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         acts: dict[str, torch.Tensor] = {}
-        with model.trace(inputs):
+        with forwards(), model.trace(inputs):
             logits = _read_clean(rm, acts).save()
         ce, _, n, clean_logp = _next_token_stats(logits, ids, None)
         ce_clean += ce
@@ -128,22 +136,23 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             if from_block[hp.name]:  # [spliced; zero-ablated] from block L+1 on, in one batch
                 clean = acts[hp.name]
                 spliced = torch.cat([clean[:, :1], x_hat.view(len(ids), -1, hp.width).to(clean.dtype)], 1)
-                both = logits_from_block(model, ids.repeat(2, 1), hp.layer,
-                                         torch.cat([spliced, clean * keep_first.to(clean.dtype)]),
-                                         as_tuple=as_tuple)
+                with forwards():
+                    both = logits_from_block(model, ids.repeat(2, 1), hp.layer,
+                                             torch.cat([spliced, clean * keep_first.to(clean.dtype)]),
+                                             as_tuple=as_tuple)
                 logits_sae, logits_zero = both.split(len(ids))
             else:
                 def drop_error(site, feats, err):
                     return feats, err * keep_first.to(err.dtype)
 
-                with model.trace(inputs):
+                with forwards(), model.trace(inputs):
                     rm.splice(drop_error, only=[hp.name])
                     logits_sae = rm.read_logits().save()
             ce, kl, _, _ = _next_token_stats(logits_sae, ids, clean_logp)
             a["ce_sae"] += ce
             a["kl_sae"] += kl
             if not from_block[hp.name]:
-                with model.trace(inputs):
+                with forwards(), model.trace(inputs):
                     _zero(model, hp, keep_first)
                     logits_zero = rm.read_logits().save()
             ce, kl, _, _ = _next_token_stats(logits_zero, ids, clean_logp)

@@ -427,14 +427,18 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
         for variant in sorted({s.name.rsplit("/", 1)[0] if "/" in s.name else "" for s in specs}):
             group = {s.hook: saes[s.name] for s in specs
                      if (s.name.rsplit("/", 1)[0] if "/" in s.name else "") == variant}
+            eval_began = time.perf_counter()
             metrics = evaluate_saes(model, tok, group, eval_corpus, cfg.eval_tokens,
                                     context=cfg.context, prepend_bos=cfg.prepend_bos,
-                                    progress=cfg.progress)
+                                    progress=cfg.progress,
+                                    autocast=getattr(torch, cfg.autocast) if cfg.autocast else None)
+            eval_seconds = round(time.perf_counter() - eval_began, 1)
             write_reports(out / variant if variant else out, metrics)
             for spec in specs:
                 if spec.hook in metrics and spec.name == (f"{variant}/{spec.hook}" if variant else spec.hook):
                     scalars = {k: v for k, v in metrics[spec.hook].items()
                                if isinstance(v, (int, float)) and math.isfinite(v)}
                     saes[spec.name].cfg.metadata["metrics"] = scalars
+                    saes[spec.name].cfg.metadata["eval_seconds"] = eval_seconds  # vs train_seconds
                     saes[spec.name].save(out / spec.name)
     return main

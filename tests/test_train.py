@@ -214,6 +214,8 @@ def test_cli_train_then_eval(tiny_dir, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert set(summary["metrics"]) == {"resid.0", "resid.1"}
     assert set(SAESet.load(out)) == {"resid.0", "resid.1"}
+    meta = SAESet.load(out)["resid.1"].cfg.metadata   # both costs recorded, same run
+    assert meta["train_seconds"] >= 0 and meta["eval_seconds"] >= 0 and "metrics" in meta
     code = main(["eval", "--model", str(tiny_dir("llama")), "--device", "cpu", "--saes", str(out),
                  "--corpus", str(corpus), "--tokens", "62", "--context", "32", "--json",
                  "--out", str(tmp_path / "ev")])

@@ -24,6 +24,7 @@ from saecircuits.replacement import ReplacementModel
 from saecircuits.sae import SAE
 
 from .corpus import TokenCorpus, load_corpus
+from .precision import matmuls_in
 from .suffix import block_output_is_tuple, logits_from_block
 
 DENSE = 0.1
@@ -104,14 +105,11 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
     as_tuple = block_output_is_tuple(model) if any(from_block.values()) else False
     sums_x = {hp.name: torch.zeros(hp.width, dtype=torch.float64) for hp in points}
     bar = tqdm(total=len(windows), desc="evaluate SAEs", unit="win", disable=not progress)
-    def forwards():
-        return torch.autocast(device.type, dtype=autocast, enabled=autocast is not None)
-
     for start in range(0, len(windows), batch):
         ids = windows[start:start + batch].to(device)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         acts: dict[str, torch.Tensor] = {}
-        with forwards(), model.trace(inputs):
+        with matmuls_in(autocast, device), model.trace(inputs):
             logits = _read_clean(rm, acts).save()
         ce, _, n, clean_logp = _next_token_stats(logits, ids, None)
         ce_clean += ce
@@ -136,7 +134,7 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             if from_block[hp.name]:  # [spliced; zero-ablated] from block L+1 on, in one batch
                 clean = acts[hp.name]
                 spliced = torch.cat([clean[:, :1], x_hat.view(len(ids), -1, hp.width).to(clean.dtype)], 1)
-                with forwards():
+                with matmuls_in(autocast, device):
                     both = logits_from_block(model, ids.repeat(2, 1), hp.layer,
                                              torch.cat([spliced, clean * keep_first.to(clean.dtype)]),
                                              as_tuple=as_tuple)
@@ -145,14 +143,14 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
                 def drop_error(site, feats, err):
                     return feats, err * keep_first.to(err.dtype)
 
-                with forwards(), model.trace(inputs):
+                with matmuls_in(autocast, device), model.trace(inputs):
                     rm.splice(drop_error, only=[hp.name])
                     logits_sae = rm.read_logits().save()
             ce, kl, _, _ = _next_token_stats(logits_sae, ids, clean_logp)
             a["ce_sae"] += ce
             a["kl_sae"] += kl
             if not from_block[hp.name]:
-                with forwards(), model.trace(inputs):
+                with matmuls_in(autocast, device), model.trace(inputs):
                     _zero(model, hp, keep_first)
                     logits_zero = rm.read_logits().save()
             ce, kl, _, _ = _next_token_stats(logits_zero, ids, clean_logp)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigError, ExportError, SAEFormatError
-from .fileio import atomic_dir, write_json
+from .fileio import atomic_dir, remove_stale_temps, write_json
 from .models import cache_dir, load_model, model_name_of
 from .replacement import ReplacementModel
 from .sae import SAESet
@@ -151,17 +150,27 @@ def demo_saes(model, tok, cfg: DemoConfig, start: float) -> SAESet:
             _say(f"cached SAEs at {folder} are incomplete; training again", start)
     _say(f"training TopK SAEs (k={cfg.k}, d_sae={cfg.expansion}x) at {', '.join(cfg.hooks)} "
          f"on {cfg.tokens:,} tokens of {cfg.corpus or 'the embedded corpus'}", start)
-    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    train_cfg.out = str(tmp)
-    try:
+    remove_stale_saes(folder.parent)
+    with atomic_dir(folder, overwrite=True) as tmp:  # a killed run leaves only a temp (removed on
+        train_cfg.out = str(tmp)                    # SIGTERM/Ctrl-C or by the next run)
         train_saes(model, tok, train_cfg)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     _say(f"trained SAEs cached at {folder} (a rerun reuses them; --retrain trains again)", start)
     return SAESet.load(folder, model=model, hooks=list(cfg.hooks))
+
+
+def remove_stale_saes(folder: Path) -> list[Path]:
+    """Remove what killed demo trainings left in the SAE cache `folder`: `atomic_dir`
+    temporaries (`fileio.remove_stale_temps`) and the `demo-KEY.tmp-PID` directories of older
+    versions, when their process is gone. Returns the removed paths."""
+    from .fileio import _pid_alive
+
+    removed = remove_stale_temps(folder, depth=0)
+    for old in sorted(folder.glob("demo-*.tmp-*")) if folder.is_dir() else []:
+        pid = old.name.rsplit("-", 1)[1]
+        if old.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
 
 
 def top_features(graph, n: int) -> list[tuple[str, int, float, str]]:

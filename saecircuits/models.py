@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -63,14 +61,17 @@ def _cache_is_complete(folder: Path) -> bool:
 
 
 def _build_default_cache(folder: Path) -> None:
-    """Dequantize the GGUF to float32 safetensors in a temp dir, then move it into place."""
+    """Dequantize the GGUF to float32 safetensors in a temp dir, then move it into place (the
+    temporaries of a killed earlier build are removed first)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .fileio import atomic_dir, remove_stale_temps
+    from .progress import status
+
     gguf = default_gguf_path()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        log.info("dequantizing %s to float32 (one time, ~30 s)", gguf.name)
+    remove_stale_temps(folder.parent, depth=0)
+    with status(f"dequantizing {gguf.name} to float32 (first run only, ~30 s)"), \
+            atomic_dir(folder, overwrite=True) as tmp:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                   dtype=torch.float32)
@@ -82,12 +83,6 @@ def _build_default_cache(folder: Path) -> None:
         tok.save_pretrained(tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         (tmp / _MARKER).write_text(json.dumps({"source": str(gguf), "files": files}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def default_model_dir(rebuild: bool = False) -> Path:
@@ -136,7 +131,7 @@ def _load_hf(source: str, dtype: torch.dtype, device: torch.device, **kwargs):
 
 
 def load_model(name: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
-               dtype: torch.dtype | str = torch.float32, **hf_kwargs):
+               dtype: torch.dtype | str = torch.float32, progress: bool = True, **hf_kwargs):
     """Load a causal LM wrapped for nnsight.
 
     Args:
@@ -144,6 +139,7 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
             or a local directory of a causal LM.
         device: "cpu", "cuda", ... (default: cuda when available).
         dtype: weight dtype (default float32).
+        progress: show a status line (elapsed time) while loading.
         hf_kwargs: passed to `from_pretrained` (e.g. `revision`, `device_map="auto"`).
     Returns:
         (model, tokenizer): an nnsight `TransformersModel` and its tokenizer
@@ -157,37 +153,40 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
         dtype = getattr(torch, dtype)
     dev = _resolve_device(device)
     start = time.perf_counter()
-    if name is None or str(name) == DEFAULT_MODEL:
-        folder = default_model_dir()
-        try:
-            hf, tok = _load_hf(str(folder), dtype, dev)
-        except Exception:  # a cache that looked whole but does not load: rebuild once
-            folder = default_model_dir(rebuild=True)
-            hf, tok = _load_hf(str(folder), dtype, dev)
-        model_name = DEFAULT_MODEL
-    else:
-        model_name = str(name)
-        local = Path(model_name).expanduser()
-        if local.exists() and not (local / "config.json").is_file():
-            raise ModelLoadError(f"model directory {model_name!r} has no config.json")
-        try:
-            hf, tok = _load_hf(str(local) if local.exists() else model_name, dtype, dev, **hf_kwargs)
-        except (OSError, ValueError, KeyError) as err:
-            raise ModelLoadError(f"could not load model {model_name!r}: {err}".split("\n")[0]) from err
-        except pickle.UnpicklingError:  # never repeat torch's advice to load with weights_only=False
-            raise ModelLoadError(f"could not load model {model_name!r}: its weights are a pickle "
-                                 "that weights_only loading refuses (it names code to run); "
-                                 "use a safetensors checkpoint") from None
-    hf.eval()
-    for param in hf.parameters():
-        param.requires_grad_(False)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    model = TransformersModel(hf, tokenizer=tok)
-    from .hooks import probe_model  # models -> hooks only (hooks never imports models)
+    from .progress import status
 
-    probe_model(model)  # learn hook widths/order now: a probe inside a trace would disturb it
+    with status(f"loading {name or DEFAULT_MODEL}", enabled=progress):
+        if name is None or str(name) == DEFAULT_MODEL:
+            folder = default_model_dir()
+            try:
+                hf, tok = _load_hf(str(folder), dtype, dev)
+            except Exception:  # a cache that looked whole but does not load: rebuild once
+                folder = default_model_dir(rebuild=True)
+                hf, tok = _load_hf(str(folder), dtype, dev)
+            model_name = DEFAULT_MODEL
+        else:
+            model_name = str(name)
+            local = Path(model_name).expanduser()
+            if local.exists() and not (local / "config.json").is_file():
+                raise ModelLoadError(f"model directory {model_name!r} has no config.json")
+            try:
+                hf, tok = _load_hf(str(local) if local.exists() else model_name, dtype, dev, **hf_kwargs)
+            except (OSError, ValueError, KeyError) as err:
+                raise ModelLoadError(f"could not load model {model_name!r}: {err}".split("\n")[0]) from err
+            except pickle.UnpicklingError:  # never repeat torch's advice to load with weights_only=False
+                raise ModelLoadError(f"could not load model {model_name!r}: its weights are a pickle "
+                                     "that weights_only loading refuses (it names code to run); "
+                                     "use a safetensors checkpoint") from None
+        hf.eval()
+        for param in hf.parameters():
+            param.requires_grad_(False)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"
+        model = TransformersModel(hf, tokenizer=tok)
+        from .hooks import probe_model  # models -> hooks only (hooks never imports models)
+
+        probe_model(model)  # learn hook widths/order now: a probe inside a trace would disturb it
     log.info("loaded %s in %.1fs", model_name, time.perf_counter() - start)
     hf.saecircuits_name = model_name  # read by SAE cfgs and exports
     return model, tok

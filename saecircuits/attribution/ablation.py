@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, TaskError
+from ..progress import track
 from ..replacement import ReplacementModel, bind
 from ..sae import SAE
 from ..splice import encode_inputs
@@ -263,11 +264,11 @@ def check_mean_reference(counts: Mapping[int, int], lengths, what: str) -> None:
 
 
 @bound
-def dataset_means(rm: ReplacementModel, all_chunks: list[Chunk]) -> Means:
+def dataset_means(rm: ReplacementModel, all_chunks: list[Chunk], progress: bool = True) -> Means:
     """Per-length, per-position means of the clean values of `all_chunks` (see `Means`)."""
     sums: dict[int, dict] = {}
     counts: dict[int, int] = {}
-    for ch in all_chunks:
+    for ch in track(all_chunks, "mean values", unit="chunk", enabled=progress):
         vals = values(rm, ch.clean)
         T = ch.valid.shape[1]
         for b, L in enumerate(lengths_of(ch)):

@@ -269,11 +269,12 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
     if plan.mean_ref is not None:
         ref_chunks = (chunks if plan.mean_ref is task
                       else ab.chunks(tok, plan.mean_ref, chunk_rows(cfg, max(plan.lengths))))
-        means = ab.dataset_means(rm, ref_chunks)
+        means = ab.dataset_means(rm, ref_chunks, progress=cfg.progress)
     # streamed: each pass recomputes one chunk's state at a time and reduces it to running
     # sums (memory: one chunk, not the task; see attribution/stream.py)
     states = LazyStates(rm, chunks, cfg.ablation, means, cfg.seed)
-    evaluators = {a: Evaluator(rm, None, states, a, means, cfg.seed) for a in plan.evaluations}
+    evaluators = {a: Evaluator(rm, None, states, a, means, cfg.seed, progress=cfg.progress)
+                  for a in plan.evaluations}
     ev = evaluators[plan.eval_ablation]
     ev.check_span()          # F(M) = F(∅): refuse before the expensive passes
     scores = node_scores(rm, states, hooks, cfg.method, cfg.positional, cfg.steps,

@@ -39,7 +39,7 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import bar as progress_bar
 
 from .. import architectures
 from ..errors import ConfigError
@@ -221,10 +221,14 @@ class _Adder:
 def _setup(states, hooks, kept, seed_batch, progress):
     by_hook = {h: [nd for nd in kept if nd.hook == h] for h in hooks}
     n = sum(len(s.chunk.task) for s in states)
-    downstream = [nd for nd in kept if nd.hook in hooks[1:]]
-    steps = len(states) * (1 + -(-len(downstream) // seed_batch))
-    bar = tqdm(total=steps, desc="edges", disable=not progress, leave=False)
+    # per chunk: the metric's backward, then one batched backward per seed batch of each hook
+    steps = len(states) * (1 + sum(_batches(by_hook[h], seed_batch) for h in hooks[1:]))
+    bar = progress_bar(steps, "edges", unit="backward", enabled=progress)
     return by_hook, n, bar
+
+
+def _batches(targets: list, seed_batch: int) -> int:
+    return -(-len(targets) // seed_batch)
 
 
 def _edges_closed(rm, states, hooks, kept, positional, seed_batch, progress, dtype) -> dict:
@@ -252,6 +256,7 @@ def _edges_closed(rm, states, hooks, kept, positional, seed_batch, progress, dty
                 ups = [h for h in hooks if order[h] < order[d_hook] and by_hook[h]]
                 x, mask = store[d_hook][0], store[d_hook][1]
                 if not targets_all or not ups or x is None:
+                    bar.update(_batches(targets_all, seed_batch))  # skipped: nothing reaches it
                     continue
                 for s in range(0, len(targets_all), seed_batch):
                     tg = targets_all[s:s + seed_batch]
@@ -295,6 +300,7 @@ def _edges_reference(rm, states, hooks, kept, positional, seed_batch, progress, 
                 targets_all = by_hook[d_hook]
                 ups = [h for h in hooks if order[h] < order[d_hook] and by_hook[h]]
                 if not targets_all or not ups:
+                    bar.update(_batches(targets_all, seed_batch))  # skipped: nothing reaches it
                     continue
                 f_conn, err_conn = store[d_hook][0], store[d_hook][1]
                 for s in range(0, len(targets_all), seed_batch):

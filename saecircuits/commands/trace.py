@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> dict:
             plan_trace(rm, tok, task.take([i]), trace_config(cfg, n=1, length=None))
     graph, summary = trace_circuit(rm, tok, None, task, cfg, n=len(task), length=None)
     if args.per_prompt:
-        for i in range(len(task)):
+        from ..progress import track
+
+        for i in track(range(len(task)), "per-prompt traces", unit="prompt", leave=True):
             try:
                 g, s = trace_circuit(rm, tok, None, task.take([i]), cfg, n=1, length=None)
             except SaecircuitsError as err:   # e.g. pruning left nothing for this prompt

@@ -99,6 +99,7 @@ def _heartbeat() -> None:
             try:
                 if not b.disable and now - b.last_print_t >= HEARTBEAT:
                     b.refresh()
+                    b.last_print_t = now
             except Exception:  # noqa: BLE001 - a closing bar; a redraw is never worth a crash
                 pass
 

@@ -42,6 +42,7 @@ import torch
 
 from saecircuits.errors import ConfigError
 from saecircuits.fileio import atomic_path, write_json
+from saecircuits.progress import bar as progress_bar, track
 
 SKIP_DIRS = {"site-packages", "__pycache__"}
 TEST_DIRS = {"test", "tests", "idle_test"}
@@ -59,7 +60,7 @@ def stdlib_documents(include_tests: bool = True) -> list[Document]:
     """The standard library's `.py` sources (no site-packages, no file over 200 kB)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     docs = []
-    for path in sorted(root.rglob("*.py")):
+    for path in track(sorted(root.rglob("*.py")), "reading the standard library", unit="file"):
         rel = path.relative_to(root)
         if SKIP_DIRS.intersection(rel.parts[:-1]) or path.stat().st_size > MAX_FILE_BYTES:
             continue
@@ -375,17 +376,20 @@ def tokenize(tok, docs: Sequence[Document], cache: bool = True,
         except (OSError, ValueError):
             pass  # unreadable cache: rebuild it below
     size = sum(len(d.text) for d in docs)
-    if size > 1_000_000:  # minutes on a small CPU: say what is happening (the bar is not started yet)
+    if size > 1_000_000:  # minutes on a small CPU: say what is happening
         print(f"saecircuits: tokenizing the corpus once ({len(docs):,} documents, {size / 1e6:.0f} MB "
               f"of text; a few minutes on a small CPU)" + (f"; later runs reuse {folder}" if cache else ""),
               file=sys.stderr, flush=True)
     lengths, chunks = [], []
+    bar = progress_bar(len(docs), "tokenizing the corpus", unit="doc", enabled=size > 1_000_000)
     for start in range(0, len(docs), batch_docs):
         texts = [d.text for d in docs[start:start + batch_docs]]
         ids = tok(texts, add_special_tokens=False)["input_ids"]
         for row in ids:
             chunks.append(np.asarray(row, dtype=np.int32))
             lengths.append(len(row))
+        bar.update(len(texts))
+    bar.close()
     tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     corpus = TokenCorpus(tokens, offsets, names, eos, bos, key)

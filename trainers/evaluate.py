@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from saecircuits.progress import bar as progress_bar
 
 from saecircuits import hooks
 from saecircuits.errors import ConfigError, ShapeError
@@ -104,7 +104,11 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
     from_block = {hp.name: share_clean and _is_block_output(model, hp) for hp in points}
     as_tuple = block_output_is_tuple(model) if any(from_block.values()) else False
     sums_x = {hp.name: torch.zeros(hp.width, dtype=torch.float64) for hp in points}
-    bar = tqdm(total=len(windows), desc="evaluate SAEs", unit="win", disable=not progress)
+    # one step per model pass: each batch's clean forward, then per hook point the spliced and
+    # zero-ablated forwards (one pass at a shared-clean resid hook, else two)
+    passes = 1 + sum(1 if from_block[hp.name] else 2 for hp in points)
+    bar = progress_bar(-(-len(windows) // batch) * passes, "evaluate SAEs", unit="pass",
+                       enabled=progress, leave=True)
     for start in range(0, len(windows), batch):
         ids = windows[start:start + batch].to(device)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -114,6 +118,7 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
         ce, _, n, clean_logp = _next_token_stats(logits, ids, None)
         ce_clean += ce
         count += n
+        bar.update(1)
         keep_first = torch.zeros(1, ids.shape[1], 1, device=device)
         keep_first[:, 0] = 1
         for hp in points:
@@ -156,7 +161,7 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             ce, kl, _, _ = _next_token_stats(logits_zero, ids, clean_logp)
             a["ce_zero"] += ce
             a["kl_zero"] += kl
-        bar.update(len(ids))
+            bar.update(1 if from_block[hp.name] else 2)
     bar.close()
     results = {}
     for hp in points:

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from saecircuits import hooks
 from saecircuits.errors import ConfigError, HookPointError
 from saecircuits.models import model_device, unwrap
+from saecircuits.progress import track
 from saecircuits.replacement import logits_site
 from saecircuits.sae import SAE
 from saecircuits.splice import plan, splice
@@ -137,7 +137,8 @@ def kl_finetune(model, tok, saes: Mapping[str, SAE], cfg: KLFinetuneConfig | Non
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
     log = {"steps": steps, "tokens": steps * cfg.batch * cfg.context, "kl": [], "fvu": []}
     try:
-        for step in tqdm(range(steps), desc="KL fine-tune", disable=not cfg.progress):
+        for step in track(range(steps), "KL fine-tune", unit="step", enabled=cfg.progress,
+                          leave=True):
             rows = windows[(torch.arange(cfg.batch) + step * cfg.batch) % windows.shape[0]]
             ids = rows.to(device)
             inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
 from saecircuits import hooks
 from saecircuits.errors import ConfigError, HookPointError, TrainingError
 from saecircuits.fileio import remove_stale_temps, write_json, write_safetensors
 from saecircuits.models import model_device, model_name_of
+from saecircuits.progress import bar as progress_bar
 from saecircuits.sae import ARCHITECTURES, SAESet
 
 from .activations import ActivationCache, ActivationStream, windows_key
@@ -318,6 +318,7 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
                           f"training windows give {stream.steps_available * batch} activations")
     windows = windows[: stream.blocks_for(total_steps) * wpb]
     stream.windows = windows
+    stream.progress = cfg.progress and rank == 0  # a bar per harvested block
     key = windows_key(windows)
     if cfg.cache_activations:
         cache_dir = Path(cfg.cache_activations) / (f"rank{rank}-of-{n_ranks}" if n_ranks > 1 else "")
@@ -371,8 +372,8 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
     for spec in specs:
         by_hook.setdefault(spec.hook, []).append((spec.name, trainers[spec.name]))
     stats: dict[str, dict] = {}
-    bar = tqdm(total=total_steps * batch, initial=start * batch, unit="tok", unit_scale=True,
-               disable=not cfg.progress or rank != 0, desc="train SAEs")
+    bar = progress_bar(total_steps * batch, "train SAEs", initial=start * batch, unit="tok",
+                       unit_scale=True, enabled=cfg.progress and rank == 0, leave=True)
     began, last_step = time.perf_counter(), start
     step = start
     try:

@@ -37,6 +37,7 @@ import torch
 
 from . import hooks
 from .errors import ConfigError, TaskError
+from .progress import bar as progress_bar, status
 from .sae import SAE
 from .replacement import logits_site
 from .splice import encode_inputs
@@ -151,11 +152,13 @@ def ica_basis(acts: torch.Tensor, max_iter: int = 200, tol: float = 1e-4, seed: 
         from sklearn.decomposition import FastICA
 
         ica = FastICA(whiten=False, max_iter=max_iter, tol=tol, random_state=seed)
-        ica.fit(z.cpu().numpy())
+        with status(f"fitting ICA ({z.shape[1]} components, at most {max_iter} iterations)"):
+            ica.fit(z.cpu().numpy())
         w = torch.as_tensor(ica.components_, dtype=torch.float64, device=whiten.device)
         iters, change, backend = int(ica.n_iter_), float("nan"), "sklearn"
     else:
-        w, iters, change = fastica_unmixing(z.T.contiguous(), max_iter, tol, seed)
+        with status(f"fitting ICA ({z.shape[1]} components, at most {max_iter} iterations)"):
+            w, iters, change = fastica_unmixing(z.T.contiguous(), max_iter, tol, seed)
         w = w.double()
     unmix = whiten @ w.T                                 # c = (x − μ) @ unmix
     mix = torch.linalg.inv(unmix)                        # x − μ = c @ mix
@@ -186,12 +189,14 @@ def corpus_activations(model, tok, hook: str, n_tokens: int = 16384, corpus=None
     windows = tc.windows(context, seed=seed)
     points = [hooks.resolve(model, hook)]
     out, have = [], 0
-    for start in range(0, windows.shape[0], batch):
-        acts = harvest(model, points, windows[start:start + batch])[hook]
-        out.append(acts)
-        have += acts.shape[0]
-        if have >= n_tokens:
-            break
+    with progress_bar(n_tokens, f"activations at {hook}", unit="tok", unit_scale=True) as bar:
+        for start in range(0, windows.shape[0], batch):
+            acts = harvest(model, points, windows[start:start + batch])[hook]
+            out.append(acts)
+            bar.update(min(acts.shape[0], n_tokens - have))
+            have += acts.shape[0]
+            if have >= n_tokens:
+                break
     acts = torch.cat(out)[:n_tokens]
     if acts.shape[0] < n_tokens:
         raise ConfigError(f"the corpus gives only {acts.shape[0]} activations at {hook}, "
@@ -327,12 +332,16 @@ def compare_bases(model, tok, task: Task, hook: str, bases: Sequence[Basis],
     if clean["input_ids"].shape != patch["input_ids"].shape or not torch.equal(
             clean["attention_mask"], patch["attention_mask"]):
         raise TaskError(f"task {task.name!r}: clean and patch prompts tokenize to different lengths")
+    passes = 2 + sum(len([n for n in ns if n < b.size]) + 1 for b in bases)
+    bar = progress_bar(passes, "compare bases", unit="pass")
     x_clean, grad, m_clean = _clean_grad(model, hp, task, clean)
     x_patch = _read(model, hp, patch).cpu()
+    bar.update(1)
     x_clean, grad = x_clean.cpu(), grad.cpu()  # basis arithmetic on the CPU, whatever the model's device
     with torch.no_grad(), model.trace(patch):
         logits_p = hooks.read(model, logits_site(model)).save()
     m_patch = float(task.metric(logits_p).mean())
+    bar.update(1)
     change = m_patch - m_clean
     if abs(change) < 1e-6:
         raise TaskError(f"task {task.name!r}: clean and patch runs give the same metric "
@@ -360,9 +369,11 @@ def compare_bases(model, tok, task: Task, hook: str, bases: Sequence[Basis],
                 sel = order[:n]
                 x_new = x_clean + delta[..., sel] @ dec[sel]
             curve.append((n, (_metric_with(model, hp, task, clean, x_new) - m_clean) / change))
+            bar.update(1)
         curves[b.name], sizes[b.name] = curve, b.size
         info[b.name] = {**b.info, "attribution_total": float(attr.sum()),
                         "attribution_top16": float(attr[order[:16]].sum())}
+    bar.close()
     return BasisComparison(task=task.name, hook=hp.name, n_prompts=n_prompts, metric_clean=m_clean,
                            metric_patch=m_patch, curves=curves, sizes=sizes, info=info, rank=rank)
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import hooks
 from ..errors import ConfigError, ExportError
 from ..fileio import atomic_dir, file_in, read_safetensors, write_json, write_safetensors, write_text
 from ..models import model_name_of
+from ..progress import bar as progress_bar
 from ..replacement import ReplacementModel, final_norm, logit_lens
 from ..sae import SAE
 from .explanations import ExplanationsLike, as_explanations, dashboards_with_explanations
@@ -162,7 +162,8 @@ def collect_activations(model, tok, saes: Mapping[str, SAE], features: Sequence[
     index = {name: torch.tensor([features[j][1] for j in cols]) for name, cols in columns.items()}
     device = rm.device
     acts = torch.zeros((*ids.shape, len(features)), dtype=torch.float32)
-    bar = tqdm(total=len(ids), desc="feature activations", unit="window", disable=not progress)
+    bar = progress_bar(len(ids), "feature activations", unit="window", enabled=progress,
+                       leave=True)
     try:
         for start in range(0, len(ids), batch_size):
             batch = {"input_ids": ids[start:start + batch_size].to(device),
@@ -351,15 +352,18 @@ def neuronpedia_feature(data: dict[str, Any], source: str = "") -> dict[str, Any
 
 
 def build_dashboards(model, tok, saes: Mapping[str, SAE], fa: FeatureActivations,
-                     n_contexts: int = 10, n_logits: int = 10) -> dict[str, dict[str, Any]]:
+                     n_contexts: int = 10, n_logits: int = 10,
+                     progress: bool = True) -> dict[str, dict[str, Any]]:
     """Dashboards for every feature in `fa`, keyed `"hook:index"`."""
     out: dict[str, dict[str, Any]] = {}
-    for hook in dict.fromkeys(h for h, _ in fa.features):
-        idx = [i for h, i in fa.features if h == hook]
-        rows = output_effects(model, saes[hook], idx)
-        for i, row in zip(idx, rows):
-            out[feature_key(hook, i)] = dashboard_data(fa, tok, (hook, i), row, n_contexts,
-                                                       n_logits)
+    with progress_bar(len(fa.features), "dashboards", unit="feature", enabled=progress) as bar:
+        for hook in dict.fromkeys(h for h, _ in fa.features):
+            idx = [i for h, i in fa.features if h == hook]
+            rows = output_effects(model, saes[hook], idx)
+            for i, row in zip(idx, rows):
+                out[feature_key(hook, i)] = dashboard_data(fa, tok, (hook, i), row, n_contexts,
+                                                           n_logits)
+                bar.update(1)
     return out
 
 
@@ -399,7 +403,7 @@ def write_dashboards(model, tok, saes: Mapping[str, SAE], features: Sequence[Fea
                    if f not in activations.features]
         if missing:
             raise ConfigError(f"stored activations lack feature(s) {missing}")
-    dashboards = build_dashboards(model, tok, saes, activations, n_contexts)
+    dashboards = build_dashboards(model, tok, saes, activations, n_contexts, progress=progress)
     dashboards = {feature_key(*f): dashboards[feature_key(*f)] for f in features}
     dashboards = dashboards_with_explanations(dashboards, expl)
     n_tokens = int(activations.mask.sum())

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import hooks
 from ..errors import ConfigError
 from ..models import model_device
+from ..progress import bar as progress_bar
 from ..sae import SAE
 
 
@@ -51,8 +51,8 @@ def collect_hook_activations(model, tok, hook: str | Sequence[str], texts: Seque
     ids, mask = windows_of(tok, texts, context, max_windows)
     device = model_device(model)
     xs = {hp.name: torch.zeros((*ids.shape, hp.width), dtype=torch.float32) for hp in points}
-    bar = tqdm(total=len(ids), desc=f"activations at {','.join(names)}", unit="window",
-               disable=not progress)
+    bar = progress_bar(len(ids), f"activations at {','.join(names)}", unit="window",
+                       enabled=progress, leave=True)
     try:
         for start in range(0, len(ids), batch_size):
             batch = {"input_ids": ids[start:start + batch_size].to(device),

@@ -23,6 +23,7 @@ import torch
 from .errors import ConfigError, ExportError, SAEFormatError
 from .fileio import atomic_dir, remove_stale_temps, write_json
 from .models import cache_dir, load_model, model_name_of
+from .progress import bar as progress_bar, status, track
 from .replacement import ReplacementModel
 from .sae import SAESet
 
@@ -296,13 +297,18 @@ def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int
         return Intervention(hook, feat, mode, value, positions=[-1] if where == "last" else where)
 
     measured: dict[tuple, float] = {}
+    combos = sum(1 for n in COMBINE if len(candidates) >= n)
+    bar = progress_bar(1 + len(candidates) * len(CANDIDATE_MULTIPLES) + len(LEVERS) + combos,
+                       "steering: P(')') per setting", unit="setting")
 
     def p_close(*settings) -> float:  # settings: (hook, feature, mode, multiple, positions), ...
         if settings not in measured:
             measured[settings] = _p_close(rm, SELECT_PROMPTS, close, [intervention(*x) for x in settings])
+        bar.update(1)
         return measured[settings]
 
     base = _p_close(rm, SELECT_PROMPTS, close)
+    bar.update(1)
     tried = []
     for h, f, e, src in candidates:
         sweep = {m: p_close((h, f, "set", m, "all")) for m in CANDIDATE_MULTIPLES}
@@ -323,6 +329,7 @@ def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int
                        "features": [t["feature"] for t in ranked[:n]], "p_close": p_close(*settings)})
         if levers[-1]["p_close"] > lever["p_close"]:
             lever, ivs = levers[-1], [intervention(*x) for x in settings]
+    bar.close()
     return {"baseline_select": base, "candidates": tried, "levers": levers, "chosen": best,
             "lever": lever, "interventions": ivs, "peak": peaks.get((best["hook"], best["index"]), 0.0)}
 
@@ -353,7 +360,8 @@ def steering_showcase(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, i
         print(f"    {lv['mode']:<4s} {mult:>4s}x  {lv['positions']:<5s} P {lv['p_close']:.4f}{what}{mark}")
     ivs = choice["interventions"]
     close = closing_ids(tok)
-    result = steer(rm, None, NOT_DUE_PROMPTS, ivs, max_new_tokens=12, track=close)
+    with status(f"steering: 12 tokens on {len(NOT_DUE_PROMPTS)} held-out prompts"):
+        result = steer(rm, None, NOT_DUE_PROMPTS, ivs, max_new_tokens=12, track=close)
     first_before = float(result.baseline_probs[:, 0].sum(-1).mean())
     first_after = float(result.steered_probs[:, 0].sum(-1).mean())
     every = float(result.prob_shift.sum(-1).nanmean())   # NaN: steps after a prompt's EOS
@@ -463,9 +471,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _prepare_out(out)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     with atomic_dir(out, overwrite=True) as tmp:  # an earlier demo output is replaced whole
-        write_dashboards(model, tok, saes, all_nodes, None, tmp / "dashboards", activations=acts,
-                         progress=False)
-        for task, graph in graphs.items():
+        write_dashboards(model, tok, saes, all_nodes, None, tmp / "dashboards", activations=acts)
+        for task, graph in track(graphs.items(), "exports (graph files, SVG, viewer)",
+                                 unit="graph"):
             export_graph(graph, tmp / task, dashboards=tmp / "dashboards", tokenizer=tok)
         write_json(tmp / DEMO_MARKER, summary)
     dash_dir = out / "dashboards"

@@ -87,31 +87,38 @@ def _watch(b: Bar) -> None:
 
 
 def _heartbeat() -> None:
-    """Redraw every open bar that has not been drawn for HEARTBEAT s; ends when none is open."""
+    """Redraw stale bars every half beat; ends when no bar is open."""
     while True:
         time.sleep(min(1.0, HEARTBEAT / 2))
-        with _lock:
-            bars = list(_open)
-            if not bars:
-                return
-        now = time.time()
-        for b in bars:
-            try:
-                if not b.disable and now - b.last_print_t >= HEARTBEAT:
-                    b.refresh()
-                    b.last_print_t = now
-            except Exception:  # noqa: BLE001 - a closing bar; a redraw is never worth a crash
-                pass
+        if not redraw_stale():
+            return
+
+
+def redraw_stale(now: float | None = None) -> int:
+    """Redraw every open bar not drawn for HEARTBEAT s (at time `now`); returns how many bars
+    are open."""
+    with _lock:
+        bars = list(_open)
+    now = time.time() if now is None else now
+    for b in bars:
+        try:
+            if not b.disable and now - b.last_print_t >= HEARTBEAT:
+                b.refresh()
+                b.last_print_t = now
+        except Exception:  # noqa: BLE001 - a closing bar; a redraw is never worth a crash
+            pass
+    return len(bars)
 
 
 def bar(total: float | None, desc: str, *, unit: str = "it", enabled: bool = True,
         leave: bool = False, **kwargs) -> Bar:
     """A progress bar of `total` steps (None: a counter without ETA). `enabled=False` draws
     nothing (but is still recorded inside `record`). Use as a context manager or close it."""
-    sink = _recorders and not enabled
+    sink = bool(_recorders) and not enabled
+    if sink:
+        kwargs["file"] = io.StringIO()
     return Bar(total=total, desc=desc, unit=unit, leave=leave, shown=enabled,
-               disable=not (enabled or sink), file=io.StringIO() if sink else None,
-               dynamic_ncols=True, **kwargs)
+               disable=not (enabled or sink), dynamic_ncols=True, **kwargs)
 
 
 def track(items: Iterable[T], desc: str, *, total: int | None = None, unit: str = "it",

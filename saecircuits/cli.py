@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = _on_sigterm(_terminate)
     try:  # with --json, stdout carries only the JSON summary; messages go to stderr
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            _import_libraries(args.command)
             result = args.handler(args)
     except KeyboardInterrupt:
         print(f"saecircuits {args.command}: interrupted", file=sys.stderr)
@@ -256,6 +257,23 @@ def main(argv: list[str] | None = None) -> int:
     if as_json and result is not None:
         print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+# subcommands that import torch, transformers and nnsight (~5-15 s on a small, busy CPU)
+HEAVY_COMMANDS = {"train", "eval", "trace", "steer", "dashboards", "demo", "explain",
+                  "compare-saes", "compare-bases"}
+
+
+def _import_libraries(command: str) -> None:
+    """Import the heavy libraries under a status line, so a run never starts silent."""
+    if command not in HEAVY_COMMANDS or "nnsight" in sys.modules:
+        return
+    from .progress import status
+
+    with status("starting (importing torch, transformers, nnsight)"):
+        import nnsight  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
 
 
 def _on_sigterm(handler):

@@ -357,7 +357,7 @@ def _fingerprint(tok, docs: Sequence[Document]) -> str:
 
 
 def tokenize(tok, docs: Sequence[Document], cache: bool = True,
-             batch_docs: int = 256) -> TokenCorpus:
+             batch_docs: int = 64) -> TokenCorpus:
     """Tokenize documents once (no special tokens); cached as .npy under the cache dir."""
     from saecircuits.models import cache_dir
 

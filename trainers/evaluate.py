@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from saecircuits.progress import bar as progress_bar
 
 from saecircuits import hooks
 from saecircuits.errors import ConfigError, ShapeError
 from saecircuits.fileio import write_json, write_text
+from saecircuits.progress import bar as progress_bar
 from saecircuits.replacement import ReplacementModel
 from saecircuits.sae import SAE
 

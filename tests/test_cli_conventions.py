@@ -2,6 +2,7 @@
 their subcommand, and no temporary directory left by a demo killed with SIGTERM."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -64,6 +65,16 @@ def _tiny_model(folder: Path, tok) -> Path:
     return folder
 
 
+def _corpus(folder: Path) -> Path:
+    """A .jsonl corpus of 4,000 short documents (~150,000 tokens)."""
+    path = folder / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Story {i}: Mary and John went to the market, "
+                                                f"and John gave a red apple to Mary.\ndef f{i}(x):"
+                                                f"\n    return x * {i}\n"}) + "\n"
+                            for i in range(4000)))
+    return path
+
+
 def _wait_for(predicate, proc, what: str, limit: float = 600.0):
     """Poll until `predicate()`; fail if the process ends first (the limit only guards a hang)."""
     end = time.monotonic() + limit
@@ -80,10 +91,7 @@ def _wait_for(predicate, proc, what: str, limit: float = 600.0):
 def test_a_demo_killed_with_sigterm_leaves_no_temporary_directory(tiny, tmp_path):
     _, tok = tiny
     model_dir = _tiny_model(tmp_path / "tiny", tok)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("".join(f"Story {i}: Mary and John went to the market, and John gave a "
-                              f"red apple to Mary.\ndef f{i}(x):\n    return x * {i}\n\n"
-                              for i in range(4000)))
+    corpus = _corpus(tmp_path)
     cache = tmp_path / "cache"
     saes = cache / "saes"
     cmd = [sys.executable, "-m", "saecircuits", "demo", "--model", str(model_dir), "--device", "cpu",
@@ -104,12 +112,11 @@ def test_a_demo_killed_with_sigterm_leaves_no_temporary_directory(tiny, tmp_path
 
 
 def test_a_train_killed_with_sigterm_leaves_no_temporary_file(tiny, tiny_dir, tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("".join(f"def f{i}(x):\n    return x * {i} + {i}\n\n" for i in range(4000)))
+    corpus = _corpus(tmp_path)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "saecircuits", "train", "--model", str(tiny_dir("llama")),
            "--device", "cpu", "--hooks", "resid.0,resid.2", "--k", "4", "--expansion", "2",
-           "--tokens", "400000", "--context", "32", "--corpus", str(corpus), "--out", str(out)]
+           "--tokens", "100000", "--context", "32", "--corpus", str(corpus), "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: (out / "train_config.json").is_file(), proc, "train_config.json")
@@ -133,3 +140,26 @@ def test_the_next_run_removes_what_a_killed_run_left(tmp_path):
         (p / "resid.0").mkdir(parents=True)
     assert sorted(remove_stale_saes(tmp_path)) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in live + [kept])
+
+
+def test_a_killed_first_run_dequantization_is_cleaned_by_the_next(tmp_path, monkeypatch):
+    import transformers
+
+    from saecircuits import models
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = tmp_path / "models" / models.DEFAULT_MODEL
+    stale = folder.with_name(f".{folder.name}.p{dead.pid}.q1w2e3r4.tmp")
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"")
+    monkeypatch.setattr(models, "default_gguf_path", lambda: gguf)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("interrupted")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        models._build_default_cache(folder)
+    assert list(folder.parent.iterdir()) == []     # the stale temp and this run's are both gone

@@ -211,12 +211,15 @@ def exact_effects(rm: ReplacementModel, states: Sequence[State], nodes: Sequence
         return {}
     n = sum(len(s.chunk.task) for s in states)
     out = {node: 0.0 for node in nodes}
-    total = sum(-(-len(nodes) // max(1, max_rows // len(s.chunk.task))) for s in states)
-    bar = progress_bar(total, desc, enabled=progress)
+    # per chunk: its state (a lazy chunk's forward, backward and targets), then each node group
+    total = sum(1 + -(-len(nodes) // max(1, max_rows // len(s.chunk.task))) for s in states)
+    bar = progress_bar(total, desc, unit="pass", enabled=progress)
     try:
         for st in states:
             B = len(st.chunk.task)
             per = max(1, max_rows // B)
+            st.delta_f  # noqa: B018 - computes a lazy chunk's full state now, as its own step
+            bar.update(1)
             for s in range(0, len(nodes), per):
                 group = nodes[s:s + per]
                 k = len(group)

@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     as_json = getattr(args, "json", False)
     previous = _on_sigterm(_terminate)
     try:  # with --json, stdout carries only the JSON summary; messages go to stderr
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(), \
+                _quiet(getattr(args, "quiet", False)):
             _import_libraries(args.command)
             result = args.handler(args)
     except KeyboardInterrupt:
@@ -262,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
 # subcommands that import torch, transformers and nnsight (~5-15 s on a small, busy CPU)
 HEAVY_COMMANDS = {"train", "eval", "trace", "steer", "dashboards", "demo", "explain",
                   "compare-saes", "compare-bases"}
+
+
+def _quiet(on: bool):
+    """No progress bars inside (a subcommand's --quiet)."""
+    from .progress import quiet
+
+    return quiet(on)
 
 
 def _import_libraries(command: str) -> None:

@@ -11,6 +11,8 @@ Every bar is a tqdm bar (ETA from its total) on stderr. A bar or status line who
 not changed for `HEARTBEAT` seconds is redrawn (its elapsed time and ETA move on), so a slow step
 never leaves the terminal silent. Bars close on exit from their `with` block.
 
+Inside `with progress.quiet():` nothing is drawn (the CLI's `--quiet`).
+
 Tests intercept every bar: `with progress.record() as bars:` collects one `Record(desc, total,
 n, peak, shown)` per bar as it closes; inside it, disabled bars count too (drawn to nowhere), so
 a test sees every phase's final count, and `peak > total` exposes a bar that overran.
@@ -45,6 +47,7 @@ class Record:
 
 
 _recorders: list[list[Record]] = []
+_quiet = [False]  # inside `quiet()`: no bar is drawn
 _open: "weakref.WeakSet[Bar]" = weakref.WeakSet()  # weak: a bar dropped unclosed is not kept
 _lock = threading.Lock()
 _beat: threading.Thread | None = None
@@ -114,6 +117,7 @@ def bar(total: float | None, desc: str, *, unit: str = "it", enabled: bool = Tru
         leave: bool = False, **kwargs) -> Bar:
     """A progress bar of `total` steps (None: a counter without ETA). `enabled=False` draws
     nothing (but is still recorded inside `record`). Use as a context manager or close it."""
+    enabled = enabled and not _quiet[0]
     sink = bool(_recorders) and not enabled
     if sink:
         kwargs["file"] = io.StringIO()
@@ -141,6 +145,17 @@ def status(desc: str, *, enabled: bool = True, leave: bool = False) -> Iterator[
              bar_format="{desc}: {elapsed}{postfix}") as b:
         b.refresh()
         yield b
+
+
+@contextlib.contextmanager
+def quiet(on: bool = True) -> Iterator[None]:
+    """Inside the block (when `on`), no bar or status line is drawn (`--quiet`)."""
+    before = _quiet[0]
+    _quiet[0] = before or on
+    try:
+        yield
+    finally:
+        _quiet[0] = before
 
 
 @contextlib.contextmanager

@@ -214,3 +214,14 @@ def test_dashboards_bars(tiny, tmp_path):
                          max_windows=10, batch_size=4)
     by_desc = check_bars(bars, ["feature activations", "dashboards"])
     assert by_desc["feature activations"][0].total == 10 and by_desc["dashboards"][0].total == 3
+
+
+def test_quiet_draws_nothing_but_still_records():
+    sink = io.StringIO()
+    with progress.record() as bars, progress.quiet():
+        with progress.bar(2, "inside", file=sink) as b:
+            b.update(2)
+    assert sink.getvalue() == "" and [(b.desc, b.n, b.shown) for b in bars] == [("inside", 2, False)]
+    with progress.bar(1, "after", file=sink) as b:   # quiet ends with its block
+        b.update(1)
+    assert "after" in sink.getvalue()

@@ -11,7 +11,8 @@ Every bar is a tqdm bar (ETA from its total) on stderr. A bar or status line who
 not changed for `HEARTBEAT` seconds is redrawn (its elapsed time and ETA move on), so a slow step
 never leaves the terminal silent. Bars close on exit from their `with` block.
 
-Inside `with progress.quiet():` nothing is drawn (the CLI's `--quiet`).
+Inside `with progress.quiet():` nothing is drawn (the CLI's `--quiet`), nor anywhere when the
+environment sets `SAECIRCUITS_PROGRESS=0` (logs, CI; the test suite sets it).
 
 Tests intercept every bar: `with progress.record() as bars:` collects one `Record(desc, total,
 n, peak, shown)` per bar as it closes; inside it, disabled bars count too (drawn to nowhere), so
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 import time
 import weakref
@@ -117,7 +119,7 @@ def bar(total: float | None, desc: str, *, unit: str = "it", enabled: bool = Tru
         leave: bool = False, **kwargs) -> Bar:
     """A progress bar of `total` steps (None: a counter without ETA). `enabled=False` draws
     nothing (but is still recorded inside `record`). Use as a context manager or close it."""
-    enabled = enabled and not _quiet[0]
+    enabled = enabled and not _quiet[0] and os.environ.get("SAECIRCUITS_PROGRESS", "1") != "0"
     sink = bool(_recorders) and not enabled
     if sink:
         kwargs["file"] = io.StringIO()

@@ -12,6 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here; fail fast instead o
 # `auto` precision means fp32 in tests, whatever the CI machine's CPU (tests of the policy itself
 # mock the hardware): results must not depend on where they run
 os.environ.setdefault("SAECIRCUITS_PRECISION", "fp32")
+# no progress bars on the captured stderr (a failure's stderr is its one error line); tests of the
+# bars record them (`saecircuits.progress.record` counts undrawn bars too) or set it back to 1
+os.environ.setdefault("SAECIRCUITS_PROGRESS", "0")
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma2", "gemma3_text", "qwen2", "qwen3", "mistral")

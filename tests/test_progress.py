@@ -42,7 +42,13 @@ def check_bars(bars, expected=()) -> dict[str, list[progress.Record]]:
 
 
 # -- the helper ----------------------------------------------------------------------------------
-def test_record_sees_totals_counts_overruns_and_disabled_bars():
+@pytest.fixture
+def drawn(monkeypatch):
+    """Bars are drawn (the suite's conftest sets SAECIRCUITS_PROGRESS=0)."""
+    monkeypatch.setenv("SAECIRCUITS_PROGRESS", "1")
+
+
+def test_record_sees_totals_counts_overruns_and_disabled_bars(drawn):
     with progress.record() as bars:
         with progress.bar(3, "shown") as b:
             b.update(2)
@@ -64,7 +70,7 @@ def test_record_sees_totals_counts_overruns_and_disabled_bars():
         check_bars([got["overrun"]])
 
 
-def test_a_stale_bar_is_redrawn_with_its_elapsed_time():
+def test_a_stale_bar_is_redrawn_with_its_elapsed_time(drawn):
     sink = io.StringIO()
     with progress.bar(None, "waiting", file=sink) as b:
         b.refresh()
@@ -216,7 +222,7 @@ def test_dashboards_bars(tiny, tmp_path):
     assert by_desc["feature activations"][0].total == 10 and by_desc["dashboards"][0].total == 3
 
 
-def test_quiet_draws_nothing_but_still_records():
+def test_quiet_and_the_environment_draw_nothing_but_still_record(drawn, monkeypatch):
     sink = io.StringIO()
     with progress.record() as bars, progress.quiet():
         with progress.bar(2, "inside", file=sink) as b:
@@ -225,3 +231,7 @@ def test_quiet_draws_nothing_but_still_records():
     with progress.bar(1, "after", file=sink) as b:   # quiet ends with its block
         b.update(1)
     assert "after" in sink.getvalue()
+    monkeypatch.setenv("SAECIRCUITS_PROGRESS", "0")
+    with progress.bar(1, "off", file=sink) as b:
+        b.update(1)
+    assert "off" not in sink.getvalue()

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import ConfigError, TaskError
 from ..replacement import ReplacementModel, bind
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from ..splice import encode_inputs
 from ..tasks.base import Task
 

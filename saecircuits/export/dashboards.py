@@ -28,7 +28,7 @@ from ..fileio import atomic_dir, file_in, read_safetensors, write_json, write_sa
 from ..models import model_name_of
 from ..precision import resolve as resolve_precision
 from ..replacement import ReplacementModel, final_norm, logit_lens
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from .explanations import ExplanationsLike, as_explanations, dashboards_with_explanations
 from .viewer import asset, fill_page
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .. import hooks
 from ..errors import ConfigError
 from ..models import model_device
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 
 
 @dataclass

@@ -18,8 +18,8 @@ import math
 import re
 import sys
 
-COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo", "convert",
-            "explain", "compare-saes", "compare-bases")
+COMMANDS = ("train", "eval", "trace", "graph", "steer", "export", "dashboards", "serve", "demo",
+            "convert", "explain", "compare-saes", "compare-bases")
 
 
 class ArgumentParser(argparse.ArgumentParser):

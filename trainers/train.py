@@ -473,7 +473,7 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
             eval_began = time.perf_counter()
             metrics = evaluate_saes(model, tok, group, eval_corpus, cfg.eval_tokens,
                                     context=cfg.context, prepend_bos=cfg.prepend_bos,
-                                    progress=cfg.progress,
+                                    progress=cfg.progress, joint=cfg.transcoder,
                                     precision=precisions["harvest"])  # score on what was harvested
             eval_seconds = round(time.perf_counter() - eval_began, 1)
             write_reports(out / variant if variant else out, metrics)

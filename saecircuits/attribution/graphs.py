@@ -35,6 +35,8 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from hashlib import sha256
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -45,6 +47,9 @@ from ..frozen import FrozenPass, frozen_forward
 from ..hooks import n_layers as model_layers
 from ..precision import resolve as resolve_precision
 from ..wrapping import model_name_of, unwrap
+
+if TYPE_CHECKING:
+    from ..graph import FeatureGraph
 
 
 @dataclass
@@ -181,13 +186,51 @@ class AttributionGraph:
                            self.n_logits, node_threshold, edge_threshold)
 
     def linearity_error(self) -> float:
-        """max over feature and logit targets of |Σ incoming edges + bias − value| / (|value| + 1e-6
-        · max |value|) (invariant 10: ≈ 0 when the frozen model is linear and complete)."""
-        rows = torch.cat([self.adjacency[: self.n_features], self.adjacency[self.logit_slice]])
-        values = torch.cat([self.pre_activations, self.targets_values])
-        got = rows.sum(1).double() + self.biases.double()
-        scale = values.abs().double().clamp_min(1e-6 * float(values.abs().max()))
-        return float(((got - values.double()).abs() / scale).max()) if values.numel() else 0.0
+        """max over feature and logit targets of |Σ incoming edges + bias − value| relative to the
+        size of the sum (Σ |edges| + |bias|, what float rounding scales with); invariant 10: ≈ 0
+        when the frozen model is linear and every source is a node."""
+        rows = torch.cat([self.adjacency[: self.n_features], self.adjacency[self.logit_slice]]).double()
+        values = torch.cat([self.pre_activations, self.targets_values]).double()
+        bias = self.biases.double()
+        got = rows.sum(1) + bias
+        scale = (rows.abs().sum(1) + bias.abs()).clamp_min(1e-12)
+        return float(((got - values).abs() / scale).max()) if values.numel() else 0.0
+
+    # -- files --------------------------------------------------------------------------------
+    _TENSORS = ("tokens", "features", "activations", "logit_tokens", "logit_probs", "adjacency",
+                "pre_activations", "biases", "targets_values")
+
+    def save(self, folder) -> None:
+        """`attribution.safetensors` (adjacency and node tables) + `attribution.json`."""
+        from pathlib import Path
+
+        from ..fileio import write_json, write_safetensors
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_safetensors(folder / "attribution.safetensors",
+                          {k: getattr(self, k).contiguous() for k in self._TENSORS})
+        write_json(folder / "attribution.json", {
+            "prompt": self.prompt, "token_strings": self.token_strings, "layers": self.layers,
+            "logit_labels": self.logit_labels, "model": self.model, "meta": self.meta,
+            "format": "saecircuits attribution graph 1"})
+
+    @classmethod
+    def load(cls, folder) -> "AttributionGraph":
+        from pathlib import Path
+
+        from ..fileio import parse_json, read_safetensors, read_text
+
+        folder = Path(folder)
+        info = parse_json(read_text(folder / "attribution.json", "attribution graph", GraphError),
+                          str(folder / "attribution.json"), GraphError)
+        tensors = read_safetensors(folder / "attribution.safetensors")
+        missing = set(cls._TENSORS) - set(tensors)
+        if missing:
+            raise GraphError(f"{folder}/attribution.safetensors lacks {sorted(missing)}")
+        return cls(prompt=info["prompt"], token_strings=info["token_strings"], layers=info["layers"],
+                   logit_labels=info["logit_labels"], model=info.get("model", ""),
+                   meta=info.get("meta", {}), **{k: tensors[k] for k in cls._TENSORS})
 
     # -- node names ---------------------------------------------------------------------------
     def node_ids(self) -> list[str]:
@@ -469,3 +512,81 @@ def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
               "precision": prec.record(), "config": {k: v for k, v in cfg.__dict__.items()},
               "partial": bool(bare), "error_only_layers": list(bare)})
     return graph
+
+
+# -- to the graph floor (export, viewer) ----------------------------------------------------------
+def to_feature_graph(graph: AttributionGraph, model=None, tok=None,
+                     transcoders: Mapping[str, Dictionary] | None = None, prune: bool = True,
+                     node_threshold: float | None = None, edge_threshold: float | None = None,
+                     label_top: int = 3) -> "FeatureGraph":
+    """The (pruned) graph as a `FeatureGraph`: node `effect` = circuit-tracer's node influence,
+    edges = direct effects (weight of source -> target); meta carries the prompt, its tokens, the
+    scores, the error share and warnings. With `model` and `transcoders`, features are labelled by
+    the tokens their decoder rows promote (the one logit lens)."""
+    from ..graph import FeatureGraph
+    from ..replacement import logit_lens
+
+    cfg = graph.meta.get("config", {})
+    node_threshold = cfg.get("node_threshold", 0.8) if node_threshold is None else node_threshold
+    edge_threshold = cfg.get("edge_threshold", 0.98) if edge_threshold is None else edge_threshold
+    influence = graph.node_influence()
+    n = graph.adjacency.shape[0]
+    if prune:
+        nodes_keep, edges_keep, _ = graph.prune(node_threshold, edge_threshold)
+    else:
+        nodes_keep = torch.ones(n, dtype=torch.bool)
+        edges_keep = graph.adjacency != 0
+    ids = graph.node_ids()
+    replacement, completeness = graph.scores()
+    share = graph.error_share()
+    warnings = []
+    if share > 0.25:
+        warnings.append(f"error nodes hold {share:.0%} of the influence on the logits: the transcoders "
+                        "leave that much of the computation unexplained")
+    if graph.meta.get("error_only_layers"):
+        warnings.append(f"MLPs {', '.join(graph.meta['error_only_layers'])} have no transcoder: their "
+                        "whole outputs are error nodes")
+    meta = {"model": graph.model, "task": "replacement graph", "method": "frozen replacement model "
+            "(circuit-tracer)", "prompt": graph.prompt, "prompt_tokens": graph.token_strings,
+            "prompt_token_ids": graph.tokens.tolist(), "replacement_score": replacement,
+            "completeness_score": completeness, "error_share": share, "warnings": warnings,
+            "n_layers": graph.n_layers, "slug": "replacement-" + sha256(graph.prompt.encode()).hexdigest()[:10],
+            "node_threshold": node_threshold, "edge_threshold": edge_threshold,
+            "seconds": graph.meta.get("seconds"), "target": " | ".join(graph.logit_labels)}
+    fg = FeatureGraph(meta=meta)
+    labels: dict[int, str] = {}
+    if model is not None and transcoders is not None and tok is not None:
+        keep_feats = nodes_keep[: graph.n_features].nonzero().squeeze(-1).tolist()
+        for start in range(0, len(keep_feats), 256):
+            part = keep_feats[start:start + 256]
+            rows = torch.stack([transcoders[graph.layers[int(graph.features[i, 0])]]
+                                .W_dec.detach()[int(graph.features[i, 2])].float().cpu() for i in part])
+            top = logit_lens(model, rows).topk(label_top, dim=-1).indices
+            for i, t in zip(part, top.tolist()):
+                labels[i] = "↑ " + " ".join(repr(tok.decode([j])) for j in t)
+    for i in nodes_keep.nonzero().squeeze(-1).tolist():
+        nid, eff = ids[i], float(influence[i])
+        if i < graph.n_features:
+            layer, pos, feat = (int(v) for v in graph.features[i])
+            fg.add_node(nid, kind="feature", hook=graph.layers[layer], layer=layer, pos=pos, feature=feat,
+                        activation=float(graph.activations[i]), effect=eff, label=labels.get(i, ""),
+                        token=graph.token_strings[pos])
+        elif i < graph.error_slice.stop:
+            layer, pos = divmod(i - graph.n_features, graph.n_pos)
+            fg.add_node(nid, kind="error", hook=graph.layers[layer], layer=layer, pos=pos, effect=eff,
+                        label=f"{graph.layers[layer]} error", token=graph.token_strings[pos])
+        elif i < graph.token_slice.stop:
+            pos = i - graph.token_slice.start
+            fg.add_node(nid, kind="embed", hook="embed", layer=-1, pos=pos, effect=eff,
+                        label=graph.token_strings[pos], token=graph.token_strings[pos])
+        else:
+            j = i - graph.logit_slice.start
+            fg.add_node(nid, kind="logit", layer=graph.n_layers, pos=graph.n_pos - 1,
+                        feature=int(graph.logit_tokens[j]), effect=float(graph.logit_probs[j]),
+                        label=graph.logit_labels[j], token=graph.logit_labels[j],
+                        token_id=int(graph.logit_tokens[j]), prob=float(graph.logit_probs[j]))
+    targets, sources = (edges_keep & (graph.adjacency != 0)).nonzero(as_tuple=True)
+    for t, s in zip(targets.tolist(), sources.tolist()):
+        if nodes_keep[t] and nodes_keep[s]:
+            fg.add_edge(ids[s], ids[t], float(graph.adjacency[t, s]))
+    return fg

@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto",
                         help="format of SAES: auto (default), native, saelens, sparsify, dictionary_learning, "
                              "gemmascope")
+    parser.add_argument("--hook", default=None,
+                        help="the hook point of a single SAE folder whose files do not name one (e.g. an "
+                             "SAELens SAE built in code, without metadata.hook_name; default: what the files say)")
     parser.add_argument("--variant", default=None, help="which SAE where a hook has several, e.g. average_l0_41 (default: the only one)")
     parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated; default: all in the set)")
     parser.add_argument("--reference", action="store_true",

@@ -145,3 +145,46 @@ def test_replacement_graph_exports_with_prompt_scores_and_warnings(tiny, tmp_pat
     assert gj["metadata"]["prompt_tokens"] == g.token_strings
     html = (tmp_path / "out" / "index.html").read_text()
     assert "error nodes hold" in html and "Mary and John went to the store" in html
+
+
+def test_circuit_tracer_files_round_trip(tiny, tmp_path):
+    """Our transcoders written in circuit-tracer's layout (layer_{l}.safetensors: W_enc
+    [d_trans, d_model], W_skip used as x @ W_skip.T, JumpReLU threshold) read back with identical
+    encode / decode; a file written the way circuit-tracer's own code writes it reads too."""
+    from safetensors.torch import save_file
+
+    from saecircuits.formats.writers import convert_sae_set
+
+    model, tok = tiny
+    tcs = random_transcoders(model, range(model.config.num_hidden_layers))
+    jump = {}
+    for name, tc in tcs.items():
+        cfg = DictionaryConfig("jumprelu", tc.cfg.d_in, tc.cfg.d_sae, hook=tc.cfg.hook,
+                               write_hook=tc.cfg.write_hook, d_out=tc.cfg.d_out, skip=True)
+        j = Dictionary(cfg)
+        j.load_tensors({**tc.state_tensors(), "threshold": torch.full((tc.cfg.d_sae,), 0.05)}, "test")
+        jump[name] = j
+    convert_sae_set(jump, tmp_path / "ct", "circuit_tracer")
+    assert (tmp_path / "ct" / "config.yaml").read_text().startswith("model_kind: transcoder_set")
+    back = sc.SAESet.load(tmp_path / "ct", model=model)
+    x = torch.randn(5, tcs["mlp.0"].cfg.d_in)
+    for name in jump:
+        f = jump[name].encode(x)
+        assert (f > 0).sum() > 0
+        torch.testing.assert_close(back[name].encode(x), f)
+        torch.testing.assert_close(back[name].decode(f, x), jump[name].decode(f, x))
+    # circuit-tracer's own layout: F.linear(x, W_enc, b_enc), acts @ W_dec + b_dec + x @ W_skip.T
+    gen = torch.Generator().manual_seed(3)
+    raw = {"W_enc": torch.randn(32, 64, generator=gen), "W_dec": torch.randn(32, 64, generator=gen),
+           "b_enc": torch.randn(32, generator=gen), "b_dec": torch.randn(64, generator=gen),
+           "W_skip": torch.randn(64, 64, generator=gen)}
+    peer = tmp_path / "peer"
+    peer.mkdir()
+    for layer in range(model.config.num_hidden_layers):
+        save_file(raw, str(peer / f"layer_{layer}.safetensors"))
+    got = sc.SAESet.load(peer)["mlp.1"]
+    want_f = torch.relu(torch.nn.functional.linear(x, raw["W_enc"], raw["b_enc"]))
+    torch.testing.assert_close(got.encode(x), want_f)
+    torch.testing.assert_close(got.decode(want_f, x), want_f @ raw["W_dec"] + raw["b_dec"] + x @ raw["W_skip"].T)
+    with pytest.raises(ConfigError, match="ReLU and JumpReLU"):
+        convert_sae_set(tcs, tmp_path / "topk", "circuit_tracer")

@@ -60,7 +60,9 @@ class GraphConfig:
     probability, at most this many. target: None (those logits) or (token a, token b): one
     contrast target logit(a) − logit(b) (weight 1). batch_size: targets per backward pass.
     max_feature_nodes: None (every active feature gets its row) or the most influential ones.
-    skip_first: leave the first position's features out (the attention sink / BOS).
+    prepend_bos: start the prompt with the tokenizer's BOS (or first special) token when it does
+    not start with a special token (circuit-tracer does); zero_first: position 0's features and
+    error vectors are not nodes (its MLP outputs count as biases; circuit-tracer's zero_positions).
     node_threshold / edge_threshold: pruning. precision: the backward passes' matmuls.
     allow_partial: trace with transcoders at only some layers (the others' MLPs count as error
     nodes carrying their whole output); otherwise every layer needs a transcoder.
@@ -71,7 +73,8 @@ class GraphConfig:
     target: tuple[str, str] | None = None
     batch_size: int = 64
     max_feature_nodes: int | None = None
-    skip_first: bool = False
+    prepend_bos: bool = True
+    zero_first: bool = True
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
     precision: str = "fp32"
@@ -323,15 +326,26 @@ def _layered(model, transcoders: Mapping[str, Dictionary], allow_partial: bool) 
     return [by_layer.get(layer, f"mlp.{layer}") for layer in range(model_layers(model))]
 
 
-def _tokenize(tok, prompt: str, model) -> torch.Tensor:
+def _tokenize(tok, prompt: str, model, prepend_bos: bool = True) -> torch.Tensor:
+    """`[1, T]` ids: the prompt without special tokens, after the first of (BOS, pad, EOS, other
+    special tokens) when it does not start with a special token (circuit-tracer's
+    `ensure_tokenized`)."""
     from ..limits import check_text_length, check_tokens
 
     if not isinstance(prompt, str) or not prompt:
         raise ConfigError("the prompt must be a non-empty string")
     check_text_length(prompt, "the prompt")
-    ids = tok(prompt, return_tensors="pt")["input_ids"]
-    check_tokens(model, ids.shape[1], "the prompt")
-    return ids
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    if prepend_bos and (not ids or ids[0] not in special):
+        first = next(filter(None, [tok.bos_token_id, tok.pad_token_id, tok.eos_token_id,
+                                   *sorted(special)]), None)
+        if first is not None:
+            ids = [first] + ids
+    if not ids:
+        raise ConfigError(f"the prompt {prompt!r} has no tokens")
+    check_tokens(model, len(ids), "the prompt")
+    return torch.tensor([ids])
 
 
 def _single_token(tok, text: str, what: str) -> int:
@@ -360,7 +374,7 @@ def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
         model = model.model
     layers = _layered(model, transcoders, cfg.allow_partial)
     bare = tuple(name for name in layers if name not in transcoders)
-    ids = _tokenize(tok, prompt, model)
+    ids = _tokenize(tok, prompt, model, cfg.prepend_bos)
     hf = unwrap(model)
     w_u, b_u = _unembedding(hf)
     target_ids = None
@@ -373,6 +387,18 @@ def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
     forward_s = time.perf_counter() - began
     T = ids.shape[1]
     layer_index = {name: i for i, name in enumerate(layers)}
+    at_first: dict[str, torch.Tensor] = {}    # position 0's uncredited MLP output (features + error)
+    if cfg.zero_first:
+        for name in layers:
+            out0 = fp.errors[name][0].float().clone()
+            if name not in bare:
+                f0 = fp.features[name][0]
+                out0 += (f0.to(transcoders[name].dtype) @ transcoders[name].W_dec.detach()).float()
+                fp.features[name] = fp.features[name].clone()
+                fp.features[name][0] = 0
+            at_first[name] = out0
+            fp.errors[name] = fp.errors[name].clone()
+            fp.errors[name][0] = 0
 
     # -- nodes ---------------------------------------------------------------------------------
     feats, acts, pres = [], [], []
@@ -380,9 +406,6 @@ def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
         if name in bare:
             continue
         f = fp.features[name]                                   # [T, d_sae]
-        if cfg.skip_first:
-            f = f.clone()
-            f[0] = 0
         pos, idx = (f != 0).nonzero(as_tuple=True)
         li = layer_index[name]
         feats.append(torch.stack([torch.full_like(pos, li), pos, idx], 1))
@@ -456,6 +479,8 @@ def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
                 (g * err_vecs[name]).sum(-1).cpu()
             if name in b_dec:
                 bias = bias + (g.sum(1) @ b_dec[name]).double().cpu()
+            if name in at_first:
+                bias = bias + (g[:, 0] @ at_first[name].to(g.device)).double().cpu()
             rows = src_rows[name]
             if rows.numel():
                 dec, pos, act = dec_rows[name]
@@ -590,3 +615,89 @@ def to_feature_graph(graph: AttributionGraph, model=None, tok=None,
         if nodes_keep[t] and nodes_keep[s]:
             fg.add_edge(ids[s], ids[t], float(graph.adjacency[t, s]))
     return fg
+
+
+# -- the graph against the unfrozen model ----------------------------------------------------------
+def predicted_ablation_effects(graph: AttributionGraph, rows: Sequence[int], target: int = 0) -> dict:
+    """Predicted change of logit target `target` when each feature in `rows` is ablated, in the
+    replacement model: `direct` (its edge to the target) and `total` (through every path of
+    features, each active feature responding linearly: Δa_j = Δpre_j, errors held fixed)."""
+    nf = graph.n_features
+    a = graph.activations.double()
+    safe = torch.where(a != 0, a, torch.ones_like(a))
+    feat = graph.adjacency[:nf, :nf].double() / safe[None, :]          # Δpre_j per unit Δa_i
+    logit_row = graph.adjacency[graph.logit_slice.start + target, :nf].double() / safe
+    eye = torch.eye(nf, dtype=torch.float64)
+    # response of every feature to a unit change of each feature: (I - feat)^-1 (a DAG: exact)
+    response = torch.linalg.solve_triangular(eye - _layer_sorted(graph, feat), eye, upper=False) \
+        if nf else eye
+    out = {"direct": [], "total": []}
+    for i in rows:
+        delta = torch.zeros(nf, dtype=torch.float64)
+        delta[i] = -a[i]
+        out["direct"].append(float(logit_row[i] * -a[i]))
+        out["total"].append(float(logit_row @ (response @ delta)))
+    return out
+
+
+def _layer_sorted(graph: AttributionGraph, feat: torch.Tensor) -> torch.Tensor:
+    """`feat` is lower triangular in the node order (features sorted by layer, edges go from
+    earlier layers to later ones); checked here."""
+    upper = torch.triu(feat, diagonal=0)
+    if upper.abs().max() > 0 if upper.numel() else False:
+        raise GraphError("feature edges are not ordered by layer")
+    return feat
+
+
+@torch.no_grad()
+def intervention_check(model, tok, transcoders: Mapping[str, Dictionary], graph: AttributionGraph,
+                       top: int = 10, target: int = 0) -> dict:
+    """Ablate each of the `top` most influential features in the real model (transcoders spliced
+    with their error terms, which every later layer recomputes: the model is not frozen) and
+    compare the measured change of logit target `target` with the graph's predictions.
+    Returns {features, measured, direct, total, pearson_total, pearson_direct}."""
+    from ..replacement import ReplacementModel
+
+    nf = graph.n_features
+    if nf == 0:
+        raise GraphError("the graph has no feature nodes to ablate")
+    influence = graph.node_influence()[:nf]
+    rows = influence.argsort(descending=True)[:top].tolist()
+    rm = ReplacementModel(model, {n: transcoders[n] for n in graph.layers if n in transcoders}, tok)
+    ids = graph.tokens[None]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if graph.meta.get("config", {}).get("target") is not None:
+        a, b = (tok.encode(t, add_special_tokens=False)[0] for t in graph.meta["config"]["target"])
+        value = lambda lg: float(lg[0, a] - lg[0, b])
+    else:
+        t = int(graph.logit_tokens[target])
+        value = lambda lg: float(lg[0, t] - lg[0].mean())
+    base, _ = rm.run(inputs, last=True)
+    measured = []
+    for i in rows:
+        layer, pos, feat = (int(v) for v in graph.features[i])
+        name = graph.layers[layer]
+
+        def edit(site, f, err, name=name, pos=pos, feat=feat):
+            if site.name != name:
+                return None
+            f = f.clone()
+            f[:, pos, feat] = 0
+            return f, err
+
+        logits, _ = rm.run(inputs, edit=edit, last=True)
+        measured.append(value(logits.float()) - value(base.float()))
+    pred = predicted_ablation_effects(graph, rows, target)
+    out = {"features": [graph.node_ids()[i] for i in rows], "measured": measured, **pred}
+    for kind in ("total", "direct"):
+        out[f"pearson_{kind}"] = _pearson(pred[kind], measured)
+    return out
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    if len(x) < 3:
+        return None
+    t = torch.tensor([list(x), list(y)], dtype=torch.float64)
+    if (t.std(dim=1) == 0).any():
+        return None
+    return float(torch.corrcoef(t)[0, 1])

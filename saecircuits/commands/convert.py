@@ -8,7 +8,8 @@ HELP = "convert an SAE set (any supported format) to SAELens, sparsify or native
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("saes", help="SAE set or SAE folder in any supported format")
-    parser.add_argument("--to", required=True, choices=("saelens", "sparsify", "native"), help="target format")
+    parser.add_argument("--to", required=True, choices=("saelens", "sparsify", "native", "circuit_tracer"),
+                        help="target format (circuit_tracer: per-layer ReLU/JumpReLU/BatchTopK transcoders)")
     parser.add_argument("--out", required=True, help="output directory (one subfolder per hook point)")
     parser.add_argument("--format", default="auto",
                         help="format of SAES: auto (default), native, saelens, sparsify, dictionary_learning, "

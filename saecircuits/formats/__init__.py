@@ -32,12 +32,16 @@ from ..dictionaries import CFG_FILE, WEIGHTS_FILE, Dictionary, DictionaryConfig
 from ..errors import ConfigError, SAEFormatError
 from ..fileio import read_safetensors
 
-FORMATS = ("native", "saelens", "sparsify", "dictionary_learning", "gemmascope")
+FORMATS = ("native", "saelens", "sparsify", "dictionary_learning", "gemmascope", "circuit_tracer")
 _TL_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|mlp_out|attn_out|resid_pre)$")
 
 
 def detect_format(folder: Path) -> str:
     """Guess the format of an SAE folder from its file names and config keys."""
+    from .circuit_tracer import is_circuit_tracer
+
+    if is_circuit_tracer(folder):
+        return "circuit_tracer"
     if (folder / "params.npz").is_file():
         return "gemmascope"
     if (folder / "ae.pt").is_file():
@@ -251,6 +255,9 @@ def load_dictionary(path, format: str = "auto", hook: str | None = None) -> Dict
         format = detect_format(folder)
     if format not in FORMATS:
         raise ConfigError(f"unknown SAE format {format!r}; expected auto or one of {', '.join(FORMATS)}")
+    if format == "circuit_tracer":
+        raise SAEFormatError(f"{str(folder)!r} is a circuit-tracer transcoder set: load it as a set "
+                             "(SAESet.load / --saes)")
     if format == "native":
         dic = Dictionary.load(folder)
         if hook:
@@ -317,6 +324,14 @@ def load_dictionaries(path, format: str = "auto", variant: str | None = None,
         raise SAEFormatError(f"SAE set directory {str(root)!r} does not exist")
     if format != "auto" and format not in FORMATS:
         raise ConfigError(f"unknown SAE format {format!r}; expected auto or one of {', '.join(FORMATS)}")
+    from .circuit_tracer import load_transcoder_set
+
+    if format == "circuit_tracer" or (format == "auto" and detect_format(root) == "circuit_tracer"):
+        found = load_transcoder_set(root)          # one folder holds the whole set
+        missing = [h for h in (hooks or []) if h not in found]
+        if missing:
+            raise SAEFormatError(f"circuit-tracer set {str(root)!r} has no transcoder for {missing}")
+        return {h: found[h] for h in (hooks or found)}
     folders = find_sae_folders(root)
     if not folders:
         raise SAEFormatError(f"{str(root)!r} holds no SAE folders of a known format ({', '.join(FORMATS)})")

@@ -22,7 +22,7 @@ from ..errors import ConfigError, SAEFormatError
 from ..fileio import write_json, write_safetensors
 from ..dictionaries import Dictionary as SAE
 
-TARGETS = ("native", "saelens", "sparsify")
+TARGETS = ("native", "saelens", "sparsify", "circuit_tracer")
 _HOOK = re.compile(r"^(resid|mlp|attn)\.(\d+)$")
 _SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
 
@@ -108,6 +108,14 @@ def convert_sae_set(saes, out: str | Path, to: str, reference: bool = False) -> 
     if to not in TARGETS:
         raise ConfigError(f"unknown target format {to!r}; expected one of {', '.join(TARGETS)}")
     out = Path(out)
+    if to == "circuit_tracer":
+        from .circuit_tracer import save_transcoder_set
+
+        model = next((s.cfg.model_name for s in saes.values() if s.cfg.model_name), "")
+        folder = save_transcoder_set(dict(saes), out, model_name=model)
+        written = {name: str(folder) for name in saes}
+        write_json(out / "saecircuits_convert.json", {"to": to, "saes": written})
+        return written
     for hook, sae in saes.items():  # refuse before writing anything
         if sae.is_transcoder and to != "native":
             raise SAEFormatError(f"the transcoder {hook!r} has no {to} form here; write it with "

@@ -7,6 +7,7 @@
 # torch==2.13.0 and nnsight==0.6.3 (circuit-tracer 0.5.0 imports `nnsight.intervention.tracing`,
 # which nnsight 0.8 removed; it declares nnsight>=0.6 only) with the transformers 4.57 it brings.
 set -euo pipefail
+py="${PYTHON:-python3}"
 dir="${1:-${PEER_VENVS:-.peer-venvs}}"
 shift || true
 names=("$@")
@@ -26,10 +27,10 @@ for name in "${names[@]}"; do
   if [ "$name" = circuit-tracer ]; then
     torch_version=2.13.0
   else
-    torch_version="$(python3 -c 'import torch; print(torch.__version__.split("+")[0])')"
+    torch_version="$("$py" -c 'import torch; print(torch.__version__.split("+")[0])')"
   fi
   start=$SECONDS
-  python3 -m venv "$venv"
+  "$py" -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check "torch==$torch_version"
   # shellcheck disable=SC2086  # the package list is split on purpose
   "$venv/bin/pip" install -q --disable-pip-version-check ${packages[$name]}

@@ -105,3 +105,15 @@ def test_repaired_cache_loads_in_transformers_4(old_cache):
     version, theta, ids = json.loads(out.stdout.strip().splitlines()[-1])
     assert version.startswith("4.")
     assert theta == ROPE_THETA and ids == [4, 5, 6]
+
+
+@pytest.mark.slow
+def test_default_cache_is_portable(smol):
+    """The real SmolLM2 cache (built or repaired by load_model) carries the 4.x-readable fields."""
+    folder = models.default_model_dir()
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == ROPE_THETA
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == \
+        "PreTrainedTokenizerFast"
+    assert models._cache_is_complete(folder)

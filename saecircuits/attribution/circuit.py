@@ -19,7 +19,7 @@ from .edges import PRECISIONS as EDGE_PRECISIONS, compute_edges
 from .evaluate import Evaluator, error_share, trace_warnings
 from ..graph import FeatureGraph, Node
 from .nodes import NodeScores, node_scores
-from .prune import prune_edges, prune_nodes, remove_dangling
+from .prune import prune_edges, remove_dangling, select
 from .stream import LazyStates
 
 
@@ -234,13 +234,16 @@ def chunk_rows(cfg: TraceConfig, length: int) -> int:
 
 
 def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
-                  cfg: TraceConfig | None = None, **overrides) -> tuple[FeatureGraph, dict]:
+                  cfg: TraceConfig | None = None, plan: Plan | None = None,
+                  **overrides) -> tuple[FeatureGraph, dict]:
     """Trace a feature circuit for a contrastive task.
 
     Args:
         model: a `ReplacementModel` (then `saes` may be None) or an nnsight model.
         task: a Task, a built-in name (`ioi`, `parens`, `sva`) or a JSONL path (first `n` rows).
         cfg: a `TraceConfig` (default: its defaults; pruning default top_k=100).
+        plan: the `plan_trace(rm, tok, task, cfg)` already made (then `model` must be that
+            `ReplacementModel`, `cfg` complete and `task`/`overrides` are not read again).
         overrides: `TraceConfig` fields overriding `cfg` (method, ablation, n, top_k,
             node_threshold, influence, edge_influence, positional, steps, batch_size,
             eval_ablation, mean_from, mean_n, length, chunk_tokens, seed, edges, edge_eval,
@@ -255,9 +258,15 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         dict with metric values, accuracy, faithfulness/completeness under patch and mean
         evaluation, the baseline span, edge faithfulness, node and edge counts and `warnings`.
     """
-    cfg = trace_config(cfg, **overrides)
-    rm = check_saes(model, saes)
-    plan = plan_trace(rm, tok, task, cfg)
+    if plan is None:
+        cfg = trace_config(cfg, **overrides)
+        rm = check_saes(model, saes)
+        plan = plan_trace(rm, tok, task, cfg)
+    elif not isinstance(model, ReplacementModel) or cfg is None or overrides:
+        raise ConfigError("trace_circuit(plan=...) needs the ReplacementModel and the complete "
+                          "TraceConfig the plan was made with, and no overrides")
+    else:
+        rm = model
     task = plan.task
     hooks = rm.hooks
     chunks = ab.chunks(tok, task, chunk_rows(cfg, max(plan.lengths)))
@@ -281,9 +290,10 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
             "metric_clean": scores.metric_clean, "prompt": task.clean[0]}
     if plan.prompt_tokens:   # each position's token role (export fills prompt_tokens itself)
         meta["position_tokens"] = plan.prompt_tokens
-    full = build_graph(rm, tok, scores, candidates, {}, meta, labels=False)
-    pruned = prune_nodes(full, cfg.node_threshold, cfg.top_k, cfg.influence)
-    kept = graph_nodes(pruned)
+    keep = set(select({nd.id: scores.effect(nd) for nd in candidates},
+                      {nd.id: nd.kind for nd in candidates},
+                      cfg.node_threshold, cfg.top_k, cfg.influence))
+    kept = [nd for nd in candidates if nd.id in keep]
     edges = (compute_edges(rm, states, hooks, kept, cfg.positional, progress=cfg.progress,
                            precision=cfg.edge_precision)
              if cfg.edges else {})

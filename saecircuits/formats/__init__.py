@@ -324,9 +324,9 @@ def load_dictionaries(path, format: str = "auto", variant: str | None = None,
         raise SAEFormatError(f"SAE set directory {str(root)!r} does not exist")
     if format != "auto" and format not in FORMATS:
         raise ConfigError(f"unknown SAE format {format!r}; expected auto or one of {', '.join(FORMATS)}")
-    from .circuit_tracer import load_transcoder_set
+    from .circuit_tracer import is_circuit_tracer, load_transcoder_set
 
-    if format == "circuit_tracer" or (format == "auto" and detect_format(root) == "circuit_tracer"):
+    if format == "circuit_tracer" or (format == "auto" and is_circuit_tracer(root)):
         found = load_transcoder_set(root)          # one folder holds the whole set
         missing = [h for h in (hooks or []) if h not in found]
         if missing:

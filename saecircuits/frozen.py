@@ -5,9 +5,9 @@ replacement model, Ameisen et al. 2025).
 Inside `freeze(rm, inputs)` one forward runs with values exactly those of the real model, but
 gradients see a linear map:
 
-    attention   q and k are detached inside the attention function (a registered transformers
-                attention implementation that calls the model's own), so the softmax pattern is a
-                constant and gradients flow only through v and the output projection
+    attention   a registered transformers attention implementation computes the pattern with the
+                model's own eager attention without gradients, then `pattern @ v`: gradients flow
+                only through v and the output projection (circuit-tracer detaches the pattern)
     norms       every RMSNorm / LayerNorm (in the blocks and the final norm) passes gradients as
                 x·g·r with its scale r = 1/rms(x) (1/std(x), centred, for LayerNorm) held at the
                 prompt's value
@@ -37,19 +37,22 @@ from .errors import ConfigError
 from .wrapping import unwrap
 
 FROZEN = "saecircuits_frozen"
-_INNER: dict[int, str] = {}     # id(config) -> the attention implementation being wrapped
 
 
 def _frozen_attention(module, query, key, value, attention_mask, *args, **kwargs):
-    """The model's own attention with q and k detached: the pattern is a constant for gradients."""
-    inner = _INNER.get(id(module.config), "sdpa")
-    if inner == "eager":
-        fn = importlib.import_module(type(module).__module__).eager_attention_forward
-    else:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        fn = ALL_ATTENTION_FUNCTIONS[inner]
-    return fn(module, query.detach(), key.detach(), value, attention_mask, *args, **kwargs)
+    """Attention with its pattern a constant: the model's own eager attention computes the pattern
+    (its scaling, mask, soft-capping) without gradients, then output = pattern @ v is the only
+    differentiable part (a plain matmul, so batched backward passes vectorise)."""
+    eager = importlib.import_module(type(module).__module__).eager_attention_forward
+    with torch.no_grad():
+        _, weights = eager(module, query, key, value, attention_mask, *args, **kwargs)
+    if weights is None:
+        raise ConfigError(f"{type(module).__name__}'s eager attention returns no pattern; it cannot "
+                          "be frozen")
+    rep = query.shape[1] // value.shape[1]
+    v = value.repeat_interleave(rep, dim=1) if rep > 1 else value       # grouped-query heads
+    out = torch.matmul(weights[..., : v.shape[-2]].to(v.dtype), v).transpose(1, 2).contiguous()
+    return out, weights
 
 
 def _register() -> None:
@@ -79,16 +82,12 @@ def _frozen_attention_impl(hf) -> Iterator[None]:
     configs = _configs(hf)
     before = [c._attn_implementation for c in configs]
     try:
-        for c, impl in zip(configs, before):
-            _INNER[id(c)] = "eager" if impl in (None, "eager") else impl
-            if _INNER[id(c)] not in ("eager", "sdpa"):
-                _INNER[id(c)] = "sdpa"     # flash/flex kernels: the sdpa math gives the same values
+        for c in configs:
             c._attn_implementation = FROZEN
         yield
     finally:
         for c, impl in zip(configs, before):
             c._attn_implementation = impl
-            _INNER.pop(id(c), None)
 
 
 def _norm_kind(module: torch.nn.Module) -> str | None:

@@ -159,10 +159,6 @@ def position_tokens(tok, task: Task) -> list[str]:
     return out
 
 
-def to_device(inputs: Mapping[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in inputs.items()}
-
-
 # -- edits -------------------------------------------------------------------------------
 def grad_edit(rm: ReplacementModel, store: dict, fixed: Mapping[str, tuple] | None = None):
     """Edit making true model gradients reach every hook's feature and error leaves.

@@ -27,7 +27,7 @@ from ..errors import ConfigError, ExportError
 from ..fileio import atomic_dir, file_in, read_safetensors, write_json, write_safetensors, write_text
 from ..models import model_name_of
 from ..precision import resolve as resolve_precision
-from ..replacement import ReplacementModel, final_norm, logit_lens
+from ..replacement import ReplacementModel, logit_lens
 from ..dictionaries import Dictionary as SAE
 from .explanations import ExplanationsLike, as_explanations, dashboards_with_explanations
 from .viewer import asset, fill_page
@@ -249,11 +249,6 @@ def top_contexts(model, tok, saes: Mapping[str, SAE], features: Sequence[Feature
     fa = collect_activations(model, tok, saes, features, texts, context, max_windows,
                              batch_size, progress, precision)
     return {f: contexts_of(fa, tok, f, n) for f in fa.features}
-
-
-def final_norm_scale(model) -> tuple[torch.Tensor | None, bool]:
-    """(elementwise weight of the final norm or None, whether the norm centres its input)."""
-    return final_norm(model)
 
 
 def output_effects(model, sae: SAE, indices: Sequence[int]) -> torch.Tensor:

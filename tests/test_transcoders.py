@@ -188,3 +188,33 @@ def test_circuit_tracer_files_round_trip(tiny, tmp_path):
     torch.testing.assert_close(got.decode(want_f, x), want_f @ raw["W_dec"] + raw["b_dec"] + x @ raw["W_skip"].T)
     with pytest.raises(ConfigError, match="ReLU and JumpReLU"):
         convert_sae_set(tcs, tmp_path / "topk", "circuit_tracer")
+
+
+def test_saes_and_transcoders_train_from_one_harvest(tiny, tmp_path, monkeypatch):
+    """A TranscoderRecipe beside SAE hooks: one harvest of every site (counted), SAEs in out/,
+    transcoders in out/transcoders/ with their own joint metrics."""
+    from trainers import TrainConfig, train_saes
+    from trainers import activations
+    from trainers.train import TranscoderRecipe
+
+    model, tok = tiny
+    calls = []
+    real = activations.harvest
+    monkeypatch.setattr(activations, "harvest",
+                        lambda m, points, *a, **k: calls.append({p.name for p in points}) or real(m, points, *a, **k))
+    cfg = TrainConfig(hooks=["attn.1", "mlp.1"], architecture="topk", k=4, expansion=2, tokens=2016,
+                      context=32, windows_per_block=8, model_batch=8, eval_tokens=124, holdout=0.1,
+                      out=str(tmp_path / "run"), progress=False,
+                      transcoders=TranscoderRecipe(sites="all", architecture="batchtopk", k=4, expansion=2))
+    saes = train_saes(model, tok, cfg, corpus=TEXTS)
+    assert sorted(saes) == ["attn.1", "mlp.1"] and not saes.transcoders
+    tcs = sc.SAESet.load(tmp_path / "run" / "transcoders", model=model)
+    assert tcs.transcoders and len(tcs) == model.config.num_hidden_layers
+    assert all(t.cfg.architecture == "batchtopk" and t.W_skip is not None for t in tcs.values())
+    n = model.config.num_hidden_layers
+    sites = {"attn.1"} | {f"mlp.{i}" for i in range(n)} | {f"mlp_in.{i}" for i in range(n)}
+    assert calls and all(c == sites for c in calls)   # every forward reads every dictionary's sites
+    assert len(calls) == 8                            # one per block of 8 windows: no second harvest
+    joint = json.loads((tmp_path / "run" / "transcoders" / "metrics.json").read_text())["joint"]
+    assert joint["kl_joint"] < joint["kl_zero"]
+    assert "joint" not in json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -46,9 +46,37 @@ from .loop import Trainer
 from .corpus import TokenCorpus, default_corpus, load_corpus
 
 CHECKPOINT = "checkpoint.safetensors"
+TRANSCODERS = "transcoders"     # subfolder of the transcoders trained beside SAEs
 # Fields that may change between a run and its resumption.
 RESUMABLE = {"out", "resume", "device", "cache_activations", "eval_tokens", "checkpoint_every",
              "stop_at_step", "progress", "model_batch"}
+
+
+@dataclass
+class TranscoderRecipe:
+    """Transcoders trained in the same run as SAEs, from the same harvested stream (written to
+    `out/transcoders/`): write sites `mlp.L` ("all": every layer), architecture, k, expansion
+    (d_sae = expansion·d_in), skip term, learning rate (None: the architecture's default)."""
+
+    sites: list[str] | str = "all"
+    architecture: str = "batchtopk"
+    k: int = 32
+    expansion: int = 4
+    skip: bool = True
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sites, str):
+            self.sites = [s.strip() for s in self.sites.split(",") if s.strip()]
+        if not self.sites:
+            raise ConfigError("TranscoderRecipe.sites is empty; name mlp.L sites or 'all'")
+        if self.architecture not in architectures():
+            raise ConfigError(f"unknown transcoder architecture {self.architecture!r}; expected one of "
+                              f"{', '.join(architectures())}")
+        for name in ("k", "expansion"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"TranscoderRecipe.{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -59,6 +87,8 @@ class TrainConfig:
         "all" (every layer). architecture: a registered name (relu | topk | batchtopk | jumprelu ...).
     transcoder: train transcoders `mlp_in.L -> mlp.L` instead of SAEs; skip: with a dense skip
         term W_skip (skip transcoders, Paulo et al. 2025).
+    transcoders: a `TranscoderRecipe` to train transcoders beside the SAEs of `hooks` from the
+        same harvest (they go to out/transcoders/; `train_saes` returns the SAEs).
     k / expansion: int, or a list to train several sizes at every hook point from the same
         batches (the first combination is the main set, the others go to out/variants/).
     d_sae: latents (overrides expansion). tokens: training tokens (activations, not windows).
@@ -83,6 +113,7 @@ class TrainConfig:
     architecture: str = "topk"
     transcoder: bool = False
     skip: bool = False
+    transcoders: TranscoderRecipe | None = None
     k: int | list[int] = 32
     expansion: int | list[int] = 8
     d_sae: int | None = None
@@ -119,6 +150,11 @@ class TrainConfig:
                               f"expected one of {', '.join(architectures())}")
         if self.skip and not self.transcoder:
             raise ConfigError("skip=True (a skip term) needs transcoder=True")
+        if isinstance(self.transcoders, dict):
+            self.transcoders = TranscoderRecipe(**self.transcoders)
+        if self.transcoders is not None and self.transcoder:
+            raise ConfigError("give transcoder=True (every hook a transcoder) or a transcoders recipe "
+                              "beside SAEs, not both")
         for name in ("tokens", "context", "windows_per_block", "model_batch", "checkpoint_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -194,6 +230,11 @@ def _sites(model, cfg: TrainConfig) -> list[tuple[str, str]]:
             raise ConfigError('hooks="all" means every MLP of a transcoder run (transcoder=True); '
                               "name the SAEs' hook points")
         return [(h, h) for h in names]
+    return transcoder_sites(model, names)
+
+
+def transcoder_sites(model, names: list[str]) -> list[tuple[str, str]]:
+    """(mlp_in.L, mlp.L) for each `mlp.L` in `names` ("all": every layer)."""
     if names == ["all"]:
         names = [f"mlp.{i}" for i in range(hooks.n_layers(model))]
     out = []
@@ -231,6 +272,16 @@ def build_specs(model, cfg: TrainConfig) -> list[DictionarySpec]:
                                     d_out=hp.width if cfg.transcoder else None, skip=cfg.skip)
             specs.append(DictionarySpec(dcfg, name, lr=opt.get("lr", cfg.lr),
                                         sparsity=opt.get("l1", cfg.l1)))
+    recipe = cfg.transcoders
+    if recipe is not None:
+        uses_k = get_architecture(recipe.architecture).uses_k
+        pairs = transcoder_sites(model, list(recipe.sites))
+        for hp in hooks.sort_by_forward_order(model, [w for _, w in pairs]):
+            read = hooks.resolve(model, f"mlp_in.{hp.name[4:]}")
+            dcfg = DictionaryConfig(recipe.architecture, read.width, recipe.expansion * read.width,
+                                    k=recipe.k if uses_k else None, hook=read.name, write_hook=hp.name,
+                                    d_out=hp.width, skip=recipe.skip)
+            specs.append(DictionarySpec(dcfg, f"{TRANSCODERS}/{hp.name}", lr=recipe.lr))
     return specs
 
 
@@ -473,7 +524,8 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
             eval_began = time.perf_counter()
             metrics = evaluate_saes(model, tok, group, eval_corpus, cfg.eval_tokens,
                                     context=cfg.context, prepend_bos=cfg.prepend_bos,
-                                    progress=cfg.progress, joint=cfg.transcoder,
+                                    progress=cfg.progress,
+                                    joint=any(d.is_transcoder for d in group.values()),
                                     precision=precisions["harvest"])  # score on what was harvested
             eval_seconds = round(time.perf_counter() - eval_began, 1)
             write_reports(out / variant if variant else out, metrics)

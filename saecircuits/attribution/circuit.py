@@ -306,13 +306,23 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
                          f"path to the metric through edges reaching {cfg.edge_influence} of the "
                          "total |weight|; keep more nodes or raise the edge influence")
     evaluation = {}
+    features_only = [nd for nd in final if not nd.is_error]
     for a, e in evaluators.items():
         row = {"metric_all_ablated": e.f_empty, "baseline_span": e.span_ratio()}
         try:
-            row.update(faithfulness=e.faithfulness(final), completeness=e.completeness(final))
+            row.update(faithfulness=e.faithfulness(final), completeness=e.completeness(final),
+                       features_alone=e.faithfulness(features_only) if features_only else None)
         except GraphError as err:
-            row.update(faithfulness=None, completeness=None, error=str(err))
+            row.update(faithfulness=None, completeness=None, features_alone=None, error=str(err))
         evaluation[a] = row
+    metric_patch = through_sites = None
+    if task.patch is not None:   # how much of the clean->patch change runs through the hooked sites
+        metric_patch = float(torch.cat([ab.run_metric(rm, st.chunk, inputs=st.chunk.patch)
+                                        for st in states]).mean())
+        gap = scores.metric_clean - metric_patch
+        ev_patch = evaluators.get("patch")
+        if ev_patch is not None and gap:
+            through_sites = (scores.metric_clean - ev_patch.f_empty) / gap
     if plan.mean_note is not None:
         evaluation["mean"] = {"faithfulness": None, "completeness": None, "error": plan.mean_note}
     edge_faith = None
@@ -328,6 +338,8 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
                       cfg.mean_from if isinstance(cfg.mean_from, str) else cfg.mean_from.name),
         "faithfulness": evaluation[plan.eval_ablation]["faithfulness"],
         "completeness": evaluation[plan.eval_ablation]["completeness"],
+        "features_alone": evaluation[plan.eval_ablation].get("features_alone"),
+        "metric_patch": metric_patch, "share_through_sites": through_sites,
         "edge_faithfulness": edge_faith,
         "baseline_span": ev.span_ratio(), "evaluation": evaluation,
         "feature_nodes": sum(1 for nd in final if not nd.is_error),

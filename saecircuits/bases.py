@@ -38,7 +38,7 @@ import torch
 from . import hooks
 from .errors import ConfigError, TaskError
 from .progress import bar as progress_bar, status
-from .sae import SAE
+from .dictionaries import Dictionary as SAE
 from .replacement import logits_site
 from .splice import encode_inputs
 from .wrapping import model_device

@@ -22,8 +22,8 @@ import signal
 import sys
 import traceback
 
-COMMANDS = ("train", "eval", "trace", "steer", "export", "dashboards", "serve", "demo", "convert",
-            "explain", "compare-saes", "compare-bases")
+COMMANDS = ("train", "eval", "trace", "graph", "steer", "export", "dashboards", "serve", "demo",
+            "convert", "explain", "compare-saes", "compare-bases")
 
 
 class ArgumentParser(argparse.ArgumentParser):

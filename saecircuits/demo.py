@@ -191,20 +191,6 @@ def top_features(graph, n: int) -> list[tuple[str, int, float, str]]:
     return sorted(rows, key=lambda r: -abs(r[2]))[:n]
 
 
-def error_share(graph) -> float:
-    """Share of the circuit's total |effect| (feature, error and embedding nodes) held by SAE
-    error nodes; 0 for a graph without effects."""
-    err = total = 0.0
-    for _, d in graph.nodes(data=True):
-        effect = d.get("effect")
-        if d["kind"] in ("metric", "logit") or effect is None or effect != effect:
-            continue
-        total += abs(float(effect))
-        if d["kind"] == "error":
-            err += abs(float(effect))
-    return err / total if total > 0 else 0.0
-
-
 def lens_note(rm: ReplacementModel, tok, hook: str, feat: int, token_id: int | None = None,
               top: int = 3) -> str:
     """What the feature's decoder row promotes through the ONE logit lens (`rm.lens`): its top
@@ -425,8 +411,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
              f"{scores}, {info['feature_nodes']} feature + {info['error_nodes']} error nodes, "
              f"{info['edges']} edges ({info.get('eval_ablation', 'mean')} evaluation)", start)
         warnings_ = [str(w) for w in (info.get("warnings") or [])]
-        share = error_share(graph)
-        info["error_share"] = share
+        share = info.get("error_share") or 0.0       # the trace's own (attribution.evaluate.error_share)
         if share > ERROR_SHARE_WARN and not any("error node" in w for w in warnings_):
             warnings_.append(f"SAE error nodes hold {share:.0%} of the circuit's |effect|: the SAEs "
                              "miss most of what this circuit computes (more training tokens or a "

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import ModelLoadError
+from .fileio import write_json
 from .wrapping import model_device, model_dtype, model_name_of, unwrap  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,66 @@ def _cache_is_complete(folder: Path) -> bool:
         return False
 
 
+def _portable_config(cfg: dict) -> dict:
+    """config.json that transformers 4.x reads as 5.x does: without `"quantization_config": null`
+    (4.x fails in `to_dict`) and with 4.x's `rope_theta` (and `rope_scaling` for non-default RoPE)
+    beside 5.x's `rope_parameters`, which 4.x ignores (it would silently use rope_theta 10000)."""
+    out = dict(cfg)
+    if "quantization_config" in out and out["quantization_config"] is None:
+        del out["quantization_config"]
+    rope = out.get("rope_parameters")
+    if isinstance(rope, dict):
+        if "rope_theta" in rope and out.get("rope_theta") is None:
+            out["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default" and out.get("rope_scaling") is None:
+            out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return out
+
+
+def _portable_tokenizer_config(cfg: dict) -> dict:
+    """tokenizer_config.json naming a class both 4.x and 5.x know (5.x writes `TokenizersBackend`,
+    which 4.x lacks; 5.x maps `PreTrainedTokenizerFast` to the same backend)."""
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        return {**cfg, "tokenizer_class": "PreTrainedTokenizerFast"}
+    return cfg
+
+
+_PORTABLE = {"config.json": _portable_config, "tokenizer_config.json": _portable_tokenizer_config}
+
+
+def _make_portable(folder: Path) -> bool:
+    """Rewrite (atomically) the cache's JSON files so transformers 4.57 and 5.x both load the
+    folder as it is (circuit-tracer runs on 4.57). Returns True when a file changed."""
+    changed = False
+    for name, fix in _PORTABLE.items():
+        path = folder / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        fixed = fix(data)
+        if fixed != data:
+            write_json(path, fixed)
+            changed = True
+    return changed
+
+
+def _write_marker(folder: Path, source: str) -> None:
+    files = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != _MARKER}
+    write_json(folder / _MARKER, {"source": source, "files": files}, indent=None)
+
+
+def _repair_cache(folder: Path) -> None:
+    """Make an older, complete cache portable in place and record the new file sizes (a
+    read-only cache is left as it is: transformers 5.x loads it either way)."""
+    try:
+        if _make_portable(folder):
+            marker = json.loads((folder / _MARKER).read_text())
+            _write_marker(folder, marker.get("source", ""))
+            log.info("made the model cache at %s loadable by transformers 4.x", folder)
+    except OSError as err:
+        log.warning("could not make the model cache at %s loadable by transformers 4.x: %s", folder, err)
+
+
 def _build_default_cache(folder: Path) -> None:
     """Dequantize the GGUF to float32 safetensors in a temp dir, then move it into place (the
     temporaries of a killed earlier build are removed first)."""
@@ -81,8 +142,8 @@ def _build_default_cache(folder: Path) -> None:
             hf.config.name_or_path = DEFAULT_MODEL
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        (tmp / _MARKER).write_text(json.dumps({"source": str(gguf), "files": files}))
+        _make_portable(tmp)
+        _write_marker(tmp, str(gguf))
 
 
 def default_model_dir(rebuild: bool = False) -> Path:
@@ -92,6 +153,8 @@ def default_model_dir(rebuild: bool = False) -> Path:
         if folder.exists():
             log.warning("model cache at %s is incomplete or corrupt; rebuilding", folder)
         _build_default_cache(folder)
+    else:
+        _repair_cache(folder)
     return folder
 
 

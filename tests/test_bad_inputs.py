@@ -348,9 +348,9 @@ def test_failed_first_training_run_leaves_no_directory(tiny, tmp_path, monkeypat
     """A run that fails after creating --out (here: diverging at its first step) removes it."""
     from saecircuits.errors import TrainingError
     from trainers import train_saes
-    from trainers.topk import TopKTrainer
+    from trainers.loop import Trainer
 
-    monkeypatch.setattr(TopKTrainer, "step", lambda self, x, step: {"fvu": float("nan")})
+    monkeypatch.setattr(Trainer, "step", lambda self, x, y, step: {"fvu": float("nan")})
     with pytest.raises(TrainingError, match="not finite"):
         train_saes(*tiny, _train_cfg(tmp_path / "out", corpus=None), corpus=TRAIN_TEXTS)
     assert list(tmp_path.iterdir()) == []

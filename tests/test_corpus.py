@@ -101,3 +101,26 @@ def test_user_texts_tokenize_and_cache(smol, tmp_path, monkeypatch):
     corpus = load_corpus(smol[1], texts)
     assert len(corpus) == 2 and corpus.n_tokens == sum(len(smol[1](t).input_ids) for t in texts)
     assert list(tmp_path.glob("corpus/*/tokens.npy"))
+
+
+def test_pretokenized_jsonl_corpus_is_read_as_ids(tiny, tmp_path):
+    """A JSONL of `input_ids` rows (what SAELens / sparsify users have) is a corpus as it is:
+    the same ids come back in the windows; ids outside the vocabulary are refused by line."""
+    import json
+
+    import pytest
+
+    from saecircuits.errors import ConfigError
+    from trainers.corpus import load_corpus
+
+    model, tok = tiny
+    rows = [list(range(5 + i, 45 + i)) for i in range(6)]
+    path = tmp_path / "ids.jsonl"
+    path.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
+    corpus = load_corpus(tok, str(path))
+    assert corpus.n_tokens == sum(len(r) for r in rows) and len(corpus) == 6
+    assert corpus.document(2).tolist() == rows[2]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"input_ids": [1, 2, len(tok) + 5]}) + "\n")
+    with pytest.raises(ConfigError, match="outside the tokenizer's vocabulary"):
+        load_corpus(tok, str(bad))

@@ -11,7 +11,8 @@ from safetensors import safe_open
 
 from saecircuits import SAESet
 from saecircuits.errors import SAEFormatError
-from saecircuits.formats import load_sae, load_sae_set
+from saecircuits.sae import load_sae_set
+from saecircuits.formats import load_sae
 
 PEERS = Path(__file__).parent / "fixtures" / "peers"
 TOL = 1e-5  # absolute, for values of order 1; scaled by the largest |value| above that (float32 ulps)
@@ -27,7 +28,7 @@ CASES = {
     "gemmascope/layer_5/width_16k/average_l0_41": ("resid.5", {}),
     "gemmascope/layer_7/width_16k/average_l0_20": ("resid.7", {}),
     "sparsify/run/layers.3": ("resid.3", {}),
-    "sparsify/run/layers.4.mlp": ("mlp.4", {"transcoder": True}),
+    "sparsify/run/layers.4.mlp": ("mlp_in.4", {}),   # a transcoder: reads mlp_in.4, writes mlp.4
     "dictionary_learning/AutoEncoder": ("resid.1", {}),
     "dictionary_learning/AutoEncoderTopK": ("resid.2", {}),
     "dictionary_learning/JumpReluAutoEncoder": ("resid.3", {}),
@@ -71,16 +72,19 @@ def test_every_fixture_is_covered():
     assert found <= set(CASES) | {"gemmascope/layer_5/width_16k/average_l0_82"}, found - set(CASES)
 
 
-def test_sparsify_transcoder_refused_as_sae():
+def test_sparsify_transcoder_loads_as_a_transcoder():
+    """sparsify's transcoder (transcode=True at layers.4.mlp) is a transcoder mlp_in.4 -> mlp.4 of
+    the dictionary family; a run mixing it with SAEs is refused as a set."""
+    from saecircuits.errors import ConfigError
+
     rel = "sparsify/run/layers.4.mlp"
     if not present(rel):
         pytest.skip("sparsify fixtures not generated")
-    with pytest.raises(SAEFormatError, match="transcoder"):
-        load_sae(PEERS / rel)
-    with pytest.raises(SAEFormatError, match="transcoder"):
+    tc = load_sae(PEERS / rel)
+    assert tc.is_transcoder and (tc.read_sites, tc.write_sites) == (["mlp_in.4"], ["mlp.4"])
+    assert not tc.cfg.subtracts_b_dec
+    with pytest.raises(ConfigError, match="mixes SAEs and transcoders"):
         load_sae_set(PEERS / "sparsify" / "run")
-    tc = load_sae(PEERS / rel, transcoder=True)
-    assert tc.cfg.metadata["transcoder"] is True
 
 
 @pytest.mark.parametrize("rel,word", [("saelens/gated_refused", "gated"),

@@ -151,5 +151,8 @@ def test_saeset_roundtrip_and_checks(tiny, tmp_path):
         narrow.check(model)
     with pytest.raises(SAEFormatError, match="does not exist"):
         SAESet.load(tmp_path / "nope")
-    with pytest.raises(SAEFormatError, match="single SAE"):
-        SAESet.load(tmp_path / "set" / "mlp.2")
+    single = SAESet.load(tmp_path / "set" / "mlp.2")      # one folder: a one-entry set
+    assert list(single) == ["mlp.2"] and torch.equal(single["mlp.2"].W_dec, saes["mlp.2"].W_dec)
+    (tmp_path / "set" / "mlp.2" / "cfg.json").write_text("{not json")
+    with pytest.raises(SAEFormatError, match="not valid JSON"):
+        SAESet.load(tmp_path / "set")

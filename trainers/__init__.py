@@ -1,4 +1,5 @@
-"""SAE training: corpus, activation harvesting, one trainer per architecture, one loop.
+"""Dictionary training: corpus, activation harvesting, the loop (the losses live with the
+architectures in `saecircuits.dictionaries`).
 
     from trainers import TrainConfig, train_saes, evaluate_saes, default_corpus
     saes = train_saes(model, tok, TrainConfig(hooks=["resid.10"], tokens=204_800, out="out/"))

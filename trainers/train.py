@@ -1,8 +1,14 @@
-"""The training loop: many SAEs from one harvested batch, checkpoints, resume, final metrics.
+"""Training: many dictionaries from one harvested stream, checkpoints, resume, final metrics.
 
     from trainers import TrainConfig, train_saes
     saes = train_saes(model, tok, TrainConfig(hooks=["resid.3", "resid.9"], tokens=500_000,
                                               out="saes/run1"))
+    tcs = train_saes(model, tok, TrainConfig(hooks="all", transcoder=True, skip=True, ...))
+
+SAEs read and write their hook point; transcoders (`transcoder=True`) read `mlp_in.L` and write
+`mlp.L` for every `mlp.L` in `hooks` ("all": every layer). Every read and write site is harvested
+in the same forward pass; each dictionary trains on its own (read, write) pair, normalised by
+each site's scale (mean norm -> sqrt(width)), folded into the saved weights.
 
 Output directory (an SAE set, loadable with `SAESet.load(out)`):
     <hook>/cfg.json, sae.safetensors, metrics.json, density.svg   one per hook point
@@ -25,30 +31,64 @@ import torch
 from safetensors import safe_open
 
 from saecircuits import hooks
+from saecircuits.dictionaries import DictionaryConfig, get as get_architecture, names as architectures
 from saecircuits.errors import ConfigError, HookPointError, TrainingError
 from saecircuits.fileio import remove_stale_temps, write_json, write_safetensors
 from saecircuits.models import model_device, model_name_of
 from saecircuits.progress import bar as progress_bar
-from saecircuits.sae import ARCHITECTURES, SAESet
+from saecircuits.sae import SAESet
 
 from .activations import ActivationCache, ActivationStream, windows_key
 from saecircuits import precision
 
 from . import distributed
-from .base import SAESpec, Trainer
+from .loop import Trainer
 from .corpus import TokenCorpus, default_corpus, load_corpus
 
 CHECKPOINT = "checkpoint.safetensors"
+TRANSCODERS = "transcoders"     # subfolder of the transcoders trained beside SAEs
 # Fields that may change between a run and its resumption.
 RESUMABLE = {"out", "resume", "device", "cache_activations", "eval_tokens", "checkpoint_every",
              "stop_at_step", "progress", "model_batch"}
 
 
 @dataclass
+class TranscoderRecipe:
+    """Transcoders trained in the same run as SAEs, from the same harvested stream (written to
+    `out/transcoders/`): write sites `mlp.L` ("all": every layer), architecture, k, expansion
+    (d_sae = expansion·d_in), skip term, learning rate (None: the architecture's default)."""
+
+    sites: list[str] | str = "all"
+    architecture: str = "batchtopk"
+    k: int = 32
+    expansion: int = 4
+    skip: bool = True
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sites, str):
+            self.sites = [s.strip() for s in self.sites.split(",") if s.strip()]
+        if not self.sites:
+            raise ConfigError("TranscoderRecipe.sites is empty; name mlp.L sites or 'all'")
+        if self.architecture not in architectures():
+            raise ConfigError(f"unknown transcoder architecture {self.architecture!r}; expected one of "
+                              f"{', '.join(architectures())}")
+        for name in ("k", "expansion"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"TranscoderRecipe.{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
 class TrainConfig:
     """What to train. Defaults suit SmolLM2-135M on CPU and hit the README's targets.
 
-    hooks: hook points (one SAE set entry each). architecture: relu | topk | batchtopk | jumprelu.
+    hooks: hook points (one SAE set entry each); with `transcoder`, MLP write sites `mlp.L` or
+        "all" (every layer). architecture: a registered name (relu | topk | batchtopk | jumprelu ...).
+    transcoder: train transcoders `mlp_in.L -> mlp.L` instead of SAEs; skip: with a dense skip
+        term W_skip (skip transcoders, Paulo et al. 2025).
+    transcoders: a `TranscoderRecipe` to train transcoders beside the SAEs of `hooks` from the
+        same harvest (they go to out/transcoders/; `train_saes` returns the SAEs).
     k / expansion: int, or a list to train several sizes at every hook point from the same
         batches (the first combination is the main set, the others go to out/variants/).
     d_sae: latents (overrides expansion). tokens: training tokens (activations, not windows).
@@ -71,6 +111,9 @@ class TrainConfig:
 
     hooks: list[str] = field(default_factory=lambda: ["resid.10"])
     architecture: str = "topk"
+    transcoder: bool = False
+    skip: bool = False
+    transcoders: TranscoderRecipe | None = None
     k: int | list[int] = 32
     expansion: int | list[int] = 8
     d_sae: int | None = None
@@ -102,9 +145,16 @@ class TrainConfig:
             self.hooks = [h.strip() for h in self.hooks.split(",") if h.strip()]
         if not self.hooks:
             raise ConfigError("TrainConfig.hooks is empty; name at least one hook point")
-        if self.architecture not in ARCHITECTURES:
+        if self.architecture not in architectures():
             raise ConfigError(f"unknown architecture {self.architecture!r}; "
-                              f"expected one of {', '.join(ARCHITECTURES)}")
+                              f"expected one of {', '.join(architectures())}")
+        if self.skip and not self.transcoder:
+            raise ConfigError("skip=True (a skip term) needs transcoder=True")
+        if isinstance(self.transcoders, dict):
+            self.transcoders = TranscoderRecipe(**self.transcoders)
+        if self.transcoders is not None and self.transcoder:
+            raise ConfigError("give transcoder=True (every hook a transcoder) or a transcoders recipe "
+                              "beside SAEs, not both")
         for name in ("tokens", "context", "windows_per_block", "model_batch", "checkpoint_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -148,38 +198,97 @@ def _lst(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def build_specs(model, cfg: TrainConfig) -> list[SAESpec]:
-    """SAE specs (first variant first) for every hook point, checked against the model."""
-    specs = []
-    for hook in cfg.hooks:
+@dataclass
+class DictionarySpec:
+    """One dictionary to train: its config, its name in the output set and its optimiser
+    settings (lr None: the architecture's default; sparsity: l1 / l0 coefficient)."""
+
+    cfg: DictionaryConfig
+    name: str
+    lr: float | None = None
+    sparsity: float | None = None
+
+    @property
+    def read(self) -> str:
+        return self.cfg.hook
+
+    @property
+    def write(self) -> str:
+        return self.cfg.write_site
+
+    @property
+    def variant(self) -> str:
+        return self.name.rsplit("/", 1)[0] if "/" in self.name else ""
+
+
+def _sites(model, cfg: TrainConfig) -> list[tuple[str, str]]:
+    """(read site, write site) per dictionary: SAEs read and write their hook, transcoders
+    `mlp_in.L -> mlp.L`."""
+    names = cfg.hooks
+    if not cfg.transcoder:
+        if "all" in names:
+            raise ConfigError('hooks="all" means every MLP of a transcoder run (transcoder=True); '
+                              "name the SAEs' hook points")
+        return [(h, h) for h in names]
+    return transcoder_sites(model, names)
+
+
+def transcoder_sites(model, names: list[str]) -> list[tuple[str, str]]:
+    """(mlp_in.L, mlp.L) for each `mlp.L` in `names` ("all": every layer)."""
+    if names == ["all"]:
+        names = [f"mlp.{i}" for i in range(hooks.n_layers(model))]
+    out = []
+    for name in names:
+        if not (name.startswith("mlp.") and name[4:].isdigit()):
+            raise ConfigError(f"a transcoder writes an MLP's output: name its write site as mlp.L, "
+                              f"got {name!r}")
+        out.append((f"mlp_in.{name[4:]}", name))
+    return out
+
+
+def build_specs(model, cfg: TrainConfig) -> list[DictionarySpec]:
+    """Dictionary specs (first variant first) for every site, checked against the model."""
+    for hook in cfg.hook_options:
         unknown = set(cfg.hook_options.get(hook, {})) - {"k", "lr", "l1", "d_sae", "expansion"}
         if unknown:
             raise ConfigError(f"hook_options[{hook!r}] has unknown keys {sorted(unknown)}")
-    points = hooks.sort_by_forward_order(model, cfg.hooks)
+    pairs = _sites(model, cfg)
+    writes = hooks.sort_by_forward_order(model, [w for _, w in pairs])
+    read_of = dict((w, r) for r, w in pairs)
+    uses_k = get_architecture(cfg.architecture).uses_k
     variants = [(k, e) for e in _lst(cfg.expansion) for k in _lst(cfg.k)]
+    specs = []
     for i, (k, expansion) in enumerate(variants):
-        for hp in points:
+        for hp in writes:
+            read = hooks.resolve(model, read_of[hp.name])
             opt = cfg.hook_options.get(hp.name, {})
-            d_sae = opt.get("d_sae") or cfg.d_sae or int(opt.get("expansion", expansion) * hp.width)
-            kk = opt.get("k", k) if cfg.architecture in ("topk", "batchtopk") else None
-            name = hp.name if i == 0 else f"variants/k{kk}-x{d_sae // hp.width}/{hp.name}"
-            specs.append(SAESpec(hook=hp.name, architecture=cfg.architecture, d_in=hp.width,
-                                 d_sae=int(d_sae), k=kk, lr=opt.get("lr", cfg.lr),
-                                 l1=opt.get("l1", cfg.l1), name=name))
-    for spec in specs:
-        if spec.k is not None and not 0 < spec.k <= spec.d_sae:
-            raise ConfigError(f"k={spec.k} for {spec.hook} must be in 1..d_sae={spec.d_sae}")
+            d_sae = opt.get("d_sae") or cfg.d_sae or int(opt.get("expansion", expansion) * read.width)
+            kk = opt.get("k", k) if uses_k else None
+            if kk is not None and not 0 < kk <= d_sae:
+                raise ConfigError(f"k={kk} for {hp.name} must be in 1..d_sae={d_sae}")
+            name = hp.name if i == 0 else f"variants/k{kk}-x{d_sae // read.width}/{hp.name}"
+            dcfg = DictionaryConfig(cfg.architecture, read.width, int(d_sae), k=kk, hook=read.name,
+                                    write_hook=hp.name if cfg.transcoder else None,
+                                    d_out=hp.width if cfg.transcoder else None, skip=cfg.skip)
+            specs.append(DictionarySpec(dcfg, name, lr=opt.get("lr", cfg.lr),
+                                        sparsity=opt.get("l1", cfg.l1)))
+    recipe = cfg.transcoders
+    if recipe is not None:
+        uses_k = get_architecture(recipe.architecture).uses_k
+        pairs = transcoder_sites(model, list(recipe.sites))
+        for hp in hooks.sort_by_forward_order(model, [w for _, w in pairs]):
+            read = hooks.resolve(model, f"mlp_in.{hp.name[4:]}")
+            dcfg = DictionaryConfig(recipe.architecture, read.width, recipe.expansion * read.width,
+                                    k=recipe.k if uses_k else None, hook=read.name, write_hook=hp.name,
+                                    d_out=hp.width, skip=recipe.skip)
+            specs.append(DictionarySpec(dcfg, f"{TRANSCODERS}/{hp.name}", lr=recipe.lr))
     return specs
 
 
-def make_trainer(spec: SAESpec, total_steps: int, seed: int, dead_tokens: int, device) -> Trainer:
-    from importlib import import_module
-
-    from saecircuits import architectures
-
-    module, name = architectures.get(spec.architecture).trainer.split(":")
-    cls = getattr(import_module(f"trainers.{module}"), name)
-    return cls(spec, total_steps, seed=seed, dead_tokens=dead_tokens, device=device)
+def make_trainer(spec: DictionarySpec, total_steps: int, seed: int, dead_tokens: int, device,
+                 compute_dtype: torch.dtype | None = None) -> Trainer:
+    return Trainer(spec.cfg, total_steps, seed=seed, dead_tokens=dead_tokens, device=device,
+                   lr=spec.lr, sparsity=spec.sparsity, compute_dtype=compute_dtype)
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -194,16 +303,9 @@ def save_checkpoint(path: Path, trainers: dict[str, Trainer], step: int, scales:
     tensors: dict[str, torch.Tensor] = {}
     groups = {}
     for name, tr in trainers.items():
-        for key, value in tr.state_dict().items():
-            tensors[f"{name}::{key}"] = value.detach().reshape(value.shape or (1,))
-        opt = tr.optimizer().state_dict()
-        groups[name] = opt["param_groups"]
-        for index, state in opt["state"].items():
-            for key, value in state.items():
-                value = torch.as_tensor(value)
-                tensors[f"{name}::opt::{index}::{key}"] = value.reshape(value.shape or (1,))
-        if tr.rng is not None:
-            tensors[f"{name}::rng"] = tr.rng.get_state()
+        for key, value in tr.state_tensors().items():
+            tensors[f"{name}::{key}"] = value
+        groups[name] = tr.param_groups()
     meta = {"step": step, "scales": scales, "config": fingerprint, "param_groups": groups}
     try:
         write_safetensors(path, tensors, metadata={"saecircuits": json.dumps(meta)})
@@ -234,25 +336,14 @@ def load_checkpoint(path: Path, trainers: dict[str, Trainer], fingerprint: dict)
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
         raise ConfigError(f"cannot resume from {str(path)!r}: the config changed ({detail}); "
                           "use the original settings or a new --out directory")
-    absent = sorted({f"{name}::{key}" for name, tr in trainers.items() for key in tr.state_dict()}
+    absent = sorted({f"{name}::{key}" for name, tr in trainers.items() for key in tr.required_keys()}
                     - set(tensors))
     if absent:
         raise TrainingError(f"cannot resume from {str(path)!r}: it lacks tensors {absent[:3]}")
     for name, tr in trainers.items():
-        state = {}
-        for key, ref in tr.state_dict().items():
-            state[key] = tensors[f"{name}::{key}"].reshape(ref.shape)
-        tr.load_state_dict(state)
-        opt = tr.optimizer()
-        opt_state: dict[int, dict] = {}
-        prefix = f"{name}::opt::"
-        for key, value in tensors.items():
-            if key.startswith(prefix):
-                index, sub = key[len(prefix):].split("::")
-                opt_state.setdefault(int(index), {})[sub] = value.reshape(()) if sub == "step" else value
-        opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"][name]})
-        if tr.rng is not None:
-            tr.rng.set_state(tensors[f"{name}::rng"])
+        prefix = f"{name}::"
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        tr.load_state_tensors(own, meta["param_groups"][name])
     return int(meta["step"]), {k: float(v) for k, v in meta["scales"].items()}
 
 
@@ -290,7 +381,7 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     from saecircuits.limits import check_tokens
 
     check_tokens(model, cfg.context, "a training window (context)")
-    points = hooks.sort_by_forward_order(model, cfg.hooks)
+    points = hooks.sort_by_forward_order(model, sorted({h for s in specs for h in (s.read, s.write)}))
     batch = cfg.batch_size
     total_steps = cfg.tokens // (batch * n_ranks)  # under torchrun the budget is shared
     if total_steps < 1:
@@ -328,11 +419,9 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
             "windows_key": key, "windows_per_block": wpb,
             "harvest_precision": harvest_precision.name})
     dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(20_000, cfg.tokens // 10)))
-    trainers = {s.name: make_trainer(s, total_steps, cfg.seed + i, dead_tokens, device)
+    trainers = {s.name: make_trainer(s, total_steps, cfg.seed + i, dead_tokens, device,
+                                     step_precision.dtype)
                 for i, s in enumerate(specs)}
-    for tr in trainers.values():
-        if hasattr(tr, "compute_dtype"):
-            tr.compute_dtype = step_precision.dtype
     fingerprint = {**_config_fingerprint(cfg, key), "harvest_precision": harvest_precision.name}
     created = out is not None and not out.exists()
     if out is not None:  # only now, so that a bad config leaves no directory behind
@@ -370,9 +459,9 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
         write_json(out / "train_config.json", {
             **cfg.to_dict(), "steps": total_steps, "batch_size": batch, "corpus_key": key,
             "resolved_precision": {k: p.record() for k, p in precisions.items()}})
-    by_hook: dict[str, list[tuple[str, Trainer]]] = {}
+    by_sites: dict[tuple[str, str], list[tuple[str, Trainer]]] = {}
     for spec in specs:
-        by_hook.setdefault(spec.hook, []).append((spec.name, trainers[spec.name]))
+        by_sites.setdefault((spec.read, spec.write), []).append((spec.name, trainers[spec.name]))
     stats: dict[str, dict] = {}
     bar = progress_bar(total_steps * batch, "train SAEs", initial=start * batch, unit="tok",
                        unit_scale=True, enabled=cfg.progress and rank == 0, leave=True)
@@ -380,17 +469,20 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
     step = start
     try:
         for step, acts in zip(range(start, total_steps), stream.batches(start)):
-            for hook, group in by_hook.items():
-                x = acts[hook].to(device)
-                if hook not in scales:
-                    norm = x.norm(dim=1).mean().reshape(1)
-                    distributed.mean_([norm])
-                    scales[hook] = float(math.sqrt(x.shape[1]) / norm.clamp_min(1e-12))
-                x = x * scales[hook]
+            scaled: dict[str, torch.Tensor] = {}
+            for (read, write), group in by_sites.items():
+                for site in (read, write):
+                    if site not in scaled:
+                        a = acts[site].to(device)
+                        if site not in scales:
+                            norm = a.norm(dim=1).mean().reshape(1)
+                            distributed.mean_([norm])
+                            scales[site] = float(math.sqrt(a.shape[1]) / norm.clamp_min(1e-12))
+                        scaled[site] = a * scales[site]
                 for name, tr in group:
-                    stats[name] = tr.step(x, step)
+                    stats[name] = tr.step(scaled[read], scaled[write], step)
                     if not math.isfinite(stats[name]["fvu"]):
-                        raise TrainingError(f"training diverged at hook point {hook!r} (SAE {name}) "
+                        raise TrainingError(f"training diverged at {write!r} (dictionary {name}) "
                                             f"at step {step}: loss is not finite; the last good "
                                             "checkpoint is intact")
             bar.update(batch)
@@ -416,30 +508,31 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
     for spec in specs:
         meta = {"tokens": cfg.tokens, "steps_done": last_step, "batch": batch, "context": cfg.context,
                 "lr": trainers[spec.name].lr, "seed": cfg.seed, "corpus": tc.fingerprint,
-                "trainer": spec.architecture,
+                "trainer": spec.cfg.architecture,
                 "precision": {k: p.record() for k, p in precisions.items()},
                 "final_train_ev": 1 - stats.get(spec.name, {"fvu": 1})["fvu"],
                 "train_seconds": round(elapsed, 1),
                 "train_tokens_per_s": round((last_step - start) * batch / max(elapsed, 1e-9), 1)}
-        saes[spec.name] = trainers[spec.name].to_sae(scales[spec.hook], model_name, meta)
-    main = SAESet({s.hook: saes[s.name] for s in specs if "/" not in s.name})
+        saes[spec.name] = trainers[spec.name].finished(
+            scales[spec.read], scales[spec.write] if spec.cfg.is_transcoder else None, model_name, meta)
+    main = SAESet({s.write: saes[s.name] for s in specs if not s.variant})
     if writer:
         for name, sae in saes.items():
             sae.save(out / name)
     if eval_corpus is not None and writer and last_step == total_steps:
-        for variant in sorted({s.name.rsplit("/", 1)[0] if "/" in s.name else "" for s in specs}):
-            group = {s.hook: saes[s.name] for s in specs
-                     if (s.name.rsplit("/", 1)[0] if "/" in s.name else "") == variant}
+        for variant in sorted({s.variant for s in specs}):
+            group = {s.write: saes[s.name] for s in specs if s.variant == variant}
             eval_began = time.perf_counter()
             metrics = evaluate_saes(model, tok, group, eval_corpus, cfg.eval_tokens,
                                     context=cfg.context, prepend_bos=cfg.prepend_bos,
                                     progress=cfg.progress,
+                                    joint=any(d.is_transcoder for d in group.values()),
                                     precision=precisions["harvest"])  # score on what was harvested
             eval_seconds = round(time.perf_counter() - eval_began, 1)
             write_reports(out / variant if variant else out, metrics)
             for spec in specs:
-                if spec.hook in metrics and spec.name == (f"{variant}/{spec.hook}" if variant else spec.hook):
-                    scalars = {k: v for k, v in metrics[spec.hook].items()
+                if spec.write in metrics and spec.variant == variant:
+                    scalars = {k: v for k, v in metrics[spec.write].items()
                                if isinstance(v, (int, float)) and math.isfinite(v)}
                     saes[spec.name].cfg.metadata["metrics"] = scalars
                     saes[spec.name].cfg.metadata["eval_seconds"] = eval_seconds  # vs train_seconds

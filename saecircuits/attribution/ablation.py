@@ -26,7 +26,7 @@ import torch
 from ..errors import ConfigError, TaskError
 from ..progress import track
 from ..replacement import ReplacementModel, bind
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from ..splice import encode_inputs
 from ..tasks.base import Task
 
@@ -158,10 +158,6 @@ def position_tokens(tok, task: Task) -> list[str]:
         top = max(counts, key=counts.get)
         out.append(top if len(counts) == 1 else f"{top}|…({len(counts)})")
     return out
-
-
-def to_device(inputs: Mapping[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in inputs.items()}
 
 
 # -- edits -------------------------------------------------------------------------------

@@ -9,17 +9,18 @@ import torch
 
 from ..errors import ConfigError, GraphError, ShapeError, TaskError
 from ..precision import resolve as resolve_precision
+from ..progress import track
 from ..replacement import logit_lens
 from ..wrapping import model_name_of
 from ..replacement import ReplacementModel, bind
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from ..tasks import Task, make_task
 from . import ablation as ab
 from .edges import PRECISIONS as EDGE_PRECISIONS, compute_edges
 from .evaluate import Evaluator, error_share, trace_warnings
 from ..graph import FeatureGraph, Node
 from .nodes import NodeScores, node_scores
-from .prune import prune_edges, prune_nodes, remove_dangling
+from .prune import prune_edges, remove_dangling, select
 from .stream import LazyStates
 
 
@@ -115,11 +116,6 @@ def check_saes(model, saes: Mapping[str, SAE] | None = None) -> ReplacementModel
         raise ConfigError(str(err)) from err
     if not rm.saes:
         raise ConfigError("tracing needs a non-empty SAE set")
-    for hook, sae in rm.saes.items():
-        width = rm.sites[hook].width
-        if sae.cfg.d_in != width:
-            raise ConfigError(f"the SAE at {hook!r} has d_in={sae.cfg.d_in} but {name!r} has "
-                              f"width {width} there")
     return rm
 
 
@@ -239,13 +235,16 @@ def chunk_rows(cfg: TraceConfig, length: int) -> int:
 
 
 def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
-                  cfg: TraceConfig | None = None, **overrides) -> tuple[FeatureGraph, dict]:
+                  cfg: TraceConfig | None = None, plan: Plan | None = None,
+                  **overrides) -> tuple[FeatureGraph, dict]:
     """Trace a feature circuit for a contrastive task.
 
     Args:
         model: a `ReplacementModel` (then `saes` may be None) or an nnsight model.
         task: a Task, a built-in name (`ioi`, `parens`, `sva`) or a JSONL path (first `n` rows).
         cfg: a `TraceConfig` (default: its defaults; pruning default top_k=100).
+        plan: the `plan_trace(rm, tok, task, cfg)` already made (then `model` must be that
+            `ReplacementModel`, `cfg` complete and `task`/`overrides` are not read again).
         overrides: `TraceConfig` fields overriding `cfg` (method, ablation, n, top_k,
             node_threshold, influence, edge_influence, positional, steps, batch_size,
             eval_ablation, mean_from, mean_n, length, chunk_tokens, seed, edges, edge_eval,
@@ -260,9 +259,15 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         dict with metric values, accuracy, faithfulness/completeness under patch and mean
         evaluation, the baseline span, edge faithfulness, node and edge counts and `warnings`.
     """
-    cfg = trace_config(cfg, **overrides)
-    rm = check_saes(model, saes)
-    plan = plan_trace(rm, tok, task, cfg)
+    if plan is None:
+        cfg = trace_config(cfg, **overrides)
+        rm = check_saes(model, saes)
+        plan = plan_trace(rm, tok, task, cfg)
+    elif not isinstance(model, ReplacementModel) or cfg is None or overrides:
+        raise ConfigError("trace_circuit(plan=...) needs the ReplacementModel and the complete "
+                          "TraceConfig the plan was made with, and no overrides")
+    else:
+        rm = model
     task = plan.task
     hooks = rm.hooks
     chunks = ab.chunks(tok, task, chunk_rows(cfg, max(plan.lengths)))
@@ -287,9 +292,10 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
             "metric_clean": scores.metric_clean, "prompt": task.clean[0]}
     if plan.prompt_tokens:   # each position's token role (export fills prompt_tokens itself)
         meta["position_tokens"] = plan.prompt_tokens
-    full = build_graph(rm, tok, scores, candidates, {}, meta, labels=False)
-    pruned = prune_nodes(full, cfg.node_threshold, cfg.top_k, cfg.influence)
-    kept = graph_nodes(pruned)
+    keep = set(select({nd.id: scores.effect(nd) for nd in candidates},
+                      {nd.id: nd.kind for nd in candidates},
+                      cfg.node_threshold, cfg.top_k, cfg.influence))
+    kept = [nd for nd in candidates if nd.id in keep]
     edges = (compute_edges(rm, states, hooks, kept, cfg.positional, progress=cfg.progress,
                            precision=cfg.edge_precision)
              if cfg.edges else {})
@@ -302,13 +308,24 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
                          f"path to the metric through edges reaching {cfg.edge_influence} of the "
                          "total |weight|; keep more nodes or raise the edge influence")
     evaluation = {}
+    features_only = [nd for nd in final if not nd.is_error]
     for a, e in evaluators.items():
         row = {"metric_all_ablated": e.f_empty, "baseline_span": e.span_ratio()}
         try:
-            row.update(faithfulness=e.faithfulness(final), completeness=e.completeness(final))
+            row.update(faithfulness=e.faithfulness(final), completeness=e.completeness(final),
+                       features_alone=e.faithfulness(features_only) if features_only else None)
         except GraphError as err:
-            row.update(faithfulness=None, completeness=None, error=str(err))
+            row.update(faithfulness=None, completeness=None, features_alone=None, error=str(err))
         evaluation[a] = row
+    metric_patch = through_sites = None
+    if task.patch is not None:   # how much of the clean->patch change runs through the hooked sites
+        metric_patch = float(torch.cat([ab.run_metric(rm, st.chunk, inputs=st.chunk.patch)
+                                        for st in track(states, "patch-run metric", unit="chunk",
+                                                        enabled=cfg.progress)]).mean())
+        gap = scores.metric_clean - metric_patch
+        ev_patch = evaluators.get("patch")
+        if ev_patch is not None and gap:
+            through_sites = (scores.metric_clean - ev_patch.f_empty) / gap
     if plan.mean_note is not None:
         evaluation["mean"] = {"faithfulness": None, "completeness": None, "error": plan.mean_note}
     edge_faith = None
@@ -324,6 +341,8 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
                       cfg.mean_from if isinstance(cfg.mean_from, str) else cfg.mean_from.name),
         "faithfulness": evaluation[plan.eval_ablation]["faithfulness"],
         "completeness": evaluation[plan.eval_ablation]["completeness"],
+        "features_alone": evaluation[plan.eval_ablation].get("features_alone"),
+        "metric_patch": metric_patch, "share_through_sites": through_sites,
         "edge_faithfulness": edge_faith,
         "baseline_span": ev.span_ratio(), "evaluation": evaluation,
         "feature_nodes": sum(1 for nd in final if not nd.is_error),

@@ -41,7 +41,6 @@ from collections.abc import Sequence
 import torch
 from ..progress import bar as progress_bar
 
-from .. import architectures
 from ..errors import ConfigError
 from ..precision import PRECISIONS, resolve as resolve_precision
 from ..replacement import ReplacementModel
@@ -111,20 +110,21 @@ def _products(gf, ge, st: State, hook: str, positional: bool, n: int):
 
 # -- closed-form path ----------------------------------------------------------------------
 def has_closed_form(sae: SAE) -> bool:
-    """Whether the encoder Jacobian of `sae` is known exactly here (see module doc)."""
-    act = architectures.REGISTRY[sae.cfg.architecture].activation
-    return act in (architectures._relu, architectures._topk, architectures._jump)
+    """Whether the closed form applies: an SAE (read = write site, so the stream is
+    `f W_dec + b_dec + err` at the hook) whose class defines its Jacobian mask (`active_mask`)."""
+    return not sae.is_transcoder
 
 
 @torch.no_grad()
 def _active(sae: SAE, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """`[B, T, d_sae]` bool ∂f/∂pre of the clean point (fp32 even under autocast)."""
-    act = architectures.REGISTRY[sae.cfg.architecture].activation
-    if act is not architectures._jump and not torch.is_autocast_enabled(x.device.type):
-        return f > 0            # relu / topk: relu's gradient is 1 exactly where its output > 0
+    """`[B, T, d_sae]` bool ∂f/∂pre of the clean point (fp32 even under autocast): the
+    architecture's own `active_mask`."""
+    autocast_on = torch.is_autocast_enabled(x.device.type)
+    if sae.mask_from_output and not autocast_on:
+        return sae.active_mask(None, f)       # e.g. relu / topk: 1 exactly where f > 0
     with torch.autocast(x.device.type, enabled=False):
-        pre = sae.pre_activation(x.detach())
-        return pre > sae.threshold if act is architectures._jump else sae.activation(pre) > 0
+        pre = sae.encode_pre(x.detach())
+        return sae.active_mask(pre, sae.activate(pre) if autocast_on else f.detach())
 
 
 def _leaf_edit(rm: ReplacementModel, store: dict):

@@ -256,6 +256,7 @@ def error_share(scores: NodeScores, nodes: Iterable[Node]) -> float | None:
 DEGENERATE_SPAN = 0.25
 ERROR_DOMINATED = 0.5
 LOW_ACCURACY = 0.7
+PARTIAL_SITES = 0.5
 
 
 def trace_warnings(summary: dict) -> list[str]:
@@ -272,6 +273,12 @@ def trace_warnings(summary: dict) -> list[str]:
     if share is not None and share > ERROR_DOMINATED:
         out.append(f"error nodes carry {share:.0%} of the circuit's |effect| (> "
                    f"{ERROR_DOMINATED:.0%}): the SAEs leave most of the mechanism unexplained")
+    through = summary.get("share_through_sites")
+    if through is not None and through < PARTIAL_SITES:
+        out.append(f"only {through:.0%} of the clean -> patch change runs through the dictionaries' "
+                   "sites (ablating every node leaves the rest of the model live): faithfulness is a "
+                   "share of that part; put dictionaries at every layer (transcoders: `saecircuits "
+                   "graph`) to cover the whole behaviour")
     acc = summary.get("accuracy_clean")
     if acc is not None and acc < LOW_ACCURACY:
         out.append(f"clean accuracy {acc:.2f} < {LOW_ACCURACY}: the model often fails the task, so "

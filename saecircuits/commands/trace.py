@@ -133,15 +133,16 @@ def run(args: argparse.Namespace) -> dict:
     if args.per_prompt:
         if len(task) == 0:
             raise TaskError(f"--per-prompt: task {args.task!r} has no prompts")
-        for i in range(len(task)):   # each single-prompt trace is checked before any pass
-            plan_trace(rm, tok, task.take([i]), trace_config(cfg, n=1, length=None))
-    graph, summary = trace_circuit(rm, tok, None, task, cfg, n=len(task), length=None)
+        single_cfg = trace_config(cfg, n=1, length=None)
+        single_plans = [plan_trace(rm, tok, task.take([i]), single_cfg)   # every check before
+                        for i in range(len(task))]                         # any model pass
+    graph, summary = trace_circuit(rm, tok, None, task, cfg, plan=plan)
     if args.per_prompt:
         from ..progress import track
 
         for i in track(range(len(task)), "per-prompt traces", unit="prompt", leave=True):
             try:
-                g, s = trace_circuit(rm, tok, None, task.take([i]), cfg, n=1, length=None)
+                g, s = trace_circuit(rm, tok, None, None, single_cfg, plan=single_plans[i])
             except SaecircuitsError as err:   # e.g. pruning left nothing for this prompt
                 singles.append((i, None, {"prompt": task.clean[i], "error": str(err)}))
                 continue

@@ -12,9 +12,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_model_arguments(parser)
     parser.add_argument("--hooks", default="resid.10",
-                        help="comma-separated hook points, e.g. resid.3,resid.9 (default resid.10)")
-    parser.add_argument("--arch", default="topk", choices=["topk", "relu", "batchtopk", "jumprelu"],
-                        help="SAE architecture")
+                        help="comma-separated hook points, e.g. resid.3,resid.9; with --transcoder the "
+                             "MLP write sites mlp.L, or 'all' (default resid.10)")
+    parser.add_argument("--arch", default="topk",
+                        help="architecture: relu, topk, batchtopk, jumprelu, matryoshka_topk, ... "
+                             "(saecircuits.dictionaries.names(); default topk)")
+    parser.add_argument("--transcoder", action="store_true",
+                        help="train transcoders mlp_in.L -> mlp.L (for replacement graphs) instead of SAEs")
+    parser.add_argument("--skip", action="store_true",
+                        help="give each transcoder a dense skip term W_skip (skip transcoders)")
     parser.add_argument("--k", type=positive_ints, default=32, help="active latents (topk/batchtopk); a "
                         "comma list trains one SAE per value")
     parser.add_argument("--expansion", type=positive_ints, default=8,
@@ -58,7 +64,8 @@ def run(args: argparse.Namespace) -> dict:
     check_output_dir(args.out)
     if args.cache_activations:
         check_output_dir(args.cache_activations, what="--cache-activations")
-    cfg = TrainConfig(hooks=args.hooks, architecture=args.arch, k=args.k, expansion=args.expansion,
+    cfg = TrainConfig(hooks=args.hooks, architecture=args.arch, transcoder=args.transcoder,
+                      skip=args.skip, k=args.k, expansion=args.expansion,
                       d_sae=args.d_sae, tokens=args.tokens, context=args.context, batch=args.batch,
                       lr=args.lr, l1=args.l1, seed=args.seed, out=args.out, corpus=args.corpus,
                       cache_activations=args.cache_activations, resume=args.resume,

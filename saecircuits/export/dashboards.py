@@ -27,8 +27,8 @@ from ..fileio import atomic_dir, file_in, read_safetensors, write_json, write_sa
 from ..models import model_name_of
 from ..precision import resolve as resolve_precision
 from ..progress import bar as progress_bar
-from ..replacement import ReplacementModel, final_norm, logit_lens
-from ..sae import SAE
+from ..replacement import ReplacementModel, logit_lens
+from ..dictionaries import Dictionary as SAE
 from .explanations import ExplanationsLike, as_explanations, dashboards_with_explanations
 from .viewer import asset, fill_page
 
@@ -250,11 +250,6 @@ def top_contexts(model, tok, saes: Mapping[str, SAE], features: Sequence[Feature
     fa = collect_activations(model, tok, saes, features, texts, context, max_windows,
                              batch_size, progress, precision)
     return {f: contexts_of(fa, tok, f, n) for f in fa.features}
-
-
-def final_norm_scale(model) -> tuple[torch.Tensor | None, bool]:
-    """(elementwise weight of the final norm or None, whether the norm centres its input)."""
-    return final_norm(model)
 
 
 def output_effects(model, sae: SAE, indices: Sequence[int]) -> torch.Tensor:

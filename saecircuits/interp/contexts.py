@@ -20,7 +20,7 @@ from .. import hooks
 from ..errors import ConfigError
 from ..models import model_device
 from ..progress import bar as progress_bar
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 
 
 @dataclass

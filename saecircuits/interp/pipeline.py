@@ -28,7 +28,7 @@ from ..errors import ConfigError, ExportError
 from ..export.explanations import load_explanations  # noqa: F401 (re-exported)
 from ..fileio import write_json, write_text
 from ..progress import bar as progress_bar, track
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from .backends import AnswerCache, ExplainerError
 from .contexts import (Basis, ExcerptConfig, HookActivations, collect_hook_activations,
                        ica_basis, linear_basis, live_units, neuron_basis, pca_basis, sae_basis,

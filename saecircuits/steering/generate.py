@@ -33,7 +33,7 @@ import torch
 from .. import hooks
 from ..errors import ConfigError
 from ..replacement import ReplacementModel
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from ..splice import encode_inputs
 from .spec import Intervention, Resolved, check_generation_args, resolve_all
 
@@ -176,6 +176,7 @@ class _Group:
     hook: hooks.HookPoint
     sae: SAE | None
     items: list[Resolved]
+    read: hooks.HookPoint | None = None     # a transcoder's read site (encoded before `hook`)
 
 
 def _groups(saes, resolved: list[Resolved]) -> list[_Group]:
@@ -186,7 +187,8 @@ def _groups(saes, resolved: list[Resolved]) -> list[_Group]:
         group.items.append(r)
         if r.index is not None:
             group.sae = saes[r.hook.name]
-    return sorted(by_hook.values(), key=lambda g: g.hook.order)
+            group.read = r.read
+    return sorted(by_hook.values(), key=lambda g: (g.read or g.hook).order)
 
 
 def _current(r: Resolved, x: torch.Tensor, f: torch.Tensor | None) -> torch.Tensor:
@@ -216,10 +218,11 @@ def _step(model, groups: list[_Group], step: int, plen: int, prompt_mask: torch.
     sums: when given, mean-ablated activations over the prompt tokens are summed into it at
     step 0 (`id(spec)` -> [float64 sum `[n]`, token count, dtype]) across chunks."""
     for group in groups:
+        x_in = hooks.read(model, group.read) if group.read is not None else None
         x = hooks.read(model, group.hook)
         seq = x.shape[1]
         offset = plen + step - seq
-        f = group.sae.encode(x) if group.sae is not None else None
+        f = group.sae.encode(x if x_in is None else x_in) if group.sae is not None else None
         delta = None
         for r in group.items:
             needs_mean = r.spec.mode == "ablate" and r.spec.ablation == "mean"

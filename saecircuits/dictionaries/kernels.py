@@ -1,9 +1,14 @@
-"""TopK SAE (Gao et al. 2024): k largest ReLU'd pre-activations, FVU loss + aux-k (α = 1/32).
+"""Kernels of the training steps: TopK selection with a sparse backward, and aux-k losses.
 
-The step computes all pre-activations once without a graph and picks the top k; the gradient
-flows only through the k selected entries per token (sparse×dense products in backward) and
-the decoder is an `embedding_bag` over the k selected rows: the backward touches
-O(batch·k·d_in) weights instead of O(batch·d_sae·d_in) (sparsify's trick, without a kernel).
+    sparse_topk        the k largest pre-activations (ReLU'd); the gradient flows only through
+                       the B·k selected entries (sparse×dense products in backward), so the
+                       backward touches O(batch·k·d_in) weights, not O(batch·d_sae·d_in)
+                       (sparsify's trick, without a custom kernel)
+    aux_k_loss         OpenAI aux-k (reconstruct the detached residual from the top k_aux dead
+                       latents), fp32
+    aux_k_loss_lowp    the same with its matmuls in a low precision (bf16 training path)
+
+Encoder weights are given as `enc [d_sae, d_in]` (rows of latents, i.e. `W_enc.T`).
 """
 from __future__ import annotations
 
@@ -11,11 +16,6 @@ import warnings
 
 import torch
 from torch import nn
-
-from .base import Trainer
-from .auxk import aux_k_loss_lowp
-
-AUX_ALPHA = 1 / 32
 
 
 class _SelectedPreActivations(torch.autograd.Function):
@@ -80,25 +80,48 @@ def sparse_topk(enc: torch.Tensor, b_enc: torch.Tensor, x_c: torch.Tensor, k: in
     return torch.relu(pre), idx
 
 
-class TopKTrainer(Trainer):
-    architecture = "topk"
-    default_lr = 2e-3
-    # Matmul dtype of the step (`saecircuits.precision`; train_saes sets it from TrainConfig.precision):
-    # bf16 selects the top k with a bf16 matmul (`sparse_topk`) and runs aux-k in bf16 (`auxk`).
-    compute_dtype: torch.dtype | None = None
 
-    def loss(self, x: torch.Tensor, step: int):
-        k = self.spec.k
-        x_c = x - self.b_dec
-        vals, idx = sparse_topk(self.enc, self.b_enc, x_c, k, self.compute_dtype)
-        x_hat = nn.functional.embedding_bag(idx, self.dec, per_sample_weights=vals, mode="sum") + self.b_dec
-        fvu = self.fvu(x, x_hat)
-        k_aux = self.spec.extra.get("k_aux", max(1, self.spec.d_in // 2))
-        if self.compute_dtype is None:
-            aux = self.aux_k_loss(x_c, x - x_hat, k_aux)
-        else:
-            aux = aux_k_loss_lowp(self.enc, self.dec, self.b_enc, self.dead_mask(), x_c, x - x_hat,
-                                  k_aux, self.compute_dtype)
-        fired = torch.unique(idx[vals > 0])
-        l0 = float((vals > 0).sum()) / x.shape[0]
-        return fvu + AUX_ALPHA * aux, {"fvu": fvu.item(), "aux": aux.item(), "l0": l0}, fired
+
+def aux_k_loss(enc: torch.Tensor, dec: torch.Tensor, b_enc: torch.Tensor, dead: torch.Tensor,
+               x_c: torch.Tensor, residual: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """Scalar aux-k loss in fp32 (OpenAI): reconstruct the detached residual `[B, d_out]` with
+    the top `k_aux` dead latents, normalised by the residual's variance. enc `[d_sae, d_in]`,
+    dec `[d_sae, d_out]`, dead bool `[d_sae]`, x_c `[B, d_in]` (the encoder's input)."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return x_c.new_zeros(())
+    k_aux = min(k_aux, n_dead)
+    pre = x_c @ enc[dead].T + b_enc[dead]                                   # [B, n_dead]
+    vals, idx = pre.topk(k_aux, dim=-1)
+    if 4 * k_aux >= n_dead:  # most dead latents are used: a dense matmul is fastest
+        acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+        e_hat = acts @ dec[dead]
+    else:
+        e_hat = nn.functional.embedding_bag(idx, dec[dead], per_sample_weights=torch.relu(vals),
+                                            mode="sum")
+    target = residual.detach()
+    total = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (target - e_hat).pow(2).sum() / total
+
+
+def aux_k_loss_lowp(enc: torch.Tensor, dec: torch.Tensor, b_enc: torch.Tensor, dead: torch.Tensor,
+                    x_c: torch.Tensor, residual: torch.Tensor, k_aux: int,
+                    dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Scalar aux-k loss. enc/dec `[d_sae, d_in]`, b_enc `[d_sae]`, dead bool `[d_sae]`,
+    x_c / residual `[B, d_in]` (x − b_dec and x − x̂)."""
+    n_dead = int(dead.sum())
+    if n_dead == 0:
+        return x_c.new_zeros(())
+    k_aux = min(k_aux, n_dead)
+    rows = dead.nonzero().squeeze(-1)
+    pre = torch.addmm(b_enc[rows].to(dtype), x_c.to(dtype), enc[rows].to(dtype).T)   # [B, n_dead]
+    vals, idx = pre.topk(k_aux, dim=-1, sorted=False)
+    acts = torch.relu(vals)
+    if 4 * k_aux >= n_dead:  # most dead latents are used: a dense matmul is fastest
+        e_hat = torch.zeros_like(pre).scatter(-1, idx, acts) @ dec[rows].to(dtype)
+    else:
+        e_hat = nn.functional.embedding_bag(idx, dec[rows], per_sample_weights=acts.to(dec.dtype),
+                                            mode="sum")
+    target = residual.detach()
+    total = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return (target - e_hat.to(target.dtype)).pow(2).sum() / total

@@ -1,0 +1,86 @@
+"""`saecircuits graph`: the attribution graph of one prompt on the frozen replacement model."""
+from __future__ import annotations
+
+import argparse
+
+HELP = ("attribution graph of one prompt with transcoders at every MLP (circuit-tracer's method): "
+        "replacement / completeness scores, pruned graph, viewer")
+
+
+def _pair(text: str) -> tuple[str, str]:
+    parts = text.split(",")
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"expected two tokens 'A,B' (e.g. ' Mary, John'), got {text!r}")
+    return parts[0], parts[1]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli import (add_explanations_argument, add_model_arguments, add_precision_argument,
+                       positive_int, unit_float)
+    from .saes_args import add_saes_arguments
+
+    add_model_arguments(parser)
+    add_saes_arguments(parser)
+    parser.add_argument("--prompt", required=True, help="the prompt to attribute")
+    parser.add_argument("--target", type=_pair, default=None, metavar="A,B",
+                        help="one contrast target logit(A) - logit(B) instead of the top logits "
+                             "(default: the top tokens up to 0.95 probability, at most 10)")
+    parser.add_argument("--max-n-logits", type=positive_int, default=10, help="logit targets (at most)")
+    parser.add_argument("--desired-logit-prob", type=unit_float, default=0.95,
+                        help="cumulative probability of the logit targets")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="targets per backward pass")
+    parser.add_argument("--node-threshold", type=unit_float, default=0.8,
+                        help="pruning: keep nodes up to this cumulative influence")
+    parser.add_argument("--edge-threshold", type=unit_float, default=0.98,
+                        help="pruning: keep edges up to this cumulative influence")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="trace even where some MLPs have no transcoder (their outputs become "
+                             "error nodes; the summary says so)")
+    add_precision_argument(parser, "fp32", "the backward passes")
+    add_explanations_argument(parser)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def run(args: argparse.Namespace) -> dict:
+    import sys
+
+    from ..attribution.graphs import GraphConfig, attribute, to_feature_graph
+    from ..export import export_graph
+    from ..export.explanations import load_explanation_records, with_explanations
+    from ..fileio import atomic_dir, check_output_dir, write_json
+    from ..models import load_model
+    from .saes_args import load_saes
+
+    check_output_dir(args.out, overwrite=args.overwrite)
+    cfg = GraphConfig(max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
+                      target=args.target, batch_size=args.batch_size,
+                      node_threshold=args.node_threshold, edge_threshold=args.edge_threshold,
+                      precision=args.precision, allow_partial=args.allow_partial)
+    explanations = load_explanation_records(args.explanations) if args.explanations else {}
+    model, tok = load_model(args.model, device=args.device)
+    saes = load_saes(args, model=model)
+    graph = attribute(model, tok, saes, args.prompt, cfg)
+    fg = to_feature_graph(graph, model, tok, saes)
+    if explanations:
+        fg = with_explanations(fg, explanations)
+    replacement, completeness = graph.scores()
+    summary = {"prompt": args.prompt, "replacement_score": replacement,
+               "completeness_score": completeness, "error_share": graph.error_share(),
+               "linearity_error": graph.linearity_error(), "features": graph.n_features,
+               "nodes": graph.adjacency.shape[0], "kept_nodes": fg.graph.number_of_nodes(),
+               "kept_edges": fg.graph.number_of_edges(), "logits": graph.logit_labels,
+               "seconds": graph.meta["seconds"], "warnings": fg.meta["warnings"],
+               "precision": graph.meta["precision"], "partial": graph.meta["partial"]}
+    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
+        graph.save(tmp / "attribution")
+        export_graph(fg, tmp / "graph", tokenizer=tok)
+        write_json(tmp / "summary.json", summary)
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+    print(f"replacement score {replacement:.3f}, completeness {completeness:.3f}, error share "
+          f"{summary['error_share']:.0%}; {graph.n_features} active features, kept "
+          f"{summary['kept_nodes']} nodes / {summary['kept_edges']} edges ({graph.meta['seconds']:.1f} s) "
+          f"-> {args.out} (view: saecircuits serve {args.out}/graph)", file=stream)
+    for w in summary["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    return summary

@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # subcommands that import torch, transformers and nnsight (~5-15 s on a small, busy CPU)
-HEAVY_COMMANDS = {"train", "eval", "trace", "steer", "dashboards", "demo", "explain",
+HEAVY_COMMANDS = {"train", "eval", "trace", "graph", "steer", "dashboards", "demo", "explain",
                   "compare-saes", "compare-bases"}
 
 

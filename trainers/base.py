@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from saecircuits.dictionaries import kernels
 from saecircuits.sae import SAE, SAEConfig
 
 from . import distributed
@@ -41,6 +42,12 @@ class SAESpec:
 
     def __post_init__(self) -> None:
         self.name = self.name or self.hook
+
+
+def _fused_adam_ok(param: torch.Tensor) -> bool:
+    """torch's fused Adam runs on CPU (torch ≥ 2.4) and CUDA for floating-point parameters."""
+    return param.device.type in ("cpu", "cuda") and param.dtype in (torch.float32, torch.float64,
+                                                                     torch.float16, torch.bfloat16)
 
 
 def lr_factor(step: int, total: int, warmup: float = 0.01, decay: float = 0.2) -> float:
@@ -79,7 +86,9 @@ class Trainer(nn.Module):
     # -- optimisation -------------------------------------------------------------------
     def optimizer(self) -> torch.optim.Optimizer:
         if self.optim is None:
-            self.optim = torch.optim.Adam(self.parameters(), lr=self.lr, betas=(0.9, 0.999))
+            # fused: one pass per parameter, no [d_sae, d_in] temporaries (same update rule)
+            self.optim = torch.optim.Adam(self.parameters(), lr=self.lr, betas=(0.9, 0.999),
+                                          fused=_fused_adam_ok(self.enc))
         return self.optim
 
     def init_from_data(self, x: torch.Tensor) -> None:
@@ -124,11 +133,15 @@ class Trainer(nn.Module):
         """Hook for resampling and running thresholds."""
 
     def _project_decoder_grad(self) -> None:
+        """Remove each decoder row's gradient component along the row (`g −= (g·w) w`, w = the
+        unit row), in place without [d_sae, d_in] temporaries."""
         if self.dec.grad is None:
             return
         with torch.no_grad():
-            w = self.dec / self.dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-            self.dec.grad -= (self.dec.grad * w).sum(1, keepdim=True) * w
+            dec, grad = self.dec, self.dec.grad
+            norm = dec.norm(dim=1, keepdim=True).clamp_min(1e-8)                 # [d_sae, 1]
+            along = torch.einsum("ij,ij->i", grad, dec).unsqueeze(1) / norm      # g·w
+            grad.addcmul_(dec, along / norm, value=-1.0)
 
     def dead_mask(self) -> torch.Tensor:
         return self.since_fired >= self.dead_tokens
@@ -141,23 +154,9 @@ class Trainer(nn.Module):
         return (x - x_hat).pow(2).sum() / total
 
     def aux_k_loss(self, x_c: torch.Tensor, residual: torch.Tensor, k_aux: int) -> torch.Tensor:
-        """OpenAI aux-k: reconstruct the residual with the top `k_aux` dead latents."""
-        dead = self.dead_mask()
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return x_c.new_zeros(())
-        k_aux = min(k_aux, n_dead)
-        pre = x_c @ self.enc[dead].T + self.b_enc[dead]                     # [B, n_dead]
-        vals, idx = pre.topk(k_aux, dim=-1)
-        if 4 * k_aux >= n_dead:  # most dead latents are used: a dense matmul is fastest
-            acts = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
-            e_hat = acts @ self.dec[dead]
-        else:
-            e_hat = nn.functional.embedding_bag(idx, self.dec[dead],
-                                                per_sample_weights=torch.relu(vals), mode="sum")
-        target = residual.detach()
-        total = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
-        return (target - e_hat).pow(2).sum() / total
+        """OpenAI aux-k: reconstruct the residual with the top `k_aux` dead latents
+        (`saecircuits.dictionaries.kernels.aux_k_loss`, dense autograd)."""
+        return kernels.aux_k_loss(self.enc, self.dec, self.b_enc, self.dead_mask(), x_c, residual, k_aux)
 
     # -- export -----------------------------------------------------------------------------
     def threshold_value(self) -> torch.Tensor | None:

@@ -4,7 +4,9 @@ Each implementation runs in its own process (peers inside their own venvs, see s
 all with the same batch, dead set, thread count and shape; the orchestrator asks them for one
 step each in turn, `--rounds` times, so machine noise hits all of them alike. Prints medians,
 ratios to our step, and each step as a fraction of the one-GEMM bound
-(`[batch×d_in]@[d_in×d_sae]`, fp32 and bf16), which no TopK step can beat.
+(`[batch×d_in]@[d_in×d_sae]`, fp32 and bf16), which no TopK step can beat. Wall times are the
+measure; the CPU-time columns (median process CPU time per step, and the fp32 bound in CPU
+time) tell a busy machine's waiting for a core apart from the step's own work.
 
     bash benchmarks/peers/setup.sh                       # once: venvs under .peer-venvs/
     python benchmarks/peers/bench_step.py [--venvs .peer-venvs] [--rounds 7] [--dead 0.25]
@@ -60,6 +62,7 @@ def main() -> None:
             print(f"skip {impl}: worker failed to start")
             workers.pop(impl)
     times = {impl: [] for impl in workers}
+    cpu = {impl: [] for impl in workers}
     for _ in range(args.rounds):
         for impl, proc in workers.items():
             proc.stdin.write("step\n")
@@ -67,24 +70,31 @@ def main() -> None:
             line = proc.stdout.readline()
             while line and not line[:1].isdigit():
                 line = proc.stdout.readline()
-            times[impl].append(float(line))
+            wall, *rest = line.split()
+            times[impl].append(float(wall))
+            cpu[impl].append(float(rest[0]) if rest else float("nan"))
     for proc in workers.values():
         proc.stdin.close()
         proc.wait()
     med = {impl: statistics.median(t) for impl, t in times.items()}
+    med_cpu = {impl: statistics.median(t) for impl, t in cpu.items()}
     print(f"shape/options: {' '.join(shape) or 'defaults (batch 4096, d_in 576, d_sae 4608, k 32, dead 0.25, threads 2)'}; "
           f"{args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.1f}")
     print(f"{'step':18s} {'median ms':>10s} {'min ms':>8s} {'ours-fp32 / it':>15s} {'ours-bf16 / it':>15s} "
-          f"{'fp32 bound':>10s} {'bf16 bound':>10s}")
+          f"{'fp32 bound':>10s} {'bf16 bound':>10s} {'cpu ms':>8s} {'fp32 bound (cpu)':>16s}")
     for impl, m in med.items():
         r32 = f"{med['ours-fp32'] / m:.2f}" if "ours-fp32" in med else "-"
         r16 = f"{med['ours-bf16'] / m:.2f}" if "ours-bf16" in med else "-"
         b32 = f"{med['gemm-fp32'] / m:.0%}" if "gemm-fp32" in med else "-"
         b16 = f"{med['gemm-bf16'] / m:.0%}" if "gemm-bf16" in med else "-"
-        print(f"{impl:18s} {m * 1e3:10.1f} {min(times[impl]) * 1e3:8.1f} {r32:>15s} {r16:>15s} {b32:>10s} {b16:>10s}")
+        c = med_cpu[impl]
+        c32 = f"{med_cpu['gemm-fp32'] / c:.0%}" if "gemm-fp32" in med_cpu else "-"
+        print(f"{impl:18s} {m * 1e3:10.1f} {min(times[impl]) * 1e3:8.1f} {r32:>15s} {r16:>15s} {b32:>10s} "
+              f"{b16:>10s} {c * 1e3:8.1f} {c32:>16s}")
     print("(ours / it < 1: ours is faster; bound = one-GEMM time / step time)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"shape": shape, "times": times, "median": med}, indent=1))
+        Path(args.json).write_text(json.dumps({"shape": shape, "times": times, "cpu": cpu, "median": med,
+                                               "median_cpu": med_cpu}, indent=1))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Protocol: prints "ready" once set up; for every line "step" on stdin runs one full training
 step (forward, backward, optimiser, decoder constraint, dead-latent bookkeeping) and prints
-its wall time in seconds; exits on EOF. Every implementation gets the same batch (seeded
-`torch.randn`, rows scaled to norm √d_in), the same dead set (the first ⌈dead·d_sae⌉ latents
-count as dead every step, so aux-k always runs on them) and the same thread count.
+its wall time and this process's CPU time in seconds ("wall cpu"; on a busy machine the
+CPU time leaves out the time the step waited for a core); exits on EOF. Every implementation
+gets the same batch (seeded `torch.randn`, rows scaled to norm √d_in), the same dead set (the
+first ⌈dead·d_sae⌉ latents count as dead every step, so aux-k always runs on them) and the
+same thread count.
 
     python step_worker.py IMPL --batch 4096 --d-in 576 --d-sae 4608 --k 32 --dead 0.25 --threads 2
 IMPL: ours-fp32 | ours-bf16 | sparsify-adam | sparsify-signum | saelens-adam | gemm-fp32 | gemm-bf16
@@ -139,9 +141,9 @@ def main() -> None:
     for line in sys.stdin:
         if line.strip() != "step":
             continue
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         step()
-        print(f"{time.perf_counter() - start:.6f}", flush=True)
+        print(f"{time.perf_counter() - start:.6f} {time.process_time() - cpu:.6f}", flush=True)
 
 
 if __name__ == "__main__":

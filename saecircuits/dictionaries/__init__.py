@@ -1,0 +1,1 @@
+"""Dictionary (SAE) definitions shared by training and inference; `kernels`: the training-step kernels."""

@@ -10,6 +10,9 @@ time) tell a busy machine's waiting for a core apart from the step's own work.
 
     bash benchmarks/peers/setup.sh                       # once: venvs under .peer-venvs/
     python benchmarks/peers/bench_step.py [--venvs .peer-venvs] [--rounds 7] [--dead 0.25]
+
+`--before DIR` (another checkout, e.g. `git worktree add /tmp/before main`) adds its `ours-*`
+steps as `before-ours-*` rows, interleaved with the rest: before/after in one run.
 """
 from __future__ import annotations
 
@@ -40,18 +43,26 @@ def main() -> None:
     p.add_argument("--impls", default="ours-fp32,ours-bf16,sparsify-adam,sparsify-signum,saelens-adam,"
                                       "gemm-fp32,gemm-bf16")
     p.add_argument("--json", default=None)
+    p.add_argument("--before", default=None, metavar="DIR",
+                   help="another checkout whose ours-* steps run as before-ours-* rows")
     p.add_argument("rest", nargs="*", help="passed to step_worker.py (e.g. --dead 0.05 --threads 1)")
     args, extra = p.parse_known_args()
     shape = args.rest + extra
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+    impls = args.impls.split(",")
+    if args.before:
+        impls += [f"before-{i}" for i in impls if i.startswith("ours-")]
     workers = {}
-    for impl in args.impls.split(","):
-        exe = python_for(impl, Path(args.venvs))
+    for impl in impls:
+        root, name = ROOT, impl
+        if impl.startswith("before-"):
+            root, name = Path(args.before).resolve(), impl[len("before-"):]
+        exe = python_for(name, Path(args.venvs))
         if exe is None:
-            print(f"skip {impl}: no venv at {args.venvs}/{PEER_VENV[impl]} (run setup.sh)")
+            print(f"skip {impl}: no venv at {args.venvs}/{PEER_VENV[name]} (run setup.sh)")
             continue
-        proc = subprocess.Popen([exe, str(HERE / "step_worker.py"), impl, *shape], env=env, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env = dict(os.environ, PYTHONPATH=str(root), PYTHONWARNINGS="ignore")
+        proc = subprocess.Popen([exe, str(root / "benchmarks" / "peers" / "step_worker.py"), name, *shape],
+                                env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL)
         workers[impl] = proc
     for impl, proc in list(workers.items()):  # setups run one after another (readline blocks)

@@ -5,7 +5,7 @@ selected rows can be gathered), `b_enc [d_sae]`, `b_dec [d_in]`, activations `[B
 
 In a TopK step the gradient of the pre-activations has at most k + k_aux non-zeros per row,
 so only the encoder's forward needs a dense GEMM: `topk_aux_loss` computes the pre-activations
-once (in row blocks that stay in cache), takes both the top k (all latents) and aux-k's top
+once (on CPU in row blocks that stay in cache), takes both the top k (all latents) and aux-k's top
 k_aux (dead latents) from them, and writes the gradients of the top k with sparse products
 (`embedding_bag` gathers and scatters, sampled dot products) and aux-k's as GEMMs over the dead
 latents only (sparse products where its selection is sparse). `sparse_topk`, `aux_k_loss` and
@@ -97,7 +97,7 @@ def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
     B, n = pre.shape
     G = _group_size(n, k)
-    if G is None or B == 0:
+    if G is None or B == 0 or pre.device.type != "cpu":  # GPUs: torch's radix select is fast
         return pre.topk(k, dim=-1, sorted=False)
     ng = n // G
     gmax, gi = pre.view(B, ng, G).amax(-1).topk(k, dim=-1, sorted=False)      # [B, k]
@@ -129,9 +129,12 @@ def _sq_sum(t: torch.Tensor, scratch: torch.Tensor, centre: bool = False) -> tor
     return scratch.sum()
 
 
-def _row_blocks(total: int, width: int) -> int:
-    """Rows per block: blocks of about CHUNK_ELEMENTS entries (at least MIN_BLOCK_ROWS rows, for
-    an efficient GEMM), all but the last of equal size."""
+def _row_blocks(total: int, width: int, device: torch.device) -> int:
+    """Rows per block: on CPU, blocks of about CHUNK_ELEMENTS entries (at least MIN_BLOCK_ROWS
+    rows, for an efficient GEMM), all but the last of equal size; elsewhere one block (GPU
+    allocators reuse memory, and one large GEMM is fastest)."""
+    if device.type != "cpu":
+        return max(1, total)
     blocks = max(1, min(round(total * width / CHUNK_ELEMENTS), total // MIN_BLOCK_ROWS))
     return -(-total // blocks)
 
@@ -166,7 +169,7 @@ class _AuxSelection:
         if self.all:
             yield slice(0, B), self.acts
             return
-        step = _row_blocks(B, self.n_dead)
+        step = _row_blocks(B, self.n_dead, self.acts.device)
         buf = self.acts.new_empty(step, self.n_dead)
         for s in range(0, B, step):
             rows = slice(s, min(B, s + step))
@@ -188,7 +191,7 @@ class _TopKAuxLoss(torch.autograd.Function):
         # the one dense GEMM, in row blocks: each block of pre-activations is selected from
         # while in cache, and no [B, d_sae] buffer is allocated (fresh pages are costly)
         x_mm, enc_mm, b_mm = x_c.to(mm), enc.to(mm), b_enc.to(mm)
-        step = _row_blocks(B, n)
+        step = _row_blocks(B, n, x.device)
         pre = torch.empty(step, n, dtype=mm, device=x.device)
         for s in range(0, B, step):
             block = torch.addmm(b_mm, x_mm[s:s + step], enc_mm.T, out=pre[: min(step, B - s)])

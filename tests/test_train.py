@@ -253,7 +253,7 @@ def test_cli_train_then_eval(tiny_dir, tmp_path, capsys):
 
 def test_sparse_topk_gradients_match_the_dense_computation():
     """The sparse backward of the TopK encoder equals autograd through the dense pre-activations."""
-    from trainers.topk import sparse_topk
+    from saecircuits.dictionaries.kernels import sparse_topk
 
     gen = torch.Generator().manual_seed(3)
     enc = torch.randn(40, 12, generator=gen, dtype=torch.float64, requires_grad=True)

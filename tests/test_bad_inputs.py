@@ -17,7 +17,7 @@ import saecircuits as sc
 from saecircuits.cli import main
 from saecircuits.errors import SaecircuitsError
 from saecircuits.splice import encode_inputs
-from helpers import assert_model_clean
+from helpers import assert_model_clean, subprocess_env
 
 PROMPTS = ["The cat sat on the", "print(len(x"]
 
@@ -146,7 +146,8 @@ def test_cli_bad_inputs_exit_cleanly(tiny_dir, tiny_set, tmp_path, capsys):
 
 
 def test_cli_usage_errors_and_debug(tiny_dir, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "saecircuits", *a], capture_output=True, text=True)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "saecircuits", *a], capture_output=True, text=True,
+                                    env=subprocess_env())
     no_command = run()
     assert no_command.returncode == 2 and "COMMAND" in no_command.stderr
     plain = run("demo", "--model", str(tmp_path / "no-model"))

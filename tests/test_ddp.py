@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from saecircuits.sae import SAESet
+from helpers import subprocess_env
 
 SCRIPT = textwrap.dedent('''
     import sys, torch
@@ -40,7 +40,7 @@ def test_torchrun_two_ranks_train_identical_saes(tiny_dir, tmp_path, arch):
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
     out = tmp_path / "saes"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc-per-node", "2", str(script), str(tiny_dir("llama")), str(out), arch],
                           capture_output=True, text=True, env=env)

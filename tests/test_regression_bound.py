@@ -1,14 +1,18 @@
 """Regression pin for the bound-model refactor (issue 11): spliced logits, node effects and the
 graph JSON of `trace_circuit` on the tiny random Llama with seeded random SAEs must not change.
 
-The expected values were computed by the code *before* the refactor and are stored in
-`tests/fixtures/regression_bound.json`. To regenerate them (only when a behaviour change is
-intended and explained in the commit):
+The expected values are stored in `tests/fixtures/regression_bound.json` (computed on the tiny
+random Llama with the tests' own tokenizer, tests/helpers.py). Regenerating them is a separate,
+explicit step (only when a behaviour change is intended and explained in the commit):
 
-    REGEN_REGRESSION=1 PYTHONPATH=$PWD python3 -m pytest -q tests/test_regression_bound.py
+    PYTHONPATH=$PWD python3 tests/regen_regression.py
+
+The test never writes the fixture: with the former `REGEN_REGRESSION` variable set it fails
+rather than compare the fixture with itself.
 
 Feature labels are compared separately: the refactor deliberately moved the graph's labels to
-the one logit lens with the final norm applied (the dashboards' lens), see `test_labels_*`.
+the one logit lens with the final norm applied (the dashboards' lens), checked against a
+hand-computed lens by test_bound.py::test_graph_labels_use_the_logit_lens_with_the_final_norm.
 """
 from __future__ import annotations
 
@@ -93,11 +97,11 @@ def _strip_labels(graph: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def result(tiny):
-    got = compute(*tiny)
     if os.environ.get("REGEN_REGRESSION"):
-        FIXTURE.parent.mkdir(exist_ok=True)
-        FIXTURE.write_text(json.dumps(got, indent=0, sort_keys=True) + "\n")
-    return got
+        pytest.fail("REGEN_REGRESSION is set: the regression test does not regenerate its fixture "
+                    "(that would compare it with itself); run `python3 tests/regen_regression.py`",
+                    pytrace=False)
+    return compute(*tiny)
 
 
 @pytest.fixture(scope="module")

@@ -103,10 +103,17 @@ def save_tiny_model(folder: Path, family: str, tok) -> Path:
     """Save a tiny random `family` model (3 layers, d_model 64, weights from seed 0) and `tok`
     into `folder`; returns `folder`."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_tiny_config(family, len(tok)))
-    model.save_pretrained(folder)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar would land in a test's capsys
+    try:
+        model.save_pretrained(folder)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     tok.save_pretrained(folder)
     return folder
 

@@ -145,16 +145,17 @@ def test_cli_bad_inputs_exit_cleanly(tiny_dir, tiny_set, tmp_path, capsys):
         assert not (tmp_path / "out").exists(), f"{argv} left a partial output directory"
 
 
-def test_cli_usage_errors_and_debug(tiny_dir, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "saecircuits", *a], capture_output=True, text=True,
-                                    env=subprocess_env())
-    no_command = run()
+def test_cli_usage_errors_and_debug(tmp_path, capsys):
+    # `python -m saecircuits` (the __main__ entry, torch-free): no command is a usage error
+    no_command = subprocess.run([sys.executable, "-m", "saecircuits"], capture_output=True, text=True,
+                                env=subprocess_env())
     assert no_command.returncode == 2 and "COMMAND" in no_command.stderr
-    plain = run("demo", "--model", str(tmp_path / "no-model"))
-    assert plain.returncode == 2 and "Traceback" not in plain.stderr
-    assert len(plain.stderr.strip().splitlines()) == 1 and "no-model" in plain.stderr
-    debug = run("--debug", "demo", "--model", str(tmp_path / "no-model"))
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    # the same boundary in process (a subprocess per case costs seconds of imports)
+    assert main(["demo", "--model", str(tmp_path / "no-model")]) == 2
+    plain = capsys.readouterr().err
+    assert "Traceback" not in plain and len(plain.strip().splitlines()) == 1 and "no-model" in plain
+    with pytest.raises(SaecircuitsError, match="no-model"):  # --debug: the error propagates
+        main(["--debug", "demo", "--model", str(tmp_path / "no-model")])
 
 
 # -- issue 15: the reliability sweep ---------------------------------------------------------

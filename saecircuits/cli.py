@@ -95,6 +95,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
 
 
+def add_precision_argument(parser: argparse.ArgumentParser, default: str, what: str,
+                           flags: tuple[str, ...] = ("--precision",)) -> None:
+    """--precision auto|fp32|bf16: the dtype of the command's heavy matmuls (`saecircuits.precision`)."""
+    parser.add_argument(*flags, dest="precision", default=default, choices=("auto", "fp32", "bf16"),
+                        help=f"matmul precision of {what}: auto (bf16 only where it is measured "
+                             f"faster on this CPU/GPU), fp32, or bf16 (default {default})")
+
+
 def add_explanations_argument(parser: argparse.ArgumentParser) -> None:
     """--explanations: auto-interp labels for the graphs / dashboards a subcommand writes."""
     parser.add_argument("--explanations", default=None, metavar="PATH",

@@ -84,12 +84,17 @@ class DemoConfig:
     compare_bases: bool | None = None
     basis_prompts: int = 16
     steer_candidates: int = 6
+    precision: str = "auto"
+
 
     def __post_init__(self) -> None:
         if isinstance(self.hooks, str):
             self.hooks = [h.strip() for h in self.hooks.split(",") if h.strip()]
         if not self.hooks:
             raise ConfigError("demo needs at least one hook point (--hooks)")
+        from .precision import check
+
+        check(self.precision)
         if self.compare_bases is None:  # ~140 s measured on a loaded 2-core CPU: full runs only
             self.compare_bases = not self.quick
         if self.quick:
@@ -108,17 +113,17 @@ class DemoConfig:
 
         return TrainConfig(hooks=list(self.hooks), architecture="topk", k=self.k,
                            expansion=self.expansion, tokens=self.tokens, seed=self.seed,
-                           corpus=self.corpus,
+                           corpus=self.corpus, precision=self.precision,
                            device=self.device, eval_tokens=2048 if self.quick else 4096)
 
     def trace_config(self):
         """The `TraceConfig` of the demo's circuits."""
         from .attribution import TraceConfig
 
-        # edges in bf16 where the hardware has fast bf16: 2.1x less graph time on an AMX CPU,
+        # edges in bf16 where bf16 is measured faster: 2.1x less graph time on an AMX CPU,
         # edge weights r = 0.999998 against fp32 (benchmarks/RESULTS.md, issue 17)
         return TraceConfig(method=self.method, n=self.n, top_k=self.top_k, seed=self.seed,
-                           edge_precision="auto")
+                           edge_precision=self.precision)
 
 
 def _say(message: str, start: float) -> None:
@@ -375,6 +380,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     model, tok = load_model(cfg.model, device=cfg.device)
     _say(f"loaded {model_name_of(model)} ({sum(p.numel() for p in model._module.parameters()) / 1e6:.0f}M "
          f"params) on {next(model._module.parameters()).device}", start)
+    from .precision import resolve as resolve_precision
+
+    prec = resolve_precision(cfg.precision, next(model._module.parameters()).device)
+    _say(f"precision {prec.name} for harvesting, training and edges ({cfg.precision}: {prec.reason})",
+         start)
     saes = demo_saes(model, tok, cfg, start)
     for hook, sae in saes.items():
         metrics = sae.cfg.metadata.get("metrics") or {}
@@ -382,7 +392,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         _say(f"  SAE {hook}: d_sae {sae.cfg.d_sae}, k {sae.cfg.k}" + (f" ({shown})" if shown else ""), start)
     rm = ReplacementModel(model, saes, tok)  # every step below uses this one bound model
 
-    summary: dict[str, Any] = {"model": model_name_of(model), "config": asdict(cfg), "circuits": {}}
+    summary: dict[str, Any] = {"model": model_name_of(model), "config": asdict(cfg), "circuits": {},
+                               "precision": prec.record()}
     graphs = {}
     print(f"\n  ({EXPLAIN})", flush=True)
     for task in ("ioi", "parens"):
@@ -426,7 +437,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     texts = [texts[i] for i in order[:400]]
     grads = gradient_candidates(rm, closing_ids(tok), 8 * cfg.steer_candidates)  # steering candidates
     wanted = sorted(set(all_nodes) | {(h, f) for h, rows in grads.items() for f, _ in rows})
-    acts = collect_activations(model, tok, saes, wanted, texts, max_windows=cfg.dashboard_windows)
+    acts = collect_activations(model, tok, saes, wanted, texts, max_windows=cfg.dashboard_windows,
+                               precision=cfg.precision)
     peaks = {node: float(acts.acts[..., acts.column(node)].max()) for node in wanted}
     paren = tok.encode(")", add_special_tokens=False)
     paren_id = paren[0] if len(paren) == 1 else None

@@ -10,6 +10,9 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here; fail fast instead of retrying
+# `auto` precision means fp32 in tests, whatever the CI machine's CPU (tests of the policy itself
+# mock the hardware): results must not depend on where they run
+os.environ.setdefault("SAECIRCUITS_PRECISION", "fp32")
 # OMP_NUM_THREADS, when set, wins (shared machines run the suite with one thread)
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(4, os.cpu_count() or 1))))
 

@@ -6,22 +6,13 @@ import torch
 
 from saecircuits.errors import ConfigError
 from trainers import TrainConfig
-from trainers import precision
 from trainers.auxk import aux_k_loss_lowp
 from trainers.base import SAESpec, Trainer
 from trainers.batchtopk import BatchTopKTrainer
 from trainers.topk import TopKTrainer
 
 
-def test_resolve_precision(monkeypatch):
-    assert precision.resolve("fp32", "cpu") is None
-    assert precision.resolve("bf16", "cpu") is torch.bfloat16
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
-    assert precision.resolve("auto", "cpu") is torch.bfloat16
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
-    assert precision.resolve("auto", "cpu") is None
-    with pytest.raises(ConfigError, match="'fp16'"):
-        precision.resolve("fp16", "cpu")
+def test_train_config_checks_precision():
     with pytest.raises(ConfigError, match="'half'"):
         TrainConfig(precision="half")
 

@@ -10,7 +10,7 @@ import torch
 
 from .base import Trainer
 from .auxk import aux_k_loss_lowp
-from .precision import matmuls_in
+from saecircuits.precision import matmuls_in
 from .topk import AUX_ALPHA
 
 THRESHOLD_MOMENTUM = 0.99

@@ -24,7 +24,7 @@ from saecircuits.replacement import ReplacementModel
 from saecircuits.sae import SAE
 
 from .corpus import TokenCorpus, load_corpus
-from .precision import matmuls_in
+from saecircuits.precision import Precision, matmuls_in, resolve
 from .suffix import block_output_is_tuple, logits_from_block
 
 DENSE = 0.1
@@ -72,17 +72,18 @@ def eval_windows(tok, data, n_tokens: int, context: int, prepend_bos: bool) -> t
 def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 8192, *,
                   context: int = 256, prepend_bos: bool = False, batch: int = 4,
                   progress: bool = True, share_clean: bool = True,
-                  autocast: torch.dtype | None = None) -> dict[str, dict]:
+                  precision: str | Precision = "auto") -> dict[str, dict]:
     """Core metrics per hook point (see module doc) on `n_tokens` held-out tokens.
 
     share_clean: at `resid.L` hook points, run the SAE-spliced and the zero-ablated forward
     as one batch that starts at block L+1 from the clean forward's residual (blocks 0..L are
     not recomputed); other hook points (and share_clean=False) get two full traces each.
 
-    autocast: run the model's forwards (clean, spliced, zero-ablated alike) under
-    `torch.autocast` in this dtype; SAE encode/decode, EV and the log-softmax stay fp32. `train`
-    passes its harvesting dtype, so SAEs are scored on the activations they were trained on.
-    None (default): fp32.
+    precision: "auto" | "fp32" | "bf16" or a resolved `Precision` (`saecircuits.precision`): the
+    model's forwards (clean, spliced, zero-ablated alike) run under autocast in its dtype; SAE
+    encode/decode, EV and the log-softmax stay fp32. `train` passes its harvesting precision, so
+    SAEs are scored on the activations they were trained on. Recorded as each hook's
+    `precision` entry.
     data: a `TokenCorpus`, a list of strings, or a corpus path (`trainers.corpus.load_documents`).
     Returns {hook: {metric: float, ..., "density_histogram": {"edges", "counts"}}}.
     """
@@ -95,6 +96,8 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
     except ShapeError as err:
         raise ConfigError(str(err)) from err
     points, saes = rm.points, rm.saes
+    prec = precision if isinstance(precision, Precision) else resolve(precision, rm.device)
+    autocast = prec.dtype
     windows = eval_windows(tok, data, n_tokens, context, prepend_bos)
     device = rm.device
     acc = {hp.name: {"sse": 0.0, "sx": 0.0, "sxx": 0.0, "n": 0, "l0": 0.0, "cos": 0.0, "l2": 0.0,
@@ -179,6 +182,7 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             "kl_sae": kl_s, "kl_zero": kl_z,
             "kl_score": 1 - kl_s / kl_z if kl_z > 0 else float("nan"),
             "density_histogram": {"edges_log10": [None] + BINS[1:], "counts": counts},
+            "precision": prec.record(),
         }
     return results
 

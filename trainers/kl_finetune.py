@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from saecircuits import hooks
 from saecircuits.errors import ConfigError, HookPointError
 from saecircuits.models import model_device, unwrap
+from saecircuits.precision import check as precision_check, resolve as resolve_precision
 from saecircuits.replacement import logits_site
 from saecircuits.sae import SAE
 from saecircuits.splice import plan, splice
@@ -49,6 +50,7 @@ class KLFinetuneConfig:
     recon_coef: float = 1.0
     seed: int = 1
     progress: bool = True
+    precision: str = "auto"   # forwards and SAE matmuls (`saecircuits.precision`); weights stay fp32
 
     def __post_init__(self) -> None:
         for name in ("tokens", "context", "batch"):
@@ -59,6 +61,7 @@ class KLFinetuneConfig:
             raise ConfigError(f"KL fine-tune context must be >= 2, got {self.context}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"KL fine-tune lr must be positive, got {self.lr!r}")
+        precision_check(self.precision)
         if not (self.recon_coef >= 0 and math.isfinite(self.recon_coef)):
             raise ConfigError(f"KL fine-tune recon_coef must be >= 0, got {self.recon_coef!r}")
 
@@ -78,7 +81,12 @@ def check_hooks(model, saes: Mapping[str, SAE]) -> None:
                               f"{saes[hook].cfg.d_in} but the model's width there is {hp.width}")
 
 
-def _step_loss(model, saes, points, inputs, recon_coef: float):
+def _step_loss(model, saes, points, inputs, recon_coef: float, precision: str = "fp32"):
+    with resolve_precision(precision, model_device(model)).autocast():
+        return _step_loss_in(model, saes, points, inputs, recon_coef)
+
+
+def _step_loss_in(model, saes, points, inputs, recon_coef: float):
     base = unwrap(model)
     with torch.no_grad():
         logp = F.log_softmax(base(**inputs).logits[:, 1:].float(), dim=-1)
@@ -144,7 +152,7 @@ def kl_finetune(model, tok, saes: Mapping[str, SAE], cfg: KLFinetuneConfig | Non
             lr = cfg.lr * min(1.0, (steps - step) / max(1, 0.2 * steps))  # linear decay, last 20 %
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, kl, fvu = _step_loss(model, saes, points, inputs, cfg.recon_coef)
+            loss, kl, fvu = _step_loss(model, saes, points, inputs, cfg.recon_coef, cfg.precision)
             if not torch.isfinite(loss):
                 raise ConfigError(f"KL fine-tune loss is not finite at step {step}; lower the lr")
             opt.zero_grad(set_to_none=True)

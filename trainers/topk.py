@@ -83,9 +83,9 @@ def sparse_topk(enc: torch.Tensor, b_enc: torch.Tensor, x_c: torch.Tensor, k: in
 class TopKTrainer(Trainer):
     architecture = "topk"
     default_lr = 2e-3
-    # Matmul dtype of the step (`trainers.precision`; train_saes sets it from TrainConfig.precision):
+    # Matmul dtype of the step (`saecircuits.precision`; train_saes sets it from TrainConfig.precision):
     # bf16 selects the top k with a bf16 matmul (`sparse_topk`) and runs aux-k in bf16 (`auxk`).
-    compute_dtype: torch.dtype | None = torch.bfloat16
+    compute_dtype: torch.dtype | None = None
 
     def loss(self, x: torch.Tensor, step: int):
         k = self.spec.k

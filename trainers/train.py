@@ -32,14 +32,16 @@ from saecircuits.models import model_device, model_name_of
 from saecircuits.sae import ARCHITECTURES, SAESet
 
 from .activations import ActivationCache, ActivationStream, windows_key
-from . import distributed, precision
+from saecircuits import precision
+
+from . import distributed
 from .base import SAESpec, Trainer
 from .corpus import TokenCorpus, default_corpus, load_corpus
 
 CHECKPOINT = "checkpoint.safetensors"
 # Fields that may change between a run and its resumption.
 RESUMABLE = {"out", "resume", "device", "cache_activations", "eval_tokens", "checkpoint_every",
-             "stop_at_step", "progress", "model_batch", "precision"}
+             "stop_at_step", "progress", "model_batch"}
 
 
 @dataclass
@@ -60,10 +62,11 @@ class TrainConfig:
     cache_activations: directory of an on-disk activation cache (written, then reused).
     resume: continue from out/checkpoint.safetensors (the config must be unchanged).
     stop_at_step: stop after this many steps as if interrupted (checkpoint written).
-    autocast: run the harvesting forward under torch.autocast in this dtype ("bfloat16":
-        ~2× faster on CPU, activations within ~0.6% of float32); None: the model's own dtype.
-    precision: the SAE step's matmul precision, "auto" | "fp32" | "bf16" (`trainers.precision`;
-        auto = bf16 where the CPU/GPU has fast bf16 matmuls; weights and Adam stay float32).
+    precision: "auto" | "fp32" | "bf16" (`saecircuits.precision`): the dtype of the harvesting
+        forward, the SAE step's matmuls and the evaluation forwards (bf16: ~2x faster where the
+        CPU/GPU has fast bf16, activations within ~0.6% of float32; weights and Adam stay
+        float32). auto = bf16 only where bf16 is measured faster. The resolved choice is part of
+        the resume fingerprint (it changes the harvested activations).
     """
 
     hooks: list[str] = field(default_factory=lambda: ["resid.10"])
@@ -92,7 +95,6 @@ class TrainConfig:
     checkpoint_every: int = 200
     stop_at_step: int | None = None
     progress: bool = True
-    autocast: str | None = "bfloat16"
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -109,11 +111,7 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
         if self.context < 2:
             raise ConfigError(f"context must be at least 2 tokens, got {self.context}")
-        if self.autocast not in (None, "bfloat16", "float16"):
-            raise ConfigError(f"autocast must be None, 'bfloat16' or 'float16', got {self.autocast!r}")
-        if self.precision not in precision.PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(precision.PRECISIONS)}, "
-                              f"got {self.precision!r}")
+        precision.check(self.precision)
         if not 0 <= self.holdout < 1:
             raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
         for name in ("k", "expansion"):
@@ -310,9 +308,12 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     if wpb * per_window < batch:
         raise ConfigError(f"corpus is too short: {windows.shape[0]} windows of {cfg.context} tokens "
                           f"hold fewer than one batch of {batch} activations")
+    device = model_device(model) if cfg.device is None else torch.device(cfg.device)
+    harvest_precision = precision.resolve(cfg.precision, model_device(model))
+    step_precision = precision.resolve(cfg.precision, device)
     stream = ActivationStream(model, points, windows, batch=batch, seed=cfg.seed,
                               windows_per_block=wpb, model_batch=cfg.model_batch,
-                              autocast=getattr(torch, cfg.autocast) if cfg.autocast else None)
+                              autocast=harvest_precision.dtype)
     if stream.steps_available < total_steps:
         raise ConfigError(f"corpus is too short for tokens={cfg.tokens}: its {windows.shape[0]} "
                           f"training windows give {stream.steps_available * batch} activations")
@@ -323,16 +324,15 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
         cache_dir = Path(cfg.cache_activations) / (f"rank{rank}-of-{n_ranks}" if n_ranks > 1 else "")
         stream.cache = ActivationCache.open(cache_dir, {
             "model": model_name_of(model), "hooks": [p.name for p in points], "dtype": "bfloat16",
-            "windows_key": key, "windows_per_block": wpb, "autocast": cfg.autocast})
-    device = model_device(model) if cfg.device is None else torch.device(cfg.device)
+            "windows_key": key, "windows_per_block": wpb,
+            "harvest_precision": harvest_precision.name})
     dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(20_000, cfg.tokens // 10)))
     trainers = {s.name: make_trainer(s, total_steps, cfg.seed + i, dead_tokens, device)
                 for i, s in enumerate(specs)}
-    step_dtype = precision.resolve(cfg.precision, device)
     for tr in trainers.values():
         if hasattr(tr, "compute_dtype"):
-            tr.compute_dtype = step_dtype
-    fingerprint = _config_fingerprint(cfg, key)
+            tr.compute_dtype = step_precision.dtype
+    fingerprint = {**_config_fingerprint(cfg, key), "harvest_precision": harvest_precision.name}
     created = out is not None and not out.exists()
     if out is not None:  # only now, so that a bad config leaves no directory behind
         _check_writable(out)
@@ -341,7 +341,8 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
         remove_stale_temps(cfg.cache_activations)
     try:
         return _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpus,
-                      total_steps, batch, out, rank, key, device)
+                      total_steps, batch, out, rank, key, device,
+                      {"harvest": harvest_precision, "step": step_precision})
     except BaseException:
         if out is not None and rank == 0:
             remove_stale_temps(out)
@@ -351,7 +352,7 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
 
 
 def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpus,
-           total_steps, batch, out, rank, key, device) -> SAESet:
+           total_steps, batch, out, rank, key, device, precisions) -> SAESet:
     from .evaluate import evaluate_saes, write_reports
 
     start, scales = 0, {}
@@ -365,8 +366,9 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
             raise ConfigError(f"--resume: the checkpoint {str(ckpt)!r} is at step {start} of "
                               f"{total_steps}: that run already finished; nothing to resume")
     if writer and not cfg.resume:
-        write_json(out / "train_config.json", {**cfg.to_dict(), "steps": total_steps,
-                                                "batch_size": batch, "corpus_key": key})
+        write_json(out / "train_config.json", {
+            **cfg.to_dict(), "steps": total_steps, "batch_size": batch, "corpus_key": key,
+            "resolved_precision": {k: p.record() for k, p in precisions.items()}})
     by_hook: dict[str, list[tuple[str, Trainer]]] = {}
     for spec in specs:
         by_hook.setdefault(spec.hook, []).append((spec.name, trainers[spec.name]))
@@ -414,7 +416,7 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
         meta = {"tokens": cfg.tokens, "steps_done": last_step, "batch": batch, "context": cfg.context,
                 "lr": trainers[spec.name].lr, "seed": cfg.seed, "corpus": tc.fingerprint,
                 "trainer": spec.architecture,
-                "precision": "bf16" if getattr(trainers[spec.name], "compute_dtype", None) is not None else "fp32",
+                "precision": {k: p.record() for k, p in precisions.items()},
                 "final_train_ev": 1 - stats.get(spec.name, {"fvu": 1})["fvu"],
                 "train_seconds": round(elapsed, 1),
                 "train_tokens_per_s": round((last_step - start) * batch / max(elapsed, 1e-9), 1)}
@@ -431,7 +433,7 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
             metrics = evaluate_saes(model, tok, group, eval_corpus, cfg.eval_tokens,
                                     context=cfg.context, prepend_bos=cfg.prepend_bos,
                                     progress=cfg.progress,
-                                    autocast=stream.autocast)  # score on what was harvested
+                                    precision=precisions["harvest"])  # score on what was harvested
             eval_seconds = round(time.perf_counter() - eval_began, 1)
             write_reports(out / variant if variant else out, metrics)
             for spec in specs:

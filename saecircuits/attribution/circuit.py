@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, GraphError, ShapeError, TaskError
+from ..precision import resolve as resolve_precision
 from ..replacement import logit_lens
 from ..wrapping import model_name_of
 from ..replacement import ReplacementModel, bind
@@ -134,8 +135,8 @@ def trace_config(cfg: TraceConfig | None = None, **overrides) -> TraceConfig:
     if cfg.top_k is None and cfg.node_threshold is None and cfg.influence is None:
         cfg = dataclasses.replace(cfg, top_k=100)
     if cfg.edge_precision not in EDGE_PRECISIONS:
-        raise ConfigError(f"edge_precision must be one of {', '.join(EDGE_PRECISIONS)}, got "
-                          f"{cfg.edge_precision!r}")
+        raise ConfigError(f"unknown edge_precision {cfg.edge_precision!r}; expected one of "
+                          f"{', '.join(EDGE_PRECISIONS)}")
     return cfg
 
 
@@ -328,6 +329,9 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         "error_nodes": sum(1 for nd in final if nd.is_error),
         "error_share": error_share(scores, final),
         "edges": graph.graph.number_of_edges(), "candidate_nodes": len(candidates),
+        "precision": {"nodes": "fp32", "faithfulness": "fp32",
+                      "edges": resolve_precision(cfg.edge_precision, rm.device).record()
+                      if cfg.edges else None},
         "pruning": {"top_k": cfg.top_k, "node_threshold": cfg.node_threshold,
                     "influence": cfg.influence, "edge_influence": cfg.edge_influence},
     }

@@ -28,7 +28,7 @@ Only upstream hooks whose leaves the backward reaches are asked for after the fi
 `closed_form=False` (and any SAE whose activation is not one of the four above) runs the
 reference path: seeds at the SAE's f / err outputs and gradients at the f / err leaves.
 
-`precision="bf16"` (or "auto" on hardware with fast bf16, `trainers.precision`) runs the
+`precision="bf16"` (or "auto" where bf16 is measured faster, `saecircuits.precision`) runs the
 edge pass's forward and batched backward under bf16 autocast; seeds, masks and the products
 with the fp32 deltas stay fp32; on CPU attention then uses the math kernel (`_attention`).
 Not exact: check against fp32 (see benchmarks/RESULTS.md).
@@ -43,20 +43,16 @@ from tqdm.auto import tqdm
 
 from .. import architectures
 from ..errors import ConfigError
+from ..precision import PRECISIONS, resolve as resolve_precision
 from ..replacement import ReplacementModel
 from ..sae import SAE
 from .ablation import State, bound
 from ..graph import Node
 
-PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def _matmul_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"edge precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    from trainers.precision import resolve
-
-    return resolve(precision, device)
+    return resolve_precision(precision, device).dtype
 
 
 def _autocast(dtype: torch.dtype | None, device: torch.device):

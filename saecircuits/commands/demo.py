@@ -15,7 +15,7 @@ DEFAULTS = dict(hooks=["resid.4", "resid.10", "resid.16", "resid.23"], tokens=20
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     import types
 
-    from ..cli import add_model_arguments, positive_int
+    from ..cli import add_model_arguments, add_precision_argument, positive_int
 
     d = types.SimpleNamespace(**DEFAULTS)
     add_model_arguments(parser)
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parens-circuit features, and as many gradient-ranked ones, tried for the "
                              "steering showcase (default %(default)s)")
     parser.add_argument("--out", default=d.out, help="output directory (default %(default)s)")
+    add_precision_argument(parser, "auto", "harvesting, training, edges and dashboards")
     parser.add_argument("--retrain", action="store_true", help="train SAEs even if cached ones exist")
     parser.add_argument("--quick", action="store_true", help="a small run (< 5 minutes on 2 CPU cores)")
     parser.add_argument("--seed", type=int, default=d.seed, help="training and sampling seed")
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> dict:
                      expansion=args.expansion, k=args.k, corpus=args.corpus, n=args.n, top_k=args.top_k,
                      method=args.method, out=args.out, retrain=args.retrain, quick=args.quick,
                      seed=args.seed, compare_bases=args.compare_bases,
-                     basis_prompts=args.basis_prompts, steer_candidates=args.steer_candidates)
+                     basis_prompts=args.basis_prompts, steer_candidates=args.steer_candidates,
+                     precision=args.precision)
     return run_demo(cfg)
 
 

@@ -20,7 +20,8 @@ def _length(text: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import (add_explanations_argument, add_model_arguments, nonnegative_float,
+    from ..cli import (add_explanations_argument, add_model_arguments, add_precision_argument,
+                       nonnegative_float,
                        positive_int, unit_float)
 
     add_model_arguments(parser)
@@ -68,11 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "distribution in summary.json")
     parser.add_argument("--no-edge-eval", action="store_true",
                         help="skip the exact edge ablation of the final circuit")
-    parser.add_argument("--edge-precision", default="fp32", choices=("fp32", "bf16", "auto"),
-                        help="matmuls of the edge pass: fp32 (exact), bf16 autocast with "
-                             "math-kernel attention on CPU (~2.3x faster edges on an AMX CPU; "
-                             "edge weights r > 0.9999 vs fp32 on IOI), or auto (bf16 where the "
-                             "hardware has fast bf16) (default fp32)")
+    add_precision_argument(parser, "fp32", "the edge pass (node scores and faithfulness are always "
+                           "fp32: exact); bf16 runs attention on the math kernel on CPU (~2x faster "
+                           "edges where bf16 is fast; edge weights r > 0.9999 vs fp32 on IOI)",
+                           flags=("--precision", "--edge-precision"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the task's prompts and resampling")
     add_explanations_argument(parser)
     parser.add_argument("--out", required=True, help="output directory")
@@ -86,7 +86,7 @@ def _options(args: argparse.Namespace) -> dict:
                 batch_size=args.batch_size, chunk_tokens=args.chunk_tokens,
                 eval_ablation=args.eval_ablation,
                 mean_from=args.mean_from, mean_n=args.mean_n, length=args.length, seed=args.seed,
-                edge_eval=not args.no_edge_eval, edge_precision=args.edge_precision)
+                edge_eval=not args.no_edge_eval, edge_precision=args.precision)
 
 
 def _distribution(values: list) -> dict:

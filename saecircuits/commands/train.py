@@ -7,7 +7,7 @@ HELP = "train sparse autoencoders (relu, topk, batchtopk, jumprelu) at hook poin
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import (add_model_arguments, nonnegative_float, nonnegative_int, positive_float,
+    from ..cli import (add_model_arguments, add_precision_argument, nonnegative_float, nonnegative_int, positive_float,
                        positive_int, positive_ints)
 
     add_model_arguments(parser)
@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "2024, Karvonen et al. 2025); 0: off")
     parser.add_argument("--kl-lr", type=positive_float, default=5e-5, help="learning rate of the KL fine-tune")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                        help="SAE step matmul precision (auto: bf16 where the CPU/GPU has fast bf16)")
+    add_precision_argument(parser, "auto", "the harvesting forwards, the SAE step and the "
+                           "evaluation forwards")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict:
     from trainers.kl_finetune import KLFinetuneConfig
 
     kl_cfg = (KLFinetuneConfig(tokens=args.kl_finetune_tokens, lr=args.kl_lr,
-                               progress=not args.quiet) if args.kl_finetune_tokens else None)
+                               progress=not args.quiet, precision=args.precision) if args.kl_finetune_tokens else None)
     model, tok = load_model(args.model, device=args.device)
     saes = train_saes(model, tok, cfg)
     if kl_cfg is not None:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("SAECIRCUITS_PRECISION", "fp32")  # as in tests/conftest.py
 sys.path[:0] = [str(Path(__file__).resolve().parent)]  # tests/: helpers, test_regression_bound
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -17,7 +16,7 @@ import saecircuits as sc
 from saecircuits.cli import main
 from saecircuits.errors import SaecircuitsError
 from saecircuits.splice import encode_inputs
-from helpers import assert_model_clean, subprocess_env
+from helpers import assert_model_clean
 
 PROMPTS = ["The cat sat on the", "print(len(x"]
 
@@ -145,12 +144,15 @@ def test_cli_bad_inputs_exit_cleanly(tiny_dir, tiny_set, tmp_path, capsys):
         assert not (tmp_path / "out").exists(), f"{argv} left a partial output directory"
 
 
-def test_cli_usage_errors_and_debug(tmp_path, capsys):
-    # `python -m saecircuits` (the __main__ entry, torch-free): no command is a usage error
-    no_command = subprocess.run([sys.executable, "-m", "saecircuits"], capture_output=True, text=True,
-                                env=subprocess_env())
-    assert no_command.returncode == 2 and "COMMAND" in no_command.stderr
-    # the same boundary in process (a subprocess per case costs seconds of imports)
+def test_cli_usage_errors_and_debug(tmp_path, capsys, monkeypatch):
+    import runpy
+
+    # `python -m saecircuits` (the __main__ module) with no command: a usage error, exit 2
+    # (in process: a subprocess per case costs seconds of imports; test_cli_boundary starts one)
+    monkeypatch.setattr(sys, "argv", ["saecircuits"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("saecircuits", run_name="__main__", alter_sys=True)
+    assert stop.value.code == 2 and "COMMAND" in capsys.readouterr().err
     assert main(["demo", "--model", str(tmp_path / "no-model")]) == 2
     plain = capsys.readouterr().err
     assert "Traceback" not in plain and len(plain.strip().splitlines()) == 1 and "no-model" in plain

@@ -118,3 +118,10 @@ def test_half_precision_sae_on_float_model(tiny):
     for sae in saes.values():
         sae.cfg.dtype = "bfloat16"
     assert torch.equal(sc.spliced_logits(model, saes, inputs), sc.spliced_logits(model, None, inputs))
+    # the bf16 SAE is really in the path: its features are bf16, and zeroing them moves the logits
+    from saecircuits.replacement import ReplacementModel
+
+    edited, acts = ReplacementModel(model, saes, tok).run(
+        inputs, edit=lambda site, f, err: (torch.zeros_like(f), err))
+    assert acts["resid.1"].features.dtype == torch.bfloat16
+    assert (edited - sc.spliced_logits(model, None, inputs)).abs().max() > 1e-4

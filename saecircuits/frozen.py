@@ -252,3 +252,75 @@ def layer_of(model, name: str) -> int:
     if layer is None:
         raise ConfigError(f"site {name!r} is not inside a decoder block")
     return layer
+
+
+def frozen_forward_clt(model, clt, input_ids: torch.Tensor) -> FrozenPass:
+    """`frozen_forward` with a cross-layer transcoder: features of layer l are read at the input
+    of the MLP's norm (`resid_mid.l`, `mlp_in[name]` holds it, with its graph, for the seeds);
+    each MLP output l is replaced for gradients by nothing (features and errors are constants;
+    a CLT has no skip term) plus its leaf; errors are y_l − Σ_{s<=l} f_s W_dec[s][l−s] − b_dec[l]."""
+    hf = unwrap(model)
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ConfigError(f"a frozen forward takes one prompt [1, T], got shape {tuple(input_ids.shape)}")
+    device = next(hf.parameters()).device
+    input_ids = input_ids.to(device)
+    T = input_ids.shape[1]
+    pairs = clt.check_sites(model)
+    out = FrozenPass()
+    feats: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def embed_hook(module, args, value):
+        leaf = torch.zeros((1, T, value.shape[-1]), dtype=value.dtype, device=value.device,
+                           requires_grad=True)
+        out.leaves["embed"] = leaf
+        out.embeddings = value.detach()[0]
+        return value + leaf
+
+    def read_hook(layer: int):
+        def hook(module, args):
+            x = args[0]
+            out.mlp_in[f"mlp.{layer}"] = x
+            with torch.no_grad():
+                feats[layer] = clt.encode(layer, x.detach())
+            out.features[f"mlp.{layer}"] = feats[layer][0].detach()
+        return hook
+
+    def write_hook(layer: int):
+        def hook(module, args, value):
+            with torch.no_grad():
+                y_hat = clt.decode(layer, feats).to(value.dtype)
+            out.errors[f"mlp.{layer}"] = (value.detach() - y_hat)[0]
+            leaf = torch.zeros_like(value, requires_grad=True)
+            out.leaves[f"mlp.{layer}"] = leaf
+            return value.detach() + leaf
+        return hook
+
+    def final_hook(module, args, value):
+        out.final = value
+        return value
+
+    try:
+        handles.append(hf.get_input_embeddings().register_forward_hook(embed_hook))
+        for module in hf.modules():
+            kind = _norm_kind(module)
+            if kind is None:
+                continue
+            eps = _norm_eps(module)
+            gain = None
+            if kind == "rms":
+                width = getattr(module, "weight", None)
+                width = width.shape[-1] if width is not None else hf.config.hidden_size
+                gain = _rms_gain(module, width, eps, next(hf.parameters()))
+            handles.append(module.register_forward_hook(_freeze_norm(kind, eps, gain)))
+        for layer, (read, write) in enumerate(pairs):
+            handles.append(hf.get_submodule(read.module_path).register_forward_pre_hook(read_hook(layer)))
+            handles.append(hf.get_submodule(write.module_path).register_forward_hook(write_hook(layer)))
+        handles.append(final_norm_module(hf).register_forward_hook(final_hook))
+        with _frozen_attention_impl(hf), torch.enable_grad():
+            logits = hf(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
+        out.logits = logits[0].detach()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -145,15 +144,20 @@ def test_cli_bad_inputs_exit_cleanly(tiny_dir, tiny_set, tmp_path, capsys):
         assert not (tmp_path / "out").exists(), f"{argv} left a partial output directory"
 
 
-def test_cli_usage_errors_and_debug(tiny_dir, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "saecircuits", *a], capture_output=True, text=True)
-    no_command = run()
-    assert no_command.returncode == 2 and "COMMAND" in no_command.stderr
-    plain = run("demo", "--model", str(tmp_path / "no-model"))
-    assert plain.returncode == 2 and "Traceback" not in plain.stderr
-    assert len(plain.stderr.strip().splitlines()) == 1 and "no-model" in plain.stderr
-    debug = run("--debug", "demo", "--model", str(tmp_path / "no-model"))
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+def test_cli_usage_errors_and_debug(tmp_path, capsys, monkeypatch):
+    import runpy
+
+    # `python -m saecircuits` (the __main__ module) with no command: a usage error, exit 2
+    # (in process: a subprocess per case costs seconds of imports; test_cli_boundary starts one)
+    monkeypatch.setattr(sys, "argv", ["saecircuits"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("saecircuits", run_name="__main__", alter_sys=True)
+    assert stop.value.code == 2 and "COMMAND" in capsys.readouterr().err
+    assert main(["demo", "--model", str(tmp_path / "no-model")]) == 2
+    plain = capsys.readouterr().err
+    assert "Traceback" not in plain and len(plain.strip().splitlines()) == 1 and "no-model" in plain
+    with pytest.raises(SaecircuitsError, match="no-model"):  # --debug: the error propagates
+        main(["--debug", "demo", "--model", str(tmp_path / "no-model")])
 
 
 # -- issue 15: the reliability sweep ---------------------------------------------------------

@@ -176,6 +176,7 @@ def _has_mpl() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
+@pytest.mark.slow
 def test_compare_bases_smollm2_real_text(smol, smol_saes):
     """SmolLM2 on IOI with an SAE trained on real text; PCA/ICA fit on the embedded corpus."""
     model, tok = smol

@@ -9,6 +9,7 @@ import pytest
 
 from saecircuits import cli
 from saecircuits.errors import ConfigError
+from helpers import subprocess_env
 
 
 def _subparsers(parser):
@@ -21,7 +22,8 @@ def test_building_the_parser_and_help_import_no_torch():
             "assert main(['--help']) == 0 and main(['train', '--help']) == 0\n"
             "heavy = [m for m in ('torch', 'transformers', 'nnsight', 'numpy') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=subprocess_env())
     assert done.returncode == 0, done.stderr
     assert "COMMAND" in done.stdout and "--batch" in done.stdout
 

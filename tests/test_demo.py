@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 
 from saecircuits.models import cache_dir
+from helpers import subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def test_demo_end_to_end(smol, tmp_path):
     cmd = [sys.executable, "-m", "saecircuits", "demo", "--quick", "--tokens", "8160", "--n", "4",
            "--top-k", "10", "--hooks", "resid.4,resid.23", "--expansion", "2", "--out", str(out), "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True,  # bounded by its flags, not a clock
-                          env={**os.environ, "SAECIRCUITS_CACHE": str(cache)})
+                          env=subprocess_env(SAECIRCUITS_CACHE=str(cache)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # --json: stdout is the summary only
 

@@ -277,21 +277,21 @@ def test_graph_json_validates_against_circuit_tracer_schema(tmp_path, with_token
     assert len(data["links"]) == 5
 
 
-def test_smol_trace_from_saelens_files_exports_a_circuit_tracer_graph(smol, tmp_path):
-    """SmolLM2 end to end through peer files: SAEs (random TopK, untrained: this checks the file and
-    graph plumbing, not circuit quality) -> SAELens files -> `trace --saes <SAELens dir>` on IOI ->
-    `export` -> graph.json that circuit-tracer's schema accepts, with the real tokens and positions."""
+def _trace_from_saelens_files(tok, model_args, d_in, hooks, model_name, tmp_path):
+    """Random TopK SAEs (untrained: this checks the file and graph plumbing, not circuit quality)
+    -> SAELens files -> `trace --saes <SAELens dir>` on IOI -> `export` -> graph.json that
+    circuit-tracer's schema accepts, with the real tokens and positions."""
     import json
 
     from saecircuits import SAE, SAEConfig
     from saecircuits.cli import main
 
-    _, tok = smol
-    SAESet({h: SAE.random(SAEConfig("topk", 576, 512, k=16, hook=h, model_name="SmolLM2-135M-Instruct"),
-                          seed=i) for i, h in enumerate(["resid.6", "resid.16", "resid.24"])}).save(tmp_path / "own")
+    SAESet({h: SAE.random(SAEConfig("topk", d_in, 512, k=16, hook=h, model_name=model_name),
+                          seed=i) for i, h in enumerate(hooks)}).save(tmp_path / "own")
     assert main(["convert", str(tmp_path / "own"), "--to", "saelens", "--out", str(tmp_path / "sl")]) == 0
-    assert main(["trace", "--saes", str(tmp_path / "sl"), "--format", "saelens", "--task", "ioi", "--n", "4",
-                 "--top-k", "8", "--positional", "--batch-size", "4", "--out", str(tmp_path / "tr")]) == 0
+    assert main(["trace", *model_args, "--saes", str(tmp_path / "sl"), "--format", "saelens",
+                 "--task", "ioi", "--n", "4", "--top-k", "8", "--positional", "--batch-size", "4",
+                 "--out", str(tmp_path / "tr")]) == 0
     assert main(["export", str(tmp_path / "tr"), "--format", "neuronpedia", "--out", str(tmp_path / "ex")]) == 0
     data = json.loads((tmp_path / "ex" / "graph.json").read_text())
     if SCHEMA.is_file():
@@ -299,10 +299,22 @@ def test_smol_trace_from_saelens_files_exports_a_circuit_tracer_graph(smol, tmp_
     meta = data["metadata"]
     ids = tok(meta["prompt"])["input_ids"]
     assert meta["prompt_tokens"] == [tok.decode([i]) for i in ids]
-    assert sorted(meta["transcoder_list"]) == ["resid.16", "resid.24", "resid.6"]
+    assert sorted(meta["transcoder_list"]) == sorted(hooks)
     placed = [n for n in data["nodes"] if n["feature_type"] in ("cross layer transcoder", "mlp reconstruction error")]
     assert placed and all(0 <= n["ctx_idx"] < len(ids) for n in data["nodes"])
     assert {n["ctx_idx"] for n in placed} == {n["pos"] for n in placed}  # real positions from the trace
     assert len({n["ctx_idx"] for n in placed}) > 1
     (logit,) = [n for n in data["nodes"] if n["feature_type"] == "logit"]
     assert logit["clerp"].startswith('Output "') and "(p=" in logit["clerp"]
+
+
+def test_tiny_trace_from_saelens_files_exports_a_circuit_tracer_graph(tiny, tiny_dir, tmp_path):
+    _trace_from_saelens_files(tiny[1], ["--model", str(tiny_dir("llama")), "--device", "cpu"], 64,
+                              ["resid.0", "resid.1", "resid.2"], str(tiny_dir("llama")), tmp_path)
+
+
+@pytest.mark.slow
+def test_smol_trace_from_saelens_files_exports_a_circuit_tracer_graph(smol, tmp_path):
+    """SmolLM2 end to end through peer files (the embedded default model: no --model)."""
+    _trace_from_saelens_files(smol[1], [], 576, ["resid.6", "resid.16", "resid.24"],
+                              "SmolLM2-135M-Instruct", tmp_path)

@@ -108,15 +108,27 @@ def test_several_sizes_at_one_hook_train_from_the_same_batches(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])
-def test_resumed_training_equals_uninterrupted(tiny, tmp_path, arch):
-    """Invariant 7: resume from a checkpoint gives the same weights as one run (CPU)."""
+def test_resumed_training_equals_uninterrupted(tiny, tmp_path, arch, monkeypatch):
+    """Invariant 7: resume from a checkpoint gives the same weights as one run (CPU), and it
+    does resume (a run that started over would also end at the same weights): it harvests
+    only the blocks of windows after the checkpoint."""
     model, tok = tiny
+    real, windows = act.harvest, []
+
+    def counting(model, points, ids, *args, **kwargs):
+        windows.append(ids.shape[0])
+        return real(model, points, ids, *args, **kwargs)
+
+    monkeypatch.setattr(act, "harvest", counting)
     straight = _cfg(tmp_path / "a", architecture=arch)
     train_saes(model, tok, straight, corpus=TEXTS)
+    whole = sum(windows)
     interrupted = _cfg(tmp_path / "b", architecture=arch, stop_at_step=5)
     train_saes(model, tok, interrupted, corpus=TEXTS)
+    windows.clear()
     resumed = _cfg(tmp_path / "b", architecture=arch, resume=True)
     train_saes(model, tok, resumed, corpus=TEXTS)
+    assert 0 < sum(windows) < whole, (sum(windows), whole)
     a, b = _weights(straight.out), _weights(resumed.out)
     for hook in a:
         for name in a[hook]:
@@ -253,7 +265,7 @@ def test_cli_train_then_eval(tiny_dir, tmp_path, capsys):
 
 def test_sparse_topk_gradients_match_the_dense_computation():
     """The sparse backward of the TopK encoder equals autograd through the dense pre-activations."""
-    from trainers.topk import sparse_topk
+    from saecircuits.dictionaries.kernels import sparse_topk
 
     gen = torch.Generator().manual_seed(3)
     enc = torch.randn(40, 12, generator=gen, dtype=torch.float64, requires_grad=True)

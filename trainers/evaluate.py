@@ -87,7 +87,8 @@ def eval_windows(tok, data, n_tokens: int, context: int, prepend_bos: bool) -> t
 def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 8192, *,
                   context: int = 256, prepend_bos: bool = False, batch: int = 4,
                   progress: bool = True, share_clean: bool = True,
-                  precision: str | Precision = "auto", joint: bool = False) -> dict[str, dict]:
+                  precision: str | Precision = "auto", joint: bool = False,
+                  per_site_ce: bool = True) -> dict[str, dict]:
     """Core metrics per hook point (see module doc) on `n_tokens` held-out tokens.
 
     share_clean: at `resid.L` hook points, run the SAE-spliced and the zero-ablated forward
@@ -100,6 +101,8 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
     SAEs are scored on the activations they were trained on. Recorded as each hook's
     `precision` entry.
     data: a `TokenCorpus`, a list of strings, or a corpus path (`trainers.corpus.load_documents`).
+    per_site_ce: the CE/KL scores of each dictionary alone (two forwards per dictionary and
+    batch); False leaves them out (NaN), e.g. for 30 transcoders whose joint score is the point.
     joint: also splice every dictionary at once without error terms (see the module doc):
     result["joint"] = {ce_clean, ce_joint, ce_zero, ce_loss_score, kl_joint, kl_zero, kl_score}.
     Returns {name: {metric: float, ..., "density_histogram": {"edges", "counts"}}}.
@@ -161,6 +164,8 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             a["cos"] += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).sum())
             a["l2"] += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum())
 
+            if not per_site_ce:
+                continue
             if from_block[hp.name]:  # [spliced; zero-ablated] from block L+1 on, in one batch
                 clean = acts[key(hp)]
                 spliced = torch.cat([clean[:, :1], x_hat.view(len(ids), -1, hp.width).to(clean.dtype)], 1)
@@ -227,6 +232,9 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             "density_histogram": {"edges_log10": [None] + BINS[1:], "counts": counts},
             "precision": prec.record(),
         }
+        if not per_site_ce:
+            results[hp.name].update({k: float("nan") for k in ("ce_sae", "ce_zero", "ce_loss_score",
+                                                               "kl_sae", "kl_zero", "kl_score")})
     if joint:
         ce_j, ce_z = joint_acc["ce"] / count, joint_acc["ce_zero"] / count
         kl_j, kl_z = joint_acc["kl"] / count, joint_acc["kl_zero"] / count

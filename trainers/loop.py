@@ -26,6 +26,11 @@ def lr_factor(step: int, total: int, warmup: float = 0.01, decay: float = 0.2) -
     return min(1.0, (step + 1) / warm, max(0.0, (total - step) / tail))
 
 
+def _fused_adam_ok(param: torch.Tensor) -> bool:
+    """torch's fused Adam runs on CPU (torch >= 2.4) and CUDA for floating-point parameters."""
+    return param.device.type in ("cpu", "cuda") and param.is_floating_point()
+
+
 def default_lr(cls: type[TrainingDictionary], d_sae: int) -> float:
     """The architecture's learning rate scaled by 1/sqrt(d_sae / 16384) for wide dictionaries."""
     return cls.default_lr / math.sqrt(max(1.0, d_sae / 16384))
@@ -56,7 +61,9 @@ class Trainer:
         self.since_fired = torch.zeros(cfg.d_sae, dtype=torch.int64, device=device)
         self.fire_count = torch.zeros(cfg.d_sae, dtype=torch.int64, device=device)
         self.initialised = False
-        self.optim = torch.optim.Adam(dic.parameters(), lr=self.lr, betas=(0.9, 0.999))
+        # fused: one pass per parameter, no [d_sae, d_in] temporaries (the same update rule)
+        self.optim = torch.optim.Adam(dic.parameters(), lr=self.lr, betas=(0.9, 0.999),
+                                      fused=_fused_adam_ok(dic.W_enc))
 
     def dead_mask(self) -> torch.Tensor:
         return self.since_fired >= self.dead_tokens
@@ -126,6 +133,12 @@ class Trainer:
                 _, index, sub = key.split("::")
                 opt_state.setdefault(int(index), {})[sub] = value.reshape(()) if sub == "step" else value
         self.optim.load_state_dict({"state": opt_state, "param_groups": param_groups})
+        # moments take their parameter's memory layout (W_enc is stored transposed): the fused
+        # Adam kernel walks parameter and moments as flat memory
+        for param, state in self.optim.state.items():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param).copy_(value)
         if self.dictionary.rng is not None:
             self.dictionary.rng.set_state(tensors["rng"])
 

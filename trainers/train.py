@@ -527,6 +527,7 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
                                     context=cfg.context, prepend_bos=cfg.prepend_bos,
                                     progress=cfg.progress,
                                     joint=any(d.is_transcoder for d in group.values()),
+                                    per_site_ce=not any(d.is_transcoder for d in group.values()),
                                     precision=precisions["harvest"])  # score on what was harvested
             eval_seconds = round(time.perf_counter() - eval_began, 1)
             write_reports(out / variant if variant else out, metrics)

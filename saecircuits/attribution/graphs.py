@@ -362,60 +362,123 @@ def _unembedding(hf) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, getattr(head, "bias", None)
 
 
-def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
-              cfg: GraphConfig | None = None, **overrides) -> AttributionGraph:
+class _Replacement:
+    """What `attribute` needs of the dictionaries replacing the MLPs, per layer index li:
+    encoder columns and b_enc of target features, decoder rows of source features for each output
+    layer they write, b_dec of an output layer. Per-layer transcoders write their own layer only;
+    a cross-layer transcoder writes every layer from its own on."""
+
+    def __init__(self, layers: list[str], transcoders=None, clt=None, bare=()):
+        self.layers, self.tcs, self.clt, self.bare = layers, transcoders or {}, clt, set(bare)
+
+    def has_features(self, li: int) -> bool:
+        return self.clt is not None or self.layers[li] not in self.bare
+
+    def enc_cols(self, li: int, idx: torch.Tensor) -> torch.Tensor:
+        if self.clt is not None:
+            return self.clt.W_enc[li].detach()[:, idx.to(self.clt.W_enc.device)].T
+        dic = self.tcs[self.layers[li]]
+        return dic.W_enc.detach()[:, idx.to(dic.device)].T
+
+    def b_enc(self, li: int, idx: torch.Tensor) -> torch.Tensor:
+        if self.clt is not None:
+            return self.clt.b_enc[li].detach()[idx]
+        return self.tcs[self.layers[li]].b_enc.detach()[idx]
+
+    def dec_rows(self, li: int, lo: int, idx: torch.Tensor) -> torch.Tensor | None:
+        """Decoder rows `[n, d]` of layer-li features into output layer lo (None: none)."""
+        if self.clt is not None:
+            return self.clt.W_dec[li].detach()[lo - li][idx].float() if lo >= li else None
+        if lo != li or not self.has_features(li):
+            return None
+        return self.tcs[self.layers[li]].W_dec.detach()[idx].float()
+
+    def b_dec(self, lo: int) -> torch.Tensor | None:
+        if self.clt is not None:
+            return self.clt.b_dec[lo].detach().float()
+        name = self.layers[lo]
+        return None if name in self.bare else self.tcs[name].b_dec.detach().float()
+
+    def decode_first(self, fp: FrozenPass, li: int) -> torch.Tensor:
+        """Position 0's decoded MLP output of layer li's features (for per-layer transcoders: the
+        features of li; for a CLT: every layer's features into li)."""
+        if self.clt is not None:
+            return sum(fp.features[self.layers[s]][0].float() @ self.clt.W_dec[s][li - s].detach().float()
+                       for s in range(li + 1))
+        name = self.layers[li]
+        if name in self.bare:
+            return torch.zeros_like(fp.errors[name][0].float())
+        return (fp.features[name][0].to(self.tcs[name].dtype) @ self.tcs[name].W_dec.detach()).float()
+
+
+def attribute(model, tok, transcoders, prompt: str, cfg: GraphConfig | None = None,
+              **overrides) -> AttributionGraph:
     """The attribution graph of `prompt` (module doc). `model`: an nnsight model or a
-    `ReplacementModel` (then `transcoders` may be None: its dictionaries)."""
+    `ReplacementModel` (then `transcoders` may be None: its dictionaries). `transcoders`: per-layer
+    transcoders (name -> dictionary) or a `CrossLayerTranscoder`."""
+    from ..dictionaries.crosslayer import CrossLayerTranscoder
+    from ..frozen import frozen_forward_clt
     from ..replacement import ReplacementModel
 
     cfg = GraphConfig(**{**(cfg.__dict__ if cfg is not None else {}), **overrides})
     if isinstance(model, ReplacementModel):
         transcoders = transcoders if transcoders is not None else model.saes
         model = model.model
-    layers = _layered(model, transcoders, cfg.allow_partial)
-    bare = tuple(name for name in layers if name not in transcoders)
+    if isinstance(transcoders, CrossLayerTranscoder):
+        clt = transcoders
+        clt.check_sites(model)
+        layers = [f"mlp.{l}" for l in range(clt.cfg.n_layers)]
+        rep = _Replacement(layers, clt=clt)
+    else:
+        clt = None
+        layers = _layered(model, transcoders, cfg.allow_partial)
+        bare = tuple(name for name in layers if name not in transcoders)
+        rep = _Replacement(layers, transcoders, bare=bare)
     ids = _tokenize(tok, prompt, model, cfg.prepend_bos)
     hf = unwrap(model)
     w_u, b_u = _unembedding(hf)
+    if b_u is not None:
+        raise ConfigError("unembedding biases are not supported in replacement graphs")
     target_ids = None
     if cfg.target is not None:
         target_ids = [_single_token(tok, t, "target token") for t in cfg.target]
     prec = resolve_precision(cfg.precision, next(hf.parameters()).device)
     began = time.perf_counter()
     with prec.autocast():
-        fp = frozen_forward(model, {n: transcoders[n] for n in layers if n not in bare}, ids, bare)
+        if clt is not None:
+            fp = frozen_forward_clt(model, clt, ids)
+        else:
+            fp = frozen_forward(model, {n: transcoders[n] for n in layers if n not in rep.bare}, ids,
+                                tuple(rep.bare))
     forward_s = time.perf_counter() - began
     T = ids.shape[1]
-    layer_index = {name: i for i, name in enumerate(layers)}
-    at_first: dict[str, torch.Tensor] = {}    # position 0's uncredited MLP output (features + error)
+
+    # -- nodes: position 0's features and errors are not nodes (circuit-tracer's zero_positions) --
+    at_first: dict[int, torch.Tensor] = {}
     if cfg.zero_first:
-        for name in layers:
-            out0 = fp.errors[name][0].float().clone()
-            if name not in bare:
-                f0 = fp.features[name][0]
-                out0 += (f0.to(transcoders[name].dtype) @ transcoders[name].W_dec.detach()).float()
+        for li, name in enumerate(layers):
+            at_first[li] = fp.errors[name][0].float() + rep.decode_first(fp, li)
+        for li, name in enumerate(layers):
+            if rep.has_features(li):
                 fp.features[name] = fp.features[name].clone()
                 fp.features[name][0] = 0
-            at_first[name] = out0
             fp.errors[name] = fp.errors[name].clone()
             fp.errors[name][0] = 0
-
-    # -- nodes ---------------------------------------------------------------------------------
     feats, acts, pres = [], [], []
-    for name in layers:
-        if name in bare:
+    for li, name in enumerate(layers):
+        if not rep.has_features(li):
             continue
         f = fp.features[name]                                   # [T, d_sae]
         pos, idx = (f != 0).nonzero(as_tuple=True)
-        li = layer_index[name]
         feats.append(torch.stack([torch.full_like(pos, li), pos, idx], 1))
         acts.append(f[pos, idx].float())
         with torch.no_grad():
-            pre = transcoders[name].encode_pre(fp.mlp_in[name].detach()[0].to(transcoders[name].dtype))
-        pres.append(pre[pos, idx].float())
+            x = fp.mlp_in[name].detach()[0].float()
+            pre = (x[pos] * rep.enc_cols(li, idx).float()).sum(-1) + rep.b_enc(li, idx).float()
+        pres.append(pre)
     features = torch.cat(feats).cpu() if feats else torch.zeros(0, 3, dtype=torch.long)
-    activations = torch.cat(acts).cpu()
-    pre_acts = torch.cat(pres).cpu()
+    activations = torch.cat(acts).cpu() if acts else torch.zeros(0)
+    pre_acts = torch.cat(pres).cpu() if pres else torch.zeros(0)
     n_feat = features.shape[0]
     if cfg.max_feature_nodes is not None and cfg.max_feature_nodes < n_feat:
         raise ConfigError(f"max_feature_nodes={cfg.max_feature_nodes} < {n_feat} active features: "
@@ -444,23 +507,21 @@ def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
     n = n_feat + n_err + T + n_logits
     adjacency = torch.zeros(n, n, dtype=torch.float32)
     biases = torch.zeros(n_feat + n_logits, dtype=torch.float64)
-
-    # per-layer source tables
-    src_rows = {name: (features[:, 0] == layer_index[name]).nonzero().squeeze(-1) for name in layers}
-    dec_rows = {}
-    for name in layers:
-        if name in bare:
+    # source tables: for each output layer lo, (source rows, decoder rows, positions, activations)
+    sources: dict[int, list] = {lo: [] for lo in range(len(layers))}
+    for li in range(len(layers)):
+        rows = (features[:, 0] == li).nonzero().squeeze(-1)
+        if not rows.numel():
             continue
-        rows = src_rows[name]
-        idx = features[rows, 2].to(transcoders[name].device)
-        dec_rows[name] = (transcoders[name].W_dec.detach()[idx].float(), features[rows, 1],
-                          activations[rows])
+        idx = features[rows, 2]
+        for lo in range(li, len(layers)):
+            dec = rep.dec_rows(li, lo, idx)
+            if dec is not None:
+                sources[lo].append((rows, dec, features[rows, 1], activations[rows]))
     leaves = [fp.leaves["embed"]] + [fp.leaves[name] for name in layers]
-    err_vecs = {name: fp.errors[name].float() for name in layers}
+    err_vecs = {li: fp.errors[name].float() for li, name in enumerate(layers)}
     emb = fp.embeddings.float()
-    b_dec = {name: transcoders[name].b_dec.detach().float() for name in layers if name not in bare}
-    if b_u is not None:
-        raise ConfigError("unembedding biases are not supported in replacement graphs")
+    b_dec = {lo: rep.b_dec(lo) for lo in range(len(layers))}
 
     def fill(row0: int, grads: Sequence[torch.Tensor | None], bias_rows: torch.Tensor, bias0: torch.Tensor):
         """Write the edges of S targets (rows row0..row0+S) from the gradients at the leaves."""
@@ -470,22 +531,19 @@ def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
             adjacency[row0:row0 + S, n_feat + n_err: n_feat + n_err + T] = \
                 (g_emb[:, 0].float() * emb).sum(-1).cpu()
         bias = bias0.double()
-        for li, name in enumerate(layers):
-            g = grads[li + 1]
+        block = adjacency[row0:row0 + S]
+        for lo in range(len(layers)):
+            g = grads[lo + 1]
             if g is None:
                 continue
             g = g[:, 0].float()                                  # [S, T, d]
-            adjacency[row0:row0 + S, n_feat + li * T: n_feat + (li + 1) * T] = \
-                (g * err_vecs[name]).sum(-1).cpu()
-            if name in b_dec:
-                bias = bias + (g.sum(1) @ b_dec[name]).double().cpu()
-            if name in at_first:
-                bias = bias + (g[:, 0] @ at_first[name].to(g.device)).double().cpu()
-            rows = src_rows[name]
-            if rows.numel():
-                dec, pos, act = dec_rows[name]
-                contrib = (g[:, pos.to(g.device)] * dec).sum(-1).cpu() * act   # [S, n_l]
-                adjacency[row0:row0 + S][:, rows] = contrib
+            block[:, n_feat + lo * T: n_feat + (lo + 1) * T] = (g * err_vecs[lo]).sum(-1).cpu()
+            if b_dec[lo] is not None:
+                bias = bias + (g.sum(1) @ b_dec[lo]).double().cpu()
+            if lo in at_first:
+                bias = bias + (g[:, 0] @ at_first[lo].to(g.device)).double().cpu()
+            for rows, dec, pos, act in sources[lo]:
+                block[:, rows] += (g[:, pos.to(g.device)] * dec).sum(-1).cpu() * act
         bias_rows[:] = bias
 
     bar = progress_bar(math.ceil(n_logits / cfg.batch_size) + math.ceil(n_feat / cfg.batch_size),
@@ -493,8 +551,7 @@ def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
     device = fp.final.device
     try:
         with prec.autocast():
-            # logit rows
-            for s in range(0, n_logits, cfg.batch_size):
+            for s in range(0, n_logits, cfg.batch_size):          # logit rows
                 sl = slice(s, min(n_logits, s + cfg.batch_size))
                 S = sl.stop - sl.start
                 seed = torch.zeros((S,) + tuple(fp.final.shape), dtype=fp.final.dtype, device=device)
@@ -504,24 +561,21 @@ def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
                 fill(n_feat + n_err + T + sl.start, grads, biases[n_feat + sl.start:n_feat + sl.stop],
                      torch.zeros(S))
                 bar.update(1)
-            # feature rows, in order (layer-sorted: a batch spans few layers)
-            for s in range(0, n_feat, cfg.batch_size):
+            for s in range(0, n_feat, cfg.batch_size):             # feature rows, layer-sorted
                 sl = slice(s, min(n_feat, s + cfg.batch_size))
                 S = sl.stop - sl.start
                 chunk = features[sl]
                 outs, seeds = [], []
                 for li in sorted(set(chunk[:, 0].tolist())):
-                    name = layers[li]
-                    x = fp.mlp_in[name]
+                    x = fp.mlp_in[layers[li]]
                     seed = torch.zeros((S,) + tuple(x.shape), dtype=x.dtype, device=x.device)
                     which = (chunk[:, 0] == li).nonzero().squeeze(-1)
-                    w_enc = transcoders[name].W_enc.detach()
-                    seed[which, 0, chunk[which, 1]] = w_enc[:, chunk[which, 2].to(w_enc.device)].T.to(x.dtype)
+                    seed[which, 0, chunk[which, 1]] = rep.enc_cols(li, chunk[which, 2]).to(x.dtype)
                     outs.append(x)
                     seeds.append(seed)
                 grads = torch.autograd.grad(outs, leaves, grad_outputs=seeds, retain_graph=True,
                                             allow_unused=True, is_grads_batched=True)
-                b_enc = torch.stack([transcoders[layers[int(l)]].b_enc.detach()[int(j)].float().cpu()
+                b_enc = torch.stack([rep.b_enc(int(l), torch.tensor(int(j))).float().cpu()
                                      for l, _, j in chunk.tolist()])
                 fill(sl.start, grads, biases[sl], b_enc)
                 bar.update(1)
@@ -535,7 +589,8 @@ def attribute(model, tok, transcoders: Mapping[str, Dictionary], prompt: str,
         model=model_name_of(model),
         meta={"seconds": round(time.perf_counter() - began, 2), "forward_seconds": round(forward_s, 2),
               "precision": prec.record(), "config": {k: v for k, v in cfg.__dict__.items()},
-              "partial": bool(bare), "error_only_layers": list(bare)})
+              "dictionaries": "cross-layer transcoder" if clt is not None else "per-layer transcoders",
+              "partial": bool(rep.bare), "error_only_layers": sorted(rep.bare)})
     return graph
 
 

@@ -113,11 +113,14 @@ class TrainingDictionary(Dictionary):
     # -- the decoder constraint -----------------------------------------------------------
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
-        """Remove the gradient component parallel to each (unit) decoder row."""
+        """Remove each decoder row's gradient component along the row (`g −= (g·w) w`, w = the
+        unit row), in place without [d_sae, d_out] temporaries."""
         if self.W_dec.grad is None:
             return
-        w = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
+        dec, grad = self.W_dec, self.W_dec.grad
+        norm = dec.norm(dim=1, keepdim=True).clamp_min(1e-8)                 # [d_sae, 1]
+        along = torch.einsum("ij,ij->i", grad, dec).unsqueeze(1) / norm      # g·w
+        grad.addcmul_(dec, along / norm, value=-1.0)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

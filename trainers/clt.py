@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from saecircuits import hooks
 from saecircuits.dictionaries.crosslayer import CLTConfig, CrossLayerTranscoder
@@ -27,6 +26,7 @@ from saecircuits.errors import ConfigError
 from saecircuits.fileio import write_json
 from saecircuits.models import model_device, model_name_of, unwrap
 from saecircuits.precision import resolve as resolve_precision
+from saecircuits.progress import bar as progress_bar
 
 from .activations import ActivationStream
 from .corpus import load_corpus
@@ -88,7 +88,9 @@ def train_clt(model, tok, cfg: CLTTrainConfig, corpus=None) -> CrossLayerTransco
     lr = cfg.lr or 2e-3 / math.sqrt(max(1.0, cfg.d_sae * L / 16384))
     opt = torch.optim.Adam(clt.parameters(), lr=lr, betas=(0.9, 0.999), fused=device.type in ("cpu", "cuda"))
     scales: dict[str, float] = {}
-    bar = tqdm(total=steps * batch, unit="tok", unit_scale=True, desc="train CLT", disable=not cfg.progress)
+    stream.progress = cfg.progress   # a bar per harvested block
+    bar = progress_bar(steps * batch, "train CLT", unit="tok", unit_scale=True,
+                       enabled=cfg.progress, leave=True)
     began = time.perf_counter()
     stats: dict = {}
     last_x: list[torch.Tensor] = []

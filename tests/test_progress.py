@@ -101,7 +101,7 @@ def test_trace_circuit_bars_end_at_their_totals(tiny, method):
     phases = ["mean values", "clean metric", "all nodes ablated (patch)",
               "all nodes ablated (mean)", "error nodes (exact patching)", "edges",
               "faithfulness (patch)", "completeness (patch)", "faithfulness (mean)",
-              "edge faithfulness (exact)",
+              "edge faithfulness (exact)", "features alone (patch)", "patch-run metric",
               {"attrib": "attribution patching", "ig": "integrated gradients"}[method]]
     by_desc = check_bars(bars, phases)
     assert by_desc["mean values"][0].total == 3       # 5 prompts in chunks of 2

@@ -313,7 +313,8 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         row = {"metric_all_ablated": e.f_empty, "baseline_span": e.span_ratio()}
         try:
             row.update(faithfulness=e.faithfulness(final), completeness=e.completeness(final),
-                       features_alone=e.faithfulness(features_only) if features_only else None)
+                       features_alone=e.faithfulness(features_only, desc=f"features alone ({a})")
+                       if features_only else None)
         except GraphError as err:
             row.update(faithfulness=None, completeness=None, features_alone=None, error=str(err))
         evaluation[a] = row

@@ -178,8 +178,8 @@ class Evaluator:
         return ab.targets(self.rm, st.chunk, {h: (st.f[h], st.err[h]) for h in st.f},
                           self.ablation, self.means, self.seed + i)
 
-    def faithfulness(self, keep: Iterable[Node]) -> float:
-        return self._normalise(self.metric(_nonempty(keep)))
+    def faithfulness(self, keep: Iterable[Node], desc: str | None = None) -> float:
+        return self._normalise(self.metric(_nonempty(keep), desc=desc))
 
     def completeness(self, keep: Iterable[Node]) -> float:
         return self._normalise(self.metric(_nonempty(keep), invert=True))

@@ -156,8 +156,11 @@ def test_cli_usage_errors_and_debug(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--model", str(tmp_path / "no-model")]) == 2
     plain = capsys.readouterr().err
     assert "Traceback" not in plain and len(plain.strip().splitlines()) == 1 and "no-model" in plain
-    with pytest.raises(SaecircuitsError, match="no-model"):  # --debug: the error propagates
-        main(["--debug", "demo", "--model", str(tmp_path / "no-model")])
+    # --debug: the traceback, then the same one-line error and the same exit code (issue 24)
+    assert main(["--debug", "demo", "--model", str(tmp_path / "no-model")]) == 2
+    debug = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in debug and "no-model" in debug
+    assert debug.strip().splitlines()[-1].startswith("saecircuits demo: error: ")
 
 
 # -- issue 15: the reliability sweep ---------------------------------------------------------

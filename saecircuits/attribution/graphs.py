@@ -355,13 +355,6 @@ def _single_token(tok, text: str, what: str) -> int:
     return ids[0]
 
 
-def _unembedding(hf) -> tuple[torch.Tensor, torch.Tensor | None]:
-    head = hf.get_output_embeddings()
-    if head is None:
-        raise ConfigError(f"{type(hf).__name__} has no output embedding")
-    return head.weight, getattr(head, "bias", None)
-
-
 class _Replacement:
     """What `attribute` needs of the dictionaries replacing the MLPs, per layer index li:
     encoder columns and b_enc of target features, decoder rows of source features for each output
@@ -457,7 +450,9 @@ def attribute(model, tok, transcoders, prompt: str, cfg: GraphConfig | None = No
         rep = _Replacement(layers, transcoders, bare=bare)
     ids = _tokenize(tok, prompt, model, cfg.prepend_bos)
     hf = unwrap(model)
-    w_u, b_u = _unembedding(hf)
+    from ..replacement import unembedding
+
+    w_u, b_u = unembedding(model)
     if b_u is not None:
         raise ConfigError("unembedding biases are not supported in replacement graphs")
     target_ids = None

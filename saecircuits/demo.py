@@ -439,7 +439,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     texts = [texts[i] for i in order[:400]]
     grads = gradient_candidates(rm, closing_ids(tok), 8 * cfg.steer_candidates)  # steering candidates
     wanted = sorted(set(all_nodes) | {(h, f) for h, rows in grads.items() for f, _ in rows})
-    acts = collect_activations(model, tok, saes, wanted, texts, max_windows=cfg.dashboard_windows,
+    acts = collect_activations(rm, tok, None, wanted, texts, max_windows=cfg.dashboard_windows,
                                precision=cfg.precision)
     peaks = {node: float(acts.acts[..., acts.column(node)].max()) for node in wanted}
     paren = tok.encode(")", add_special_tokens=False)

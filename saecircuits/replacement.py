@@ -135,6 +135,14 @@ def logits_site(model) -> HookPoint:
     return hooks.resolve(model, path)
 
 
+def unembedding(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(unembedding weight `[vocab, d]`, its bias or None) of the output-embedding module."""
+    head = unwrap(model).get_output_embeddings()
+    if head is None:
+        raise ConfigError(f"model {model_name_of(model)!r} has no output embedding")
+    return head.weight, getattr(head, "bias", None)
+
+
 def final_norm(model) -> tuple[torch.Tensor | None, bool]:
     """(elementwise weight of the final norm or None, whether the norm centres its input)."""
     hf = unwrap(model)

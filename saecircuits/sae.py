@@ -114,3 +114,24 @@ def load_sae_set(path, format: str = "auto", variant: str | None = None,
     return SAESet.load(path, format=format, variant=variant, hooks=hooks, hook=hook)
 
 
+def load_replacement(path, model=None, format: str = "auto"):
+    """The dictionaries of a replacement model at `path`: a `CrossLayerTranscoder` (native folder
+    with `clt.safetensors`, or circuit-tracer's W_enc_{l} / W_dec_{l} files), else a transcoder set
+    (`SAESet.load`). Checked against `model` when given."""
+    from pathlib import Path
+
+    from .dictionaries.crosslayer import CLT_FILE, CrossLayerTranscoder
+    from .formats.circuit_tracer import is_clt, load_clt
+
+    folder = Path(path)
+    clt = None
+    if format in ("auto", "native") and (folder / CLT_FILE).is_file():
+        clt = CrossLayerTranscoder.load(folder)
+    elif format in ("auto", "circuit_tracer") and folder.is_dir() and is_clt(folder):
+        clt = load_clt(folder)
+    if clt is None:
+        return SAESet.load(folder, model=model, format=format)
+    if model is not None:
+        clt.check_sites(model)
+    return clt
+

@@ -37,9 +37,15 @@ def _old_cache(folder):
     return folder
 
 
+# captured at import, before conftest's guard replaces it for fast tests: these tests load a
+# small fake cache, not SmolLM2
+REAL_DEFAULT_MODEL_DIR = models.default_model_dir
+
+
 @pytest.fixture
 def old_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SAECIRCUITS_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "default_model_dir", REAL_DEFAULT_MODEL_DIR)
     folder = _old_cache(tmp_path / "models" / models.DEFAULT_MODEL)
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" in config and "rope_theta" not in config  # the old state

@@ -9,7 +9,9 @@ from saecircuits.sae import ARCHITECTURES
 
 
 def make(arch: str, d_in=16, d_sae=64, k=4, seed=0, dtype="float32") -> SAE:
-    sae = SAE.random(SAEConfig(arch, d_in, d_sae, k=k if arch in ("topk", "batchtopk") else None,
+    from saecircuits.dictionaries import get
+
+    sae = SAE.random(SAEConfig(arch, d_in, d_sae, k=k if get(arch).uses_k else None,
                                hook="resid.1", dtype=dtype), seed=seed)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed + 1))

@@ -267,3 +267,26 @@ def test_cross_layer_transcoder_graph_is_linear(tiny):
     # a layer-0 feature reaches layer-2 features both directly (its layer-1 decoder) and in between
     assert (g.adjacency[: g.n_features, : g.n_features] != 0).any()
     assert_model_clean(model)
+
+
+def test_max_feature_nodes_keeps_the_most_influential_features(tiny):
+    """With max_feature_nodes the graph holds that many features, chosen by influence through the
+    rows computed so far (circuit-tracer's selection); left-out sources go into the biases, so
+    every row still adds up (invariant 10)."""
+    from saecircuits.attribution.graphs import attribute
+
+    model, tok = tiny
+    tcs = random_transcoders(model, range(model.config.num_hidden_layers), k=8)
+    full = attribute(model, tok, tcs, "Mary and John went to the store, John", progress=False, batch_size=8)
+    cap = full.n_features // 3
+    part = attribute(model, tok, tcs, "Mary and John went to the store, John", progress=False, batch_size=8,
+                     max_feature_nodes=cap)
+    assert part.n_features == cap and part.meta["active_features"] == full.n_features
+    assert part.linearity_error() < 1e-4
+    # every selected feature is an active feature of the full graph, with the same activation
+    index = {tuple(f): a for f, a in zip(full.features.tolist(), full.activations.tolist())}
+    assert all(index[tuple(f)] == pytest.approx(a) for f, a in zip(part.features.tolist(), part.activations.tolist()))
+    # the logit rows' edges from kept nodes are the full graph's
+    keep = [full.features.tolist().index(f) for f in part.features.tolist()]
+    torch.testing.assert_close(part.adjacency[part.logit_slice][:, : part.n_features],
+                               full.adjacency[full.logit_slice][:, keep])

@@ -73,8 +73,10 @@ def bind_saes(model, saes: Mapping[str, SAE]) -> ReplacementModel:
         raise ConfigError(f"KL fine-tuning does not train skip terms; {', '.join(skips)} have one")
     try:
         return ReplacementModel(model, saes)
-    except (HookPointError, ShapeError) as err:
-        raise type(err)(f"cannot KL fine-tune: {err}") from None
+    except HookPointError as err:
+        raise HookPointError(f"cannot KL fine-tune: {err}") from None
+    except ShapeError as err:
+        raise ConfigError(f"cannot KL fine-tune: {err}") from None
 
 
 def _step_loss(rm: ReplacementModel, inputs, recon_coef: float, precision: str = "fp32"):

@@ -43,21 +43,24 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--max-feature-nodes", type=int, default=None,
+                   help="as circuit-tracer's run (the same --batch-size too: it sets the re-ranking queue)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
     from saecircuits import load_model
     from saecircuits.attribution.graphs import attribute
-    from saecircuits.sae import SAESet
+    from saecircuits.sae import load_replacement
 
     ct = Path(args.ct_out)
     meta = json.loads((ct / "meta.json").read_text())
     nodes = json.loads((ct / "nodes.json").read_text())
     model, tok = load_model()
-    tcs = SAESet.load(args.transcoders, model=model)
+    tcs = load_replacement(args.transcoders, model=model)
     began = time.perf_counter()
-    g = attribute(model, tok, tcs, args.prompt, batch_size=args.batch_size, precision=args.precision)
+    g = attribute(model, tok, tcs, args.prompt, batch_size=args.batch_size, precision=args.precision,
+                  max_feature_nodes=args.max_feature_nodes)
     ours_s = time.perf_counter() - began
     ours_feats = g.features.numpy()
     theirs_feats = np.stack([nodes["features"][k] for k in ("layer", "pos", "feature")], 1)
@@ -65,6 +68,8 @@ def main() -> None:
     same_features = ours_feats.shape == theirs_feats.shape and bool((ours_feats == theirs_feats).all())
     out = {"prompt": args.prompt, "same_tokens": same_tokens, "same_features": same_features,
            "n_features": {"ours": g.n_features, "circuit_tracer": int(theirs_feats.shape[0])},
+           "active_features": {"ours": g.meta["active_features"],
+                               "circuit_tracer": nodes.get("n_active_features")},
            "cpu_threads": args.threads, "batch_size": args.batch_size, "precision": args.precision}
     ours_scores = g.scores()
     out["scores"] = {"ours": {"replacement": ours_scores[0], "completeness": ours_scores[1]},

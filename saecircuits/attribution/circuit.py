@@ -20,7 +20,7 @@ from .edges import PRECISIONS as EDGE_PRECISIONS, compute_edges
 from .evaluate import Evaluator, error_share, trace_warnings
 from ..graph import FeatureGraph, Node
 from .nodes import NodeScores, node_scores
-from .prune import prune_edges, remove_dangling, select
+from .prune import prune_edges, remove_dangling, select_nonempty
 from .stream import LazyStates
 
 
@@ -292,9 +292,9 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
             "metric_clean": scores.metric_clean, "prompt": task.clean[0]}
     if plan.prompt_tokens:   # each position's token role (export fills prompt_tokens itself)
         meta["position_tokens"] = plan.prompt_tokens
-    keep = set(select({nd.id: scores.effect(nd) for nd in candidates},
-                      {nd.id: nd.kind for nd in candidates},
-                      cfg.node_threshold, cfg.top_k, cfg.influence))
+    keep = select_nonempty({nd.id: scores.effect(nd) for nd in candidates},
+                           {nd.id: nd.kind for nd in candidates},
+                           cfg.node_threshold, cfg.top_k, cfg.influence)
     kept = [nd for nd in candidates if nd.id in keep]
     edges = (compute_edges(rm, states, hooks, kept, cfg.positional, progress=cfg.progress,
                            precision=cfg.edge_precision)

@@ -355,13 +355,6 @@ def _single_token(tok, text: str, what: str) -> int:
     return ids[0]
 
 
-def _unembedding(hf) -> tuple[torch.Tensor, torch.Tensor | None]:
-    head = hf.get_output_embeddings()
-    if head is None:
-        raise ConfigError(f"{type(hf).__name__} has no output embedding")
-    return head.weight, getattr(head, "bias", None)
-
-
 class _Replacement:
     """What `attribute` needs of the dictionaries replacing the MLPs, per layer index li:
     encoder columns and b_enc of target features, decoder rows of source features for each output
@@ -411,6 +404,27 @@ class _Replacement:
         return (fp.features[name][0].to(self.tcs[name].dtype) @ self.tcs[name].W_dec.detach()).float()
 
 
+UPDATE_INTERVAL = 4      # circuit-tracer: re-rank the features every 4 batches
+
+
+def partial_influences(rows: torch.Tensor, logit_probs: torch.Tensor, row_nodes: torch.Tensor,
+                       logit_start: int, max_iter: int = 128) -> torch.Tensor:
+    """circuit-tracer's `compute_partial_influences`: influence of every node on the logits
+    through the rows computed so far (|rows| row-normalised with clamp 1e-8; power iteration
+    `prod = prod[row_nodes] @ normalized` from the logit probabilities, summed)."""
+    normalized = rows.abs()
+    normalized /= normalized.sum(dim=1, keepdim=True).clamp(min=1e-8)
+    influences = torch.zeros(rows.shape[1])
+    prod = torch.zeros(rows.shape[1])
+    prod[logit_start:logit_start + logit_probs.numel()] = logit_probs
+    for _ in range(max_iter):
+        prod = prod[row_nodes] @ normalized
+        if not prod.any():
+            break
+        influences += prod
+    return influences
+
+
 def attribute(model, tok, transcoders, prompt: str, cfg: GraphConfig | None = None,
               **overrides) -> AttributionGraph:
     """The attribution graph of `prompt` (module doc). `model`: an nnsight model or a
@@ -436,7 +450,9 @@ def attribute(model, tok, transcoders, prompt: str, cfg: GraphConfig | None = No
         rep = _Replacement(layers, transcoders, bare=bare)
     ids = _tokenize(tok, prompt, model, cfg.prepend_bos)
     hf = unwrap(model)
-    w_u, b_u = _unembedding(hf)
+    from ..replacement import unembedding
+
+    w_u, b_u = unembedding(model)
     if b_u is not None:
         raise ConfigError("unembedding biases are not supported in replacement graphs")
     target_ids = None
@@ -480,9 +496,6 @@ def attribute(model, tok, transcoders, prompt: str, cfg: GraphConfig | None = No
     activations = torch.cat(acts).cpu() if acts else torch.zeros(0)
     pre_acts = torch.cat(pres).cpu() if pres else torch.zeros(0)
     n_feat = features.shape[0]
-    if cfg.max_feature_nodes is not None and cfg.max_feature_nodes < n_feat:
-        raise ConfigError(f"max_feature_nodes={cfg.max_feature_nodes} < {n_feat} active features: "
-                          "selection by influence is not implemented; leave it unset")
 
     final_logits = fp.logits[-1].float()
     if target_ids is None:
@@ -505,8 +518,10 @@ def attribute(model, tok, transcoders, prompt: str, cfg: GraphConfig | None = No
 
     n_err = len(layers) * T
     n = n_feat + n_err + T + n_logits
-    adjacency = torch.zeros(n, n, dtype=torch.float32)
-    biases = torch.zeros(n_feat + n_logits, dtype=torch.float64)
+    n_select = n_feat if cfg.max_feature_nodes is None else min(n_feat, cfg.max_feature_nodes)
+    store = torch.zeros(n_logits + n_select, n, dtype=torch.float32)   # computed rows, all columns
+    store_bias = torch.zeros(n_logits + n_select, dtype=torch.float64)
+    row_nodes = torch.zeros(n_logits + n_select, dtype=torch.long)    # node index of each row
     # source tables: for each output layer lo, (source rows, decoder rows, positions, activations)
     sources: dict[int, list] = {lo: [] for lo in range(len(layers))}
     for li in range(len(layers)):
@@ -523,15 +538,14 @@ def attribute(model, tok, transcoders, prompt: str, cfg: GraphConfig | None = No
     emb = fp.embeddings.float()
     b_dec = {lo: rep.b_dec(lo) for lo in range(len(layers))}
 
-    def fill(row0: int, grads: Sequence[torch.Tensor | None], bias_rows: torch.Tensor, bias0: torch.Tensor):
-        """Write the edges of S targets (rows row0..row0+S) from the gradients at the leaves."""
+    def fill(st: int, grads: Sequence[torch.Tensor | None], bias0: torch.Tensor) -> None:
+        """Write the edges of S targets into store rows st..st+S from the gradients at the leaves."""
         S = bias0.shape[0]
+        block = store[st:st + S]
         g_emb = grads[0]
         if g_emb is not None:
-            adjacency[row0:row0 + S, n_feat + n_err: n_feat + n_err + T] = \
-                (g_emb[:, 0].float() * emb).sum(-1).cpu()
+            block[:, n_feat + n_err: n_feat + n_err + T] = (g_emb[:, 0].float() * emb).sum(-1).cpu()
         bias = bias0.double()
-        block = adjacency[row0:row0 + S]
         for lo in range(len(layers)):
             g = grads[lo + 1]
             if g is None:
@@ -544,43 +558,80 @@ def attribute(model, tok, transcoders, prompt: str, cfg: GraphConfig | None = No
                 bias = bias + (g[:, 0] @ at_first[lo].to(g.device)).double().cpu()
             for rows, dec, pos, act in sources[lo]:
                 block[:, rows] += (g[:, pos.to(g.device)] * dec).sum(-1).cpu() * act
-        bias_rows[:] = bias
+        store_bias[st:st + S] = bias
 
-    bar = progress_bar(math.ceil(n_logits / cfg.batch_size) + math.ceil(n_feat / cfg.batch_size),
+    def feature_rows(batch_idx: torch.Tensor, st: int) -> None:
+        """Rows of the features `batch_idx` (indices into `features`), written at store row st."""
+        S = batch_idx.numel()
+        chunk = features[batch_idx]
+        outs, seeds = [], []
+        for li in sorted(set(chunk[:, 0].tolist())):
+            x = fp.mlp_in[layers[li]]
+            seed = torch.zeros((S,) + tuple(x.shape), dtype=x.dtype, device=x.device)
+            which = (chunk[:, 0] == li).nonzero().squeeze(-1)
+            seed[which, 0, chunk[which, 1]] = rep.enc_cols(li, chunk[which, 2]).to(x.dtype)
+            outs.append(x)
+            seeds.append(seed)
+        grads = torch.autograd.grad(outs, leaves, grad_outputs=seeds, retain_graph=True,
+                                    allow_unused=True, is_grads_batched=True)
+        b_enc = torch.stack([rep.b_enc(int(l), torch.tensor(int(j))).float().cpu() for l, _, j in chunk.tolist()])
+        fill(st, grads, b_enc)
+        row_nodes[st:st + S] = batch_idx
+
+    bar = progress_bar(math.ceil(n_logits / cfg.batch_size) + math.ceil(n_select / cfg.batch_size),
                        "attribution graph", unit="batch", enabled=cfg.progress, leave=True)
     device = fp.final.device
+    visited = torch.zeros(n_feat, dtype=torch.bool)
+    st = 0
     try:
         with prec.autocast():
-            for s in range(0, n_logits, cfg.batch_size):          # logit rows
+            for s in range(0, n_logits, cfg.batch_size):          # logit rows first
                 sl = slice(s, min(n_logits, s + cfg.batch_size))
                 S = sl.stop - sl.start
                 seed = torch.zeros((S,) + tuple(fp.final.shape), dtype=fp.final.dtype, device=device)
                 seed[:, 0, -1] = seeds_u[sl].to(device, fp.final.dtype)
                 grads = torch.autograd.grad([fp.final], leaves, grad_outputs=[seed], retain_graph=True,
                                             allow_unused=True, is_grads_batched=True)
-                fill(n_feat + n_err + T + sl.start, grads, biases[n_feat + sl.start:n_feat + sl.stop],
-                     torch.zeros(S))
+                fill(st, grads, torch.zeros(S))
+                row_nodes[st:st + S] = torch.arange(n - n_logits + sl.start, n - n_logits + sl.stop)
+                st += S
                 bar.update(1)
-            for s in range(0, n_feat, cfg.batch_size):             # feature rows, layer-sorted
-                sl = slice(s, min(n_feat, s + cfg.batch_size))
-                S = sl.stop - sl.start
-                chunk = features[sl]
-                outs, seeds = [], []
-                for li in sorted(set(chunk[:, 0].tolist())):
-                    x = fp.mlp_in[layers[li]]
-                    seed = torch.zeros((S,) + tuple(x.shape), dtype=x.dtype, device=x.device)
-                    which = (chunk[:, 0] == li).nonzero().squeeze(-1)
-                    seed[which, 0, chunk[which, 1]] = rep.enc_cols(li, chunk[which, 2]).to(x.dtype)
-                    outs.append(x)
-                    seeds.append(seed)
-                grads = torch.autograd.grad(outs, leaves, grad_outputs=seeds, retain_graph=True,
-                                            allow_unused=True, is_grads_batched=True)
-                b_enc = torch.stack([rep.b_enc(int(l), torch.tensor(int(j))).float().cpu()
-                                     for l, _, j in chunk.tolist()])
-                fill(sl.start, grads, biases[sl], b_enc)
-                bar.update(1)
+            while int(visited.sum()) < n_select:                    # feature rows
+                if n_select == n_feat:
+                    pending = torch.arange(n_feat)                 # all, in order (layer-sorted)
+                else:   # circuit-tracer: the most influential unvisited features, by the rows so far
+                    infl = partial_influences(store[:st], logit_probs, row_nodes[:st], n - n_logits)
+                    rank = torch.argsort(infl[:n_feat], descending=True)
+                    size = min(UPDATE_INTERVAL * cfg.batch_size, n_select - int(visited.sum()))
+                    pending = rank[~visited[rank]][:size]
+                for i in range(0, pending.numel(), cfg.batch_size):
+                    batch_idx = pending[i:i + cfg.batch_size]
+                    feature_rows(batch_idx, st)
+                    visited[batch_idx] = True
+                    st += batch_idx.numel()
+                    bar.update(1)
     finally:
         bar.close()
+
+    # -- the graph over the selected features (circuit-tracer's layout) ---------------------------
+    selected = visited.nonzero().squeeze(-1)                   # ascending = (layer, pos, feature)
+    keep_cols = torch.cat([selected, torch.arange(n_feat, n)])
+    row_of = torch.full((n,), -1, dtype=torch.long)
+    row_of[row_nodes[:st]] = torch.arange(st)
+    m = keep_cols.numel()
+    adjacency = torch.zeros(m, m, dtype=torch.float32)
+    biases = torch.zeros(selected.numel() + n_logits, dtype=torch.float64)
+    dropped = torch.ones(n, dtype=torch.bool)
+    dropped[keep_cols] = False
+    target_nodes = torch.cat([selected, torch.arange(n - n_logits, n)])
+    for out_i, node in enumerate(target_nodes.tolist()):
+        r = int(row_of[node])
+        full = store[r]
+        new_row = selected.numel() + n_err + T + (out_i - selected.numel()) if out_i >= selected.numel() else out_i
+        adjacency[new_row] = full[keep_cols]
+        # sources left out of the graph (unselected features) count as bias
+        biases[out_i] = store_bias[r] + full[dropped].double().sum()
+    features, activations, pre_acts = features[selected], activations[selected], pre_acts[selected]
     graph = AttributionGraph(
         prompt=prompt, tokens=ids[0].cpu(), token_strings=[tok.decode([int(t)]) for t in ids[0].tolist()],
         layers=layers, features=features, activations=activations, logit_tokens=logit_tokens,
@@ -590,7 +641,8 @@ def attribute(model, tok, transcoders, prompt: str, cfg: GraphConfig | None = No
         meta={"seconds": round(time.perf_counter() - began, 2), "forward_seconds": round(forward_s, 2),
               "precision": prec.record(), "config": {k: v for k, v in cfg.__dict__.items()},
               "dictionaries": "cross-layer transcoder" if clt is not None else "per-layer transcoders",
-              "partial": bool(rep.bare), "error_only_layers": sorted(rep.bare)})
+              "partial": bool(rep.bare), "error_only_layers": sorted(rep.bare),
+              "active_features": n_feat, "selected_features": int(selected.numel())})
     return graph
 
 
@@ -635,12 +687,18 @@ def to_feature_graph(graph: AttributionGraph, model=None, tok=None,
             "seconds": graph.meta.get("seconds"), "target": " | ".join(graph.logit_labels)}
     fg = FeatureGraph(meta=meta)
     labels: dict[int, str] = {}
+    from ..dictionaries.crosslayer import CrossLayerTranscoder
+
     if model is not None and transcoders is not None and tok is not None:
         keep_feats = nodes_keep[: graph.n_features].nonzero().squeeze(-1).tolist()
         for start in range(0, len(keep_feats), 256):
             part = keep_feats[start:start + 256]
-            rows = torch.stack([transcoders[graph.layers[int(graph.features[i, 0])]]
-                                .W_dec.detach()[int(graph.features[i, 2])].float().cpu() for i in part])
+            if isinstance(transcoders, CrossLayerTranscoder):   # label by the own-layer decoder
+                rows = torch.stack([transcoders.W_dec[int(graph.features[i, 0])].detach()[0, int(graph.features[i, 2])]
+                                    .float().cpu() for i in part])
+            else:
+                rows = torch.stack([transcoders[graph.layers[int(graph.features[i, 0])]]
+                                    .W_dec.detach()[int(graph.features[i, 2])].float().cpu() for i in part])
             top = logit_lens(model, rows).topk(label_top, dim=-1).indices
             for i, t in zip(part, top.tolist()):
                 labels[i] = "↑ " + " ".join(repr(tok.decode([j])) for j in t)

@@ -50,7 +50,6 @@ def run(args: argparse.Namespace) -> dict:
     from ..export.explanations import load_explanation_records, with_explanations
     from ..fileio import atomic_dir, check_output_dir, write_json
     from ..models import load_model
-    from .saes_args import load_saes
 
     check_output_dir(args.out, overwrite=args.overwrite)
     cfg = GraphConfig(max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
@@ -59,7 +58,9 @@ def run(args: argparse.Namespace) -> dict:
                       precision=args.precision, allow_partial=args.allow_partial)
     explanations = load_explanation_records(args.explanations) if args.explanations else {}
     model, tok = load_model(args.model, device=args.device)
-    saes = load_saes(args, model=model)
+    from ..sae import load_replacement
+
+    saes = load_replacement(args.saes, model=model, format=getattr(args, "format", "auto"))
     graph = attribute(model, tok, saes, args.prompt, cfg)
     fg = to_feature_graph(graph, model, tok, saes)
     if explanations:

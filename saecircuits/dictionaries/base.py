@@ -243,6 +243,9 @@ class Dictionary(nn.Module):
         c = self.cfg
         points = []
         for site, width, what in ((c.hook, c.d_in, "d_in"), (c.write_site, c.width_out, "d_out")):
+            if points and site == c.hook:          # an SAE: one site, resolved once
+                points.append(points[0])
+                break
             try:
                 hp = hooks.resolve(model, site)
             except HookPointError as err:

@@ -157,12 +157,22 @@ def collect_activations(model, tok, saes: Mapping[str, SAE], features: Sequence[
                         precision: str = "auto") -> FeatureActivations:
     """Run the corpus once through the model and keep the chosen features' activations.
 
+    model: an nnsight model, or the `ReplacementModel` already bound to the dictionaries (then
+    `saes` may be None and nothing is resolved again). Transcoders are encoded at their read site.
     precision: the forwards' matmul precision (`saecircuits.precision`; auto = bf16 where
     measured faster): it only ranks contexts, the activations are returned in fp32."""
+    if isinstance(model, ReplacementModel):
+        rm, saes = model, (saes if saes is not None else model.saes)
+        model = rm.model
+    else:
+        rm = None
     features = _check_features(saes, features)
     ids, mask = windows_of(tok, texts, context, max_windows)
-    rm = ReplacementModel(model, {h: saes[h] for h in sorted({h for h, _ in features})}, tok)
-    points = rm.points
+    needed = sorted({h for h, _ in features})
+    if rm is None:
+        rm = ReplacementModel(model, {h: saes[h] for h in needed}, tok)
+    points = [rm.sites[h] for h in sorted(needed, key=lambda h: rm.sites[h].order)]
+    reads = {hp.name: rm.reads[hp.name] for hp in points}
     columns = {hp.name: [j for j, (h, _) in enumerate(features) if h == hp.name] for hp in points}
     index = {name: torch.tensor([features[j][1] for j in cols]) for name, cols in columns.items()}
     device = rm.device
@@ -176,7 +186,7 @@ def collect_activations(model, tok, saes: Mapping[str, SAE], features: Sequence[
                      "attention_mask": mask[start:start + batch_size].long().to(device)}
             got: dict[str, torch.Tensor] = {}
             with torch.no_grad(), prec.autocast(), model.trace(batch) as tracer:
-                _encode_points(model, rm.saes, points, index, got, tracer)
+                _encode_points(model, rm.saes, points, index, got, tracer, reads)
             for name, cols in columns.items():
                 acts[start:start + batch_size, :, cols] = got[name].float().cpu()
             bar.update(len(batch["input_ids"]))
@@ -188,11 +198,12 @@ def collect_activations(model, tok, saes: Mapping[str, SAE], features: Sequence[
     return FeatureActivations(features, ids, keep, acts, model_name_of(model))
 
 
-def _encode_points(model, saes, points, index, out: dict, tracer) -> None:
-    """Inside a trace: encode each hook point (forward order), keep chosen columns, stop."""
+def _encode_points(model, saes, points, index, out: dict, tracer, reads=None) -> None:
+    """Inside a trace: encode each dictionary at its read site (forward order), keep chosen
+    columns, stop."""
     for hp in points:
         sae = saes[hp.name]
-        x = hooks.read(model, hp)
+        x = hooks.read(model, (reads or {}).get(hp.name, hp))
         out[hp.name] = sae.encode(x.to(sae.dtype))[..., index[hp.name].to(x.device)].detach()
     tracer.stop()
 

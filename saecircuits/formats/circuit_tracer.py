@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
+
 from ..dictionaries import Dictionary, DictionaryConfig
 from ..errors import ConfigError, SAEFormatError
 from ..fileio import read_safetensors, write_safetensors, write_text
@@ -43,6 +45,65 @@ def _config(folder: Path) -> dict:
     if not isinstance(data, dict):
         raise SAEFormatError(f"{path} must hold a mapping (model_kind, transcoders, ...)")
     return data
+
+
+def is_clt(folder: Path) -> bool:
+    """A circuit-tracer cross-layer transcoder folder (W_enc_{l} / W_dec_{l} files)."""
+    return (folder / "W_enc_0.safetensors").is_file() or _config(folder).get("model_kind") == "cross_layer_transcoder"
+
+
+def load_clt(folder: Path):
+    """A `CrossLayerTranscoder` from circuit-tracer's CLT files: W_enc_{l}.safetensors (W_enc_{l}
+    [d_trans, d_model], b_enc_{l}, b_dec_{l}, threshold_{l}) and W_dec_{l}.safetensors (W_dec_{l}
+    [d_trans, L - l, d_model]); JumpReLU when threshold_0 exists, else ReLU (refused: our CLTs
+    run TopK or JumpReLU)."""
+    from ..dictionaries.crosslayer import CLTConfig, CrossLayerTranscoder
+
+    folder = Path(folder)
+    L = 0
+    while (folder / f"W_enc_{L}.safetensors").is_file():
+        L += 1
+    if L == 0:
+        raise SAEFormatError(f"{folder}: no W_enc_0.safetensors (circuit-tracer cross-layer transcoder)")
+    enc = [read_safetensors(folder / f"W_enc_{l}.safetensors") for l in range(L)]
+    missing = [l for l in range(L) if not (folder / f"W_dec_{l}.safetensors").is_file()]
+    if missing:
+        raise SAEFormatError(f"{folder}: the cross-layer transcoder misses the decoders of layers {missing} "
+                             "(W_dec_{l}.safetensors)")
+    if f"threshold_0" not in enc[0]:
+        raise SAEFormatError(f"{folder}: a ReLU cross-layer transcoder (no threshold_0) is not supported")
+    d_sae, d_in = enc[0]["W_enc_0"].shape
+    dec = [read_safetensors(folder / f"W_dec_{l}.safetensors")[f"W_dec_{l}"] for l in range(L)]
+    d_out = dec[0].shape[-1]
+    clt = CrossLayerTranscoder(CLTConfig(L, d_in, d_sae, d_out, activation="jumprelu", k=None,
+                                         metadata={"source": "circuit_tracer", "path": str(folder)}))
+    tensors = {"W_enc": torch.stack([e[f"W_enc_{l}"].T.float() for l, e in enumerate(enc)]),
+               "b_enc": torch.stack([e[f"b_enc_{l}"].float() for l, e in enumerate(enc)]),
+               "b_dec": torch.stack([e[f"b_dec_{l}"].float() for l, e in enumerate(enc)]),
+               "threshold": torch.stack([e[f"threshold_{l}"].float() for l, e in enumerate(enc)])}
+    for l, w in enumerate(dec):
+        if tuple(w.shape) != (d_sae, L - l, d_out):
+            raise SAEFormatError(f"{folder}: W_dec_{l} has shape {tuple(w.shape)}, expected {(d_sae, L - l, d_out)}")
+        tensors[f"W_dec_{l}"] = w.permute(1, 0, 2).float()
+    clt.load_tensors(tensors, str(folder))
+    return clt
+
+
+def save_clt(clt, folder: str | Path) -> Path:
+    """Write a JumpReLU `CrossLayerTranscoder` in circuit-tracer's CLT layout (+ config.yaml)."""
+    if clt.threshold is None:
+        raise ConfigError("circuit-tracer reads JumpReLU cross-layer transcoders; convert with to_jumprelu first")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for l in range(clt.cfg.n_layers):
+        write_safetensors(folder / f"W_enc_{l}.safetensors", {
+            f"W_enc_{l}": clt.W_enc[l].detach().T.contiguous().float(), f"b_enc_{l}": clt.b_enc[l].detach().float(),
+            f"b_dec_{l}": clt.b_dec[l].detach().float(), f"threshold_{l}": clt.threshold[l].detach().float()})
+        write_safetensors(folder / f"W_dec_{l}.safetensors",
+                          {f"W_dec_{l}": clt.W_dec[l].detach().permute(1, 0, 2).contiguous().float()})
+    write_text(folder / CONFIG, "model_kind: cross_layer_transcoder\nfeature_input_hook: hook_resid_mid\n"
+                                "feature_output_hook: hook_mlp_out\n")
+    return folder
 
 
 def load_transcoder_set(folder: Path) -> dict[str, Dictionary]:

@@ -19,10 +19,11 @@ from typing import Any, Callable
 
 
 def cli(help: str, *, flags: tuple[str, ...] | None = None, type: Callable | None = None,
-        choices: tuple | None = None, metavar: str | None = None, skip: bool = False) -> dict:
+        choices: tuple | None = None, metavar: str | None = None, skip: bool = False,
+        required: bool = False) -> dict:
     """Field metadata for `add_config_arguments`."""
     return {"help": help, "flags": flags, "type": type, "choices": choices, "metavar": metavar,
-            "skip": skip}
+            "skip": skip, "required": required}
 
 
 def _converter(annotation: Any) -> Callable | None:
@@ -78,6 +79,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, fields: list[str]
                 kwargs["metavar"] = meta["metavar"]
             if isinstance(default, (list, tuple)):
                 kwargs["default"] = ",".join(str(v) for v in default)
+        if meta.get("required"):
+            kwargs["required"] = True
+            kwargs.pop("default")
         parser.add_argument(*flags, **kwargs)
     return names
 

@@ -20,36 +20,9 @@ from .edges import PRECISIONS as EDGE_PRECISIONS, compute_edges
 from .evaluate import Evaluator, error_share, trace_warnings
 from ..graph import FeatureGraph, Node
 from .nodes import NodeScores, node_scores
+from ..configs import TraceConfig  # noqa: F401 (re-exported: attribution.TraceConfig)
 from .prune import prune_edges, remove_dangling, select_nonempty
 from .stream import LazyStates
-
-
-@dataclass
-class TraceConfig:
-    """Options of `trace_circuit` (see its docstring)."""
-
-    method: str = "attrib"
-    ablation: str = "patch"
-    n: int = 64
-    top_k: int | None = None
-    node_threshold: float | None = None
-    influence: float | None = None
-    edge_influence: float = 0.98
-    positional: bool = False
-    steps: int = 10
-    batch_size: int = 32
-    chunk_tokens: int = 256                # padded tokens per chunk (memory bound: the edge pass's
-                                           # batched backward peaks at ~3.3 MB per token on SmolLM2)
-    eval_ablation: str | None = None      # None: patch when the task has patch prompts, else mean
-    mean_from: "Task | str | None" = None  # reference set of the mean ablation (default: the task)
-    mean_n: int = 64                       # prompts of a built-in `mean_from` task
-    length: int | str | None = None        # keep only the prompts of this token length ("common":
-                                           # the most frequent length)
-    seed: int = 0
-    edges: bool = True
-    edge_eval: bool = True                 # exact edge ablation of the final circuit
-    edge_precision: str = "fp32"           # fp32 | bf16 | auto: matmuls of the edge pass
-    progress: bool = True
 
 
 def feature_labels(rm: ReplacementModel, tok, nodes, top: int = 3) -> dict[Node, str]:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..configs import GraphConfig  # noqa: F401 (re-exported)
 from ..dictionaries import Dictionary
 from ..errors import ConfigError, GraphError, TaskError
 from ..frozen import FrozenPass, frozen_forward
@@ -50,52 +51,6 @@ from ..wrapping import model_name_of, unwrap
 
 if TYPE_CHECKING:
     from ..graph import FeatureGraph
-
-
-@dataclass
-class GraphConfig:
-    """Options of `attribute` (circuit-tracer's defaults).
-
-    max_n_logits / desired_logit_prob: logit targets are the top tokens up to this cumulative
-    probability, at most this many. target: None (those logits) or (token a, token b): one
-    contrast target logit(a) − logit(b) (weight 1). batch_size: targets per backward pass.
-    max_feature_nodes: None (every active feature gets its row) or the most influential ones.
-    prepend_bos: start the prompt with the tokenizer's BOS (or first special) token when it does
-    not start with a special token (circuit-tracer does); zero_first: position 0's features and
-    error vectors are not nodes (its MLP outputs count as biases; circuit-tracer's zero_positions).
-    node_threshold / edge_threshold: pruning. precision: the backward passes' matmuls.
-    allow_partial: trace with transcoders at only some layers (the others' MLPs count as error
-    nodes carrying their whole output); otherwise every layer needs a transcoder.
-    """
-
-    max_n_logits: int = 10
-    desired_logit_prob: float = 0.95
-    target: tuple[str, str] | None = None
-    batch_size: int = 64
-    max_feature_nodes: int | None = None
-    prepend_bos: bool = True
-    zero_first: bool = True
-    node_threshold: float = 0.8
-    edge_threshold: float = 0.98
-    precision: str = "fp32"
-    allow_partial: bool = False
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("max_n_logits", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_feature_nodes is not None and (not isinstance(self.max_feature_nodes, int)
-                                                   or self.max_feature_nodes < 1):
-            raise ConfigError(f"max_feature_nodes must be None or a positive integer, got "
-                              f"{self.max_feature_nodes!r}")
-        for name in ("desired_logit_prob", "node_threshold", "edge_threshold"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0 < value <= 1:
-                raise ConfigError(f"{name} must be in (0, 1], got {value!r}")
-        if self.target is not None and (not isinstance(self.target, (tuple, list)) or len(self.target) != 2):
-            raise ConfigError(f"target must be None or two tokens (a, b), got {self.target!r}")
 
 
 @dataclass

@@ -7,36 +7,20 @@ HELP = ("attribution graph of one prompt with transcoders at every MLP (circuit-
         "replacement / completeness scores, pruned graph, viewer")
 
 
-def _pair(text: str) -> tuple[str, str]:
-    parts = text.split(",")
-    if len(parts) != 2 or not all(parts):
-        raise argparse.ArgumentTypeError(f"expected two tokens 'A,B' (e.g. ' Mary, John'), got {text!r}")
-    return parts[0], parts[1]
+GRAPH_FIELDS = ["max_n_logits", "desired_logit_prob", "target", "batch_size", "max_feature_nodes",
+                "node_threshold", "edge_threshold", "allow_partial", "prepend_bos", "zero_first", "precision"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import (add_explanations_argument, add_model_arguments, add_precision_argument,
-                       positive_int, unit_float)
+    from ..cli import add_explanations_argument, add_model_arguments
+    from ..config_args import add_config_arguments
+    from ..configs import GraphConfig
     from .saes_args import add_saes_arguments
 
     add_model_arguments(parser)
     add_saes_arguments(parser)
     parser.add_argument("--prompt", required=True, help="the prompt to attribute")
-    parser.add_argument("--target", type=_pair, default=None, metavar="A,B",
-                        help="one contrast target logit(A) - logit(B) instead of the top logits "
-                             "(default: the top tokens up to 0.95 probability, at most 10)")
-    parser.add_argument("--max-n-logits", type=positive_int, default=10, help="logit targets (at most)")
-    parser.add_argument("--desired-logit-prob", type=unit_float, default=0.95,
-                        help="cumulative probability of the logit targets")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="targets per backward pass")
-    parser.add_argument("--node-threshold", type=unit_float, default=0.8,
-                        help="pruning: keep nodes up to this cumulative influence")
-    parser.add_argument("--edge-threshold", type=unit_float, default=0.98,
-                        help="pruning: keep edges up to this cumulative influence")
-    parser.add_argument("--allow-partial", action="store_true",
-                        help="trace even where some MLPs have no transcoder (their outputs become "
-                             "error nodes; the summary says so)")
-    add_precision_argument(parser, "fp32", "the backward passes")
+    add_config_arguments(parser, GraphConfig, GRAPH_FIELDS)       # options from GraphConfig's fields
     add_explanations_argument(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -52,10 +36,9 @@ def run(args: argparse.Namespace) -> dict:
     from ..models import load_model
 
     check_output_dir(args.out, overwrite=args.overwrite)
-    cfg = GraphConfig(max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob,
-                      target=args.target, batch_size=args.batch_size,
-                      node_threshold=args.node_threshold, edge_threshold=args.edge_threshold,
-                      precision=args.precision, allow_partial=args.allow_partial)
+    from ..config_args import config_kwargs
+
+    cfg = GraphConfig(**config_kwargs(args, GRAPH_FIELDS))
     explanations = load_explanation_records(args.explanations) if args.explanations else {}
     model, tok = load_model(args.model, device=args.device)
     from ..sae import load_replacement

@@ -66,7 +66,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls, fields: list[str]
         else:
             default = None
         flags = meta.get("flags") or (f"--{name.replace('_', '-')}",)
-        kwargs = {"dest": name, "default": default, "help": meta["help"]}
+        help_text = meta["help"]
+        if "default" not in help_text.lower():
+            help_text += " (default: %(default)s)"
+        kwargs = {"dest": name, "default": default, "help": help_text}
         if f.type in (bool, "bool"):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

@@ -158,3 +158,96 @@ def _pair(text: str) -> tuple[str, str]:
     if len(parts) != 2 or not all(parts):
         raise argparse.ArgumentTypeError(f"expected two tokens 'A,B' (e.g. ' Mary, John'), got {text!r}")
     return parts[0], parts[1]
+
+
+IOI_GRAPH_PROMPT = "Gregory and Wendy were working at the airport. Gregory decided to give the flower to"
+PARENS_GRAPH_PROMPT = "The old castle (built around 1965"
+
+
+@dataclass
+class DemoConfig:
+    """Settings of `saecircuits demo`.
+
+    One harvest trains everything: SAEs on the attention and MLP outputs of four layers (the
+    layout whose circuits carry IOI and parens, README "Results") and transcoders at every MLP
+    (replacement graphs). The SAE circuits are traced on task prompts; one replacement graph is
+    drawn for a held-out IOI prompt and one for a held-out parens prompt.
+    """
+
+    model: str | None = field(default=None, metadata=cli("model", skip=True))
+    device: str | None = field(default=None, metadata=cli("device", skip=True))
+    hooks: list[str] = field(default_factory=lambda: ["attn.4", "mlp.4", "attn.10", "mlp.10", "attn.16",
+                                                      "mlp.16", "attn.23", "mlp.23"],
+                             metadata=cli("SAE hook points (comma-separated)", type=str))
+    tokens: int = field(default=200_000, metadata=cli("training tokens (one harvest for SAEs and transcoders)"))
+    expansion: int = field(default=8, metadata=cli("SAE d_sae / d_model"))
+    k: int = field(default=64, metadata=cli("SAE TopK active latents"))
+    transcoders: bool = field(default=True, metadata=cli(
+        "train skip transcoders at every MLP and draw replacement graphs"))
+    tc_k: int = field(default=32, metadata=cli("transcoder TopK active latents"))
+    tc_expansion: int = field(default=4, metadata=cli("transcoder d_sae / d_model"))
+    corpus: str | None = field(default="embedded-mix:0.7", metadata=cli(
+        "training corpus: embedded, narrative, embedded-mix:R, a file or folder", type=str))
+    n: int = field(default=32, metadata=cli("prompts per task (SAE circuits)"))
+    top_k: int = field(default=60, metadata=cli("feature nodes per SAE circuit"))
+    method: str = field(default="attrib", metadata=cli("node attribution method",
+                                                        choices=("attrib", "ig", "exact")))
+    graph_features: int | None = field(default=None, metadata=cli(
+        "replacement graphs: rows for at most this many features, most influential first (default: all)"))
+    out: str = field(default="saecircuits-demo", metadata=cli("output directory"))
+    retrain: bool = field(default=False, metadata=cli("train the dictionaries even if cached ones exist"))
+    quick: bool = field(default=False, metadata=cli("a small run (fewer tokens, prompts and features)"))
+    seed: int = field(default=0, metadata=cli("training and sampling seed", type=_int))
+    dashboard_windows: int = 192
+    compare_bases: bool | None = field(default=None, metadata=cli(
+        "SAE vs PCA vs raw basis comparison at the middle residual hook (default: off; it costs minutes)"))
+    basis_prompts: int = field(default=16, metadata=cli("IOI prompts of the basis comparison"))
+    steer_candidates: int = field(default=6, metadata=cli(
+        "parens-circuit features, and as many gradient-ranked ones, tried for the steering showcase"))
+    precision: str = field(default="auto", metadata=cli(
+        "matmul precision of harvesting, training, edges and dashboards: auto (bf16 only where it is "
+        "measured faster), fp32 or bf16", choices=PRECISION_CHOICES))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hooks, str):
+            self.hooks = [h.strip() for h in self.hooks.split(",") if h.strip()]
+        if not self.hooks:
+            raise ConfigError("demo needs at least one hook point (--hooks)")
+        from .precision import check
+
+        check(self.precision)
+        if self.compare_bases is None:
+            self.compare_bases = False
+        if self.quick:
+            self.tokens, self.n, self.top_k = min(self.tokens, 40_000), min(self.n, 16), min(self.top_k, 30)
+            self.dashboard_windows = min(self.dashboard_windows, 64)
+            self.method = "attrib"
+            self.graph_features = min(self.graph_features or 1024, 1024)
+        for name in ("tokens", "expansion", "k", "tc_k", "tc_expansion", "n", "top_k", "dashboard_windows",
+                     "basis_prompts", "steer_candidates"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"demo {name} must be a positive integer, got {value!r}")
+
+    def train_config(self):
+        """The `trainers.TrainConfig` of the demo's SAEs and transcoders (one harvest)."""
+        from trainers import TrainConfig
+        from trainers.config import TranscoderRecipe
+
+        recipe = (TranscoderRecipe(sites="all", architecture="topk", k=self.tc_k, expansion=self.tc_expansion,
+                                   skip=True) if self.transcoders else None)
+        return TrainConfig(hooks=list(self.hooks), architecture="topk", k=self.k,
+                           expansion=self.expansion, tokens=self.tokens, seed=self.seed,
+                           corpus=self.corpus, precision=self.precision, transcoders=recipe,
+                           device=self.device, eval_tokens=2048)
+
+    def trace_config(self):
+        """The `TraceConfig` of the demo's SAE circuits."""
+        # edges in bf16 where bf16 is measured faster: 2.1x less graph time on an AMX CPU,
+        # edge weights r = 0.999998 against fp32 (benchmarks/RESULTS.md, issue 17)
+        return TraceConfig(method=self.method, n=self.n, top_k=self.top_k, seed=self.seed,
+                           edge_precision=self.precision)
+
+    def graph_config(self):
+        """The `GraphConfig` of the demo's replacement graphs."""
+        return GraphConfig(max_feature_nodes=self.graph_features, precision=self.precision)

@@ -53,11 +53,12 @@ def test_torch_free_copies_of_defaults_match_their_sources():
 
     assert compare_bases.BASES == bases.BASES and compare_bases.DEFAULT_NS == bases.DEFAULT_NS
     from saecircuits.commands import demo, export
+    from saecircuits.config_args import config_kwargs
     from saecircuits.demo import DemoConfig
     from saecircuits.export.writer import FORMATS
 
-    config = DemoConfig()
-    assert demo.DEFAULTS == {k: getattr(config, k) for k in demo.DEFAULTS}
+    args = cli.build_parser().parse_args(["demo"])
+    assert DemoConfig(**config_kwargs(args, demo.DEMO_FIELDS)) == DemoConfig()   # options from the dataclass
     assert export.FORMATS == FORMATS
 
 

@@ -298,7 +298,7 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
 
 def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpus,
            total_steps, batch, out, rank, key, device, precisions) -> SAESet:
-    from .evaluate import evaluate_saes, write_reports
+    from .evaluate import JOINT, evaluate_saes, write_reports
 
     start, scales = 0, {}
     ckpt = out / CHECKPOINT if out is not None else None
@@ -386,11 +386,15 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
                                     precision=precisions["harvest"])  # score on what was harvested
             eval_seconds = round(time.perf_counter() - eval_began, 1)
             write_reports(out / variant if variant else out, metrics)
+            joint = {k: v for k, v in metrics.get(JOINT, {}).items()
+                     if isinstance(v, (int, float)) and math.isfinite(v)}
             for spec in specs:
                 if spec.write in metrics and spec.variant == variant:
                     scalars = {k: v for k, v in metrics[spec.write].items()
                                if isinstance(v, (int, float)) and math.isfinite(v)}
                     saes[spec.name].cfg.metadata["metrics"] = scalars
+                    if joint:   # the replacement model of the whole group (transcoders)
+                        saes[spec.name].cfg.metadata["joint_metrics"] = joint
                     saes[spec.name].cfg.metadata["eval_seconds"] = eval_seconds  # vs train_seconds
                     saes[spec.name].save(out / spec.name)
     return main

@@ -1,7 +1,7 @@
 """Replacement graphs of transcoder sets on held-out IOI and parens prompts.
 
     python benchmarks/bench_replacement.py --transcoders DIR [DIR ...] [--n 8] [--threads 1]
-        [--eval-tokens 4096] [--intervention 10] [--json OUT.json]
+        [--eval-tokens 4096] [--intervention 10] [--max-features N] [--json OUT.json]
 
 For each transcoder set (every MLP of SmolLM2): the replacement model's joint metrics on held-out
 text (every MLP replaced, error terms off: CE-loss score and KL against zero-ablating every MLP;
@@ -47,6 +47,8 @@ def main() -> None:
     p.add_argument("--intervention", type=int, default=10, help="features ablated per graph (0: off)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="fp32")
+    p.add_argument("--max-features", type=int, default=None,
+                   help="feature rows per graph, most influential first (circuit-tracer's max_feature_nodes)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -60,7 +62,8 @@ def main() -> None:
     model, tok = load_model()
     tasks = {"ioi": prompts(HERE / "ioi_heldout.jsonl", args.n),
              "parens": prompts(HERE / "parens_heldout.jsonl", args.n)}
-    report = {"cpu_threads": args.threads, "precision": args.precision, "sets": {}}
+    report = {"cpu_threads": args.threads, "precision": args.precision, "max_features": args.max_features,
+              "sets": {}}
     for folder in args.transcoders:
         tcs = SAESet.load(folder, model=model)
         entry: dict = {"folder": folder}
@@ -83,7 +86,7 @@ def main() -> None:
             for text in texts:
                 began = time.perf_counter()
                 g = attribute(model, tok, tcs, text, batch_size=args.batch_size, precision=args.precision,
-                              progress=False)
+                              max_feature_nodes=args.max_features, progress=False)
                 seconds = time.perf_counter() - began
                 rep, comp = g.scores()
                 row = {"prompt": text, "replacement": rep, "completeness": comp, "error_share": g.error_share(),

@@ -26,12 +26,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 HOOK = "resid.10"
 CORPUS = "embedded-mix:0.7"
 BUDGETS = (200_000, 1_000_000, 4_000_000)
 KS = [32, 128]
 L1_RANGE = (30.0, 130.0)
+SHARES = (0.5, 0.25)  # report units / edit needed to reach KL ≤ share · KL(clean ‖ counterfactual)
 EVAL_SPLIT_TOKENS = 8192  # only sets the held-out split (as in the 200k run); no evaluation runs
 
 
@@ -41,6 +43,52 @@ def cpu_model() -> str:
         return next(l.split(":", 1)[1].strip() for l in out.splitlines() if "Model name" in l)
     except (OSError, StopIteration):
         return platform.processor()
+
+
+# -- fresh held-out IOI prompts ----------------------------------------------------------------
+# Names, places, objects and templates disjoint from the built-in `ioi` task AND from
+# benchmarks/ioi_heldout.py (whose prompts chose the demo recipe in issue 12): nothing was ever
+# chosen on these.
+FRESH_NAMES = ("Jeffrey Timothy Nathan Jordan Austin Lauren Ella Mia Lily Claire Steve Bruce "
+               "Wayne Keith Craig Neil Glenn Ross Todd Gordon Vincent Howard Russell Eugene Ralph "
+               "Roy Johnny Jimmy Billy Jesse Lucas Logan Owen Isaac Adrian Julian Colin Sara Eva "
+               "Holly Erin Tara Molly Jill Joan Ann Sue Beth Dana Vera Iris").split()
+FRESH_PLACES = ["kitchen", "garage", "forest", "harbor", "bakery", "theater", "stadium", "bridge"]
+FRESH_OBJECTS = ["cup", "lamp", "sock", "spoon", "toy", "card", "shell", "coat"]
+FRESH_TEMPLATES = [
+    "Last night {A} and {B} cooked dinner in the {P}. Then {S} passed the {O} to",
+    "{A} met {B} near the {P}, and {S} lent a {O} to",
+    "During the trip to the {P}, {A} and {B} argued, so {S} mailed a {O} to",
+    "{A} and {B} cleaned the {P} together. Later {S} returned the {O} to",
+    "After a long walk to the {P}, {A} and {B} rested, and {S} tossed a {O} to",
+    "Once {A} and {B} reached the {P}, {S} brought a {O} to",
+]
+
+
+def fresh_records(tok, n: int, seed: int = 0) -> list[dict]:
+    """`n` IOI records (ABBA/BABA alternating, templates in turn) from the fresh lists; the
+    patch prompt repeats the indirect object instead of the subject, so the answer flips."""
+    import random
+
+    from saecircuits.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES, single_token_names
+    from ioi_heldout import HELDOUT_NAMES, HELDOUT_OBJECTS, HELDOUT_PLACES, HELDOUT_TEMPLATES
+
+    assert not set(FRESH_NAMES) & (set(NAMES) | set(HELDOUT_NAMES))
+    assert not set(FRESH_PLACES) & (set(PLACES) | set(HELDOUT_PLACES))
+    assert not set(FRESH_OBJECTS) & (set(OBJECTS) | set(HELDOUT_OBJECTS))
+    assert not set(FRESH_TEMPLATES) & (set(TEMPLATES) | set(HELDOUT_TEMPLATES))
+    names = single_token_names(tok, FRESH_NAMES)
+    assert len(names) == len(FRESH_NAMES), sorted(set(FRESH_NAMES) - set(names))
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        io, s = rng.sample(names, 2)
+        t = FRESH_TEMPLATES[i % len(FRESH_TEMPLATES)]
+        a, b = (io, s) if i % 2 == 0 else (s, io)
+        fill = dict(A=a, B=b, P=rng.choice(FRESH_PLACES), O=rng.choice(FRESH_OBJECTS))
+        out.append({"clean_prefix": t.format(S=s, **fill), "patch_prefix": t.format(S=io, **fill),
+                    "clean_answer": " " + io, "patch_answer": " " + s})
+    return out
 
 
 def log(msg: str) -> None:
@@ -181,14 +229,215 @@ def stage_train(args) -> None:
     log(f"relu-{big}: train L0 {train_l0(out, cache_big):.1f}")
 
 
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+DENSE = ("raw", "pca", "ica")
+
+
+def sae_dirs(work: Path) -> dict[str, Path]:
+    """Evaluation name -> SAE set directory, for the runs that exist."""
+    out = {}
+    for tokens in BUDGETS:
+        run = work / f"topk-{tokens}"
+        for k, folder in ((KS[0], run), (KS[1], run / "variants" / f"k{KS[1]}-x8")):
+            if (folder / HOOK / "cfg.json").is_file():
+                out[f"topk{k}-{tokens // 1000}k"] = folder
+    relu = work / f"relu-{BUDGETS[-1]}"
+    if (relu / HOOK / "cfg.json").is_file():
+        out[f"relu-{BUDGETS[-1] // 1000}k"] = relu
+    return out
+
+
+def stage_eval(args) -> None:
+    """Greedy elimination for each named basis (resumable), one JSON per basis."""
+    import torch
+    import saecircuits as sc
+    from saecircuits.bases import build_bases, linear_basis, sae_basis
+    from saecircuits.elimination import compare_bases_cunningham, parse_thresholds, prepare
+    from saecircuits.fileio import read_safetensors, write_json, write_safetensors
+    from saecircuits.tasks import from_records
+
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    folder = work / f"eval-n{args.n}"
+    (folder / "partial").mkdir(parents=True, exist_ok=True)
+    thresholds = parse_thresholds(args.thresholds)
+    model, tok = sc.load_model()
+    task = from_records(tok, fresh_records(tok, args.n, seed=0), name="ioi_fresh")
+    began = time.perf_counter()
+    setup = prepare(model, tok, task, HOOK)
+    log(f"set-up {time.perf_counter() - began:.1f} s: runner {setup.runner.kind}, check "
+        f"{setup.runner_check:.2e}, positions {setup.start}..{setup.x_clean.shape[1] - 1}")
+    fits = folder / "fits.safetensors"
+    saved = read_safetensors(fits) if fits.is_file() else {}
+    saes = sae_dirs(work)
+    for name in args.bases.split(","):
+        out = folder / f"{name}.json"
+        if out.is_file():
+            log(f"{name}: done already")
+            continue
+        if name in DENSE:
+            if name == "raw" or f"{name}/w" in saved:
+                basis = (build_bases(model, tok, HOOK, ["raw"])[0] if name == "raw" else
+                         linear_basis(name, saved[f"{name}/mean"], saved[f"{name}/w"], saved[f"{name}/dec"]))
+            else:
+                t0 = time.perf_counter()
+                basis = build_bases(model, tok, HOOK, [name], fit_tokens=args.fit_tokens,
+                                    corpus=CORPUS, seed=0)[0]
+                saved |= {f"{name}/mean": basis.mean, f"{name}/w": basis.w, f"{name}/dec": basis.dec}
+                write_safetensors(fits, saved)
+                log(f"{name}: fitted on {args.fit_tokens:,} {CORPUS} activations in "
+                    f"{time.perf_counter() - t0:.0f} s")
+            basis.name = name
+        elif name in saes:
+            basis = sae_basis(sc.SAESet.load(saes[name], hooks=[HOOK])[HOOK])
+            basis.name = name
+        else:
+            log(f"{name}: no such basis yet (have {sorted(saes)})")
+            continue
+        t0 = time.perf_counter()
+        res = compare_bases_cunningham(model, tok, task, HOOK, [basis], thresholds, seed=0,
+                                       batch=args.batch, state_dir=folder / "partial", setup=setup)
+        curve = res.curves[name]
+        write_json(out, {**curve.to_dict(), "kl_clean": res.kl_clean, "n_prompts": len(task),
+                         "thresholds": thresholds, "runner": res.info,
+                         "wall_seconds_last_call": round(time.perf_counter() - t0, 1)})
+        log(f"{name}: {curve.tests} candidate evaluations ({curve.skipped} zero-edit, {curve.reused} "
+            f"reused), {curve.seconds:.0f} s; final {curve.points[-1].units if curve.points else '-'} units")
+
+
+def sae_metrics(work: Path, names: list[str], n_tokens: int = 4096) -> dict[str, dict]:
+    """L0, explained variance and dead share of every SAE on the same held-out corpus
+    activations (the documents `train_saes` held out of embedded-mix:0.7, seed 0)."""
+    import torch
+    import saecircuits as sc
+    from saecircuits.bases import corpus_activations
+    from trainers.corpus import load_corpus
+
+    model, tok = sc.load_model()
+    held = load_corpus(tok, CORPUS).split(0.02, 0, min_holdout_tokens=EVAL_SPLIT_TOKENS)[1]
+    x = corpus_activations(model, tok, HOOK, n_tokens, corpus=held, context=256)
+    var = (x - x.mean(0)).pow(2).sum(-1).mean()
+    dirs, out = sae_dirs(work), {}
+    for name in names:
+        if name not in dirs:
+            continue
+        sae = sc.SAESet.load(dirs[name], hooks=[HOOK])[HOOK]
+        with torch.no_grad():
+            f = sae.encode(x)
+            rec = sae.decode(f)
+        meta = sae.cfg.metadata
+        out[name] = {"l0": float((f > 0).float().sum(-1).mean()),
+                     "explained_variance": float(1 - (x - rec).pow(2).sum(-1).mean() / var),
+                     "dead_fraction": float(((f > 0).sum(0) == 0).float().mean()),
+                     "train_seconds": meta.get("train_seconds"), "tokens": meta.get("tokens"),
+                     "architecture": sae.cfg.architecture, "k": sae.cfg.k, "d_sae": sae.cfg.d_sae}
+    return out
+
+
+def _label(name: str) -> str:
+    if name in DENSE:
+        return name.upper() if name != "raw" else "raw dims"
+    return name.replace("topk", "TopK k").replace("relu-", "ReLU/L1 ").replace("-", " @ ")
+
+
+def stage_report(args) -> None:
+    """results JSON + markdown rows + docs/ plots from the eval folder."""
+    from saecircuits.bases import line_chart, units_to_reach
+    from saecircuits.fileio import write_json, write_text
+
+    work = Path(args.work)
+    folder = work / f"eval-n{args.n}"
+    curves = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    order = [b for b in DENSE if b in curves] + sorted((b for b in curves if b not in DENSE),
+                                                       key=lambda b: (b.split("-")[0], int(b.split("-")[1][:-1])))
+    curves = {b: curves[b] for b in order}
+    metrics = sae_metrics(work, [b for b in order if b not in DENSE]) if not args.no_metrics else {}
+    kl_clean = next(iter(curves.values()))["kl_clean"]
+    targets = [share * kl_clean for share in SHARES]
+
+    def pts(c):  # (units, KL, edit): every unit patched, then one point per threshold
+        return [(c["all"]["units"], c["all"]["kl"], c["all"]["edit"])] + \
+               [(p["units"], p["kl"], p["edit"]) for p in c["points"]]
+
+    reach = {b: [units_to_reach(pts(c), t) for t in targets] for b, c in curves.items()}
+    head = (["basis", "L0", "EV", "active units", "KL all patched", "candidate evaluations", "seconds"]
+            + [f"KL ≤ {t:.2f}: units / edit" for t in targets])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for b, c in curves.items():
+        m = metrics.get(b, {})
+        cells = [_label(b), f"{m['l0']:.0f}" if m else "", f"{m['explained_variance']:.3f}" if m else "",
+                 f"{c['active_units']:,} / {c['size']:,}", f"{c['all']['kl']:.3f}", f"{c['tests']:,}",
+                 f"{c['seconds']:.0f}"]
+        cells += ["not reached" if n is None else f"{n:,} / {e:.2f}" for n, e in reach[b]]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    verdict = []
+    dense = [b for b in DENSE if b in curves]
+    for b in (b for b in curves if b not in DENSE):
+        for (n, e), t in zip(reach[b], targets):
+            if n is None:
+                verdict.append(f"{_label(b)}, KL ≤ {t:.2f}: not reached")
+                continue
+            beat_u = [d for d in dense if reach[d][targets.index(t)][0] is None or n < reach[d][targets.index(t)][0]]
+            beat_e = [d for d in dense if reach[d][targets.index(t)][1] is None or e < reach[d][targets.index(t)][1]]
+            verdict.append(f"{_label(b)}, KL ≤ {t:.2f}: fewer units than {', '.join(beat_u) or 'none'}; "
+                           f"smaller edit than {', '.join(beat_e) or 'none'}")
+    print(table)
+    print("\n".join(verdict))
+    colors = {_label(b): c for b, c in zip(order, ["#1f77b4", "#2ca02c", "#9467bd", "#fdae6b", "#fd8d3c",
+                                                  "#e6550d", "#a63603", "#fcbba1", "#fb6a4a", "#cb181d",
+                                                  "#67000d"])}
+    docs = Path(args.docs)
+    series_u = {_label(b): [(max(u, 1), kl) for u, kl, _ in pts(c) if u > 0] for b, c in curves.items()}
+    series_e = {_label(b): [(e, kl) for _, kl, e in pts(c)] for b, c in curves.items()}
+    title = f"IOI (fresh held-out, {curves[order[0]]['n_prompts']} prompts) @ {HOOK}, greedy elimination"
+    write_text(docs / "cunningham-units.svg", line_chart(series_u, title, "units patched (log scale)",
+               "KL(edited ‖ counterfactual)", logx=True, colors=colors, width=760))
+    write_text(docs / "cunningham-edit.svg", line_chart(series_e, title, "edit magnitude (mean ‖Δx‖₂)",
+               "KL(edited ‖ counterfactual)", colors=colors, width=760))
+    budget = {}
+    for k in KS:
+        s_ = [(int(b.split("-")[1][:-1]) * 1000, reach[b][1][0]) for b in curves
+              if b.startswith(f"topk{k}-") and reach[b][1][0] is not None]
+        if s_:
+            budget[f"TopK k{k}"] = s_
+    xs = [x for s_ in budget.values() for x, _ in s_] or [BUDGETS[0], BUDGETS[-1]]
+    for d in dense:
+        if reach[d][1][0] is not None:
+            budget[_label(d)] = [(min(xs), reach[d][1][0]), (max(xs), reach[d][1][0])]
+    for b in curves:
+        if b.startswith("relu") and reach[b][1][0] is not None:
+            budget[_label(b)] = [(int(b.split("-")[1][:-1]) * 1000, reach[b][1][0])]
+    write_text(docs / "cunningham-budget.svg", line_chart(
+        budget, f"units needed for KL ≤ {targets[1]:.2f} vs SAE training tokens", "training tokens",
+        "units patched", logx=True, width=760))
+    write_json(Path(args.json), {"hook": HOOK, "cpu": cpu_model(), "kl_clean": kl_clean,
+                                 "targets": targets, "metrics": metrics, "curves": curves,
+                                 "table": table, "verdict": verdict})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="stage", required=True)
     t = sub.add_parser("train")
     t.add_argument("--work", default="/work/scratch/bases/runs")
+    e = sub.add_parser("eval")
+    e.add_argument("--work", default="/work/scratch/bases/runs")
+    e.add_argument("--bases", default="raw,pca,ica")
+    e.add_argument("--n", type=int, default=16, help="prompts")
+    e.add_argument("--thresholds", default="log:1e-5:1:50")
+    e.add_argument("--batch", type=int, default=16)
+    e.add_argument("--fit-tokens", type=int, default=16384)
+    r = sub.add_parser("report")
+    r.add_argument("--work", default="/work/scratch/bases/runs")
+    r.add_argument("--n", type=int, default=16, help="prompts (picks the eval folder)")
+    r.add_argument("--docs", default="docs")
+    r.add_argument("--json", default="benchmarks/results_cunningham.json")
+    r.add_argument("--no-metrics", action="store_true")
     args = ap.parse_args()
-    if args.stage == "train":
-        stage_train(args)
+    {"train": stage_train, "eval": stage_eval, "report": stage_report}[args.stage](args)
 
 
 if __name__ == "__main__":

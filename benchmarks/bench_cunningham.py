@@ -5,22 +5,24 @@ Stage `train` (hours on one core; run it in the background):
         > /work/scratch/bases/train.log 2>&1 &
 trains, at resid.10 of SmolLM2 on `embedded-mix:0.7`, TopK SAEs with 4,608 latents (expansion 8)
 at k 32 and k 128 (one run per budget trains both k from the same batches) on 200k, 1M and 4M
-tokens, then picks an L1 (ReLU) coefficient on TRAINING activations (L0 in [30, 130], short runs on
-the first 200k tokens) and trains that SAE on 4M tokens. The activations are harvested once: each run's cache directory links the
-shards of the previous (shorter) run, whose token windows are a prefix of its own.
+tokens; then picks an L1 (ReLU) coefficient on TRAINING activations (L0 in [30, 130], short
+runs on the first 200k tokens) and trains that ReLU SAE on 1M tokens. The activations are
+harvested once: each run's cache directory links the shards of the previous (shorter) run,
+whose token windows are a prefix of its own.
 
-Stage `eval`: `compare_bases(..., protocol="cunningham")` for every SAE on fresh held-out IOI
-prompts (names / templates disjoint from the built-in task AND from benchmarks/ioi_heldout.jsonl,
-which chose the demo recipe), writing benchmarks/results_cunningham.json, rows for RESULTS.md
-and docs/cunningham-budget-*.svg.
+Stage `eval`: greedy backward elimination (`saecircuits.elimination`) per basis (raw, PCA, ICA
+fit on 16,384 embedded-mix:0.7 activations, every SAE) on fresh held-out IOI prompts (names,
+places, objects and templates disjoint from the built-in task AND from benchmarks/ioi_heldout.py,
+whose prompts chose the demo recipe); resumable, one JSON per basis.
+
+Stage `report`: benchmarks/results_cunningham.json, the markdown table for RESULTS.md and
+docs/cunningham-{units,edit,budget}.svg.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,21 +30,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_bases import cpu_model  # noqa: E402
+
 HOOK = "resid.10"
 CORPUS = "embedded-mix:0.7"
 BUDGETS = (200_000, 1_000_000, 4_000_000)
 KS = [32, 128]
+RELU_TOKENS = 1_000_000  # the dense ReLU step costs ~6x a TopK step here: 4M did not fit the CPU time
 L1_RANGE = (30.0, 130.0)
 SHARES = (0.5, 0.25)  # report units / edit needed to reach KL ≤ share · KL(clean ‖ counterfactual)
 EVAL_SPLIT_TOKENS = 8192  # only sets the held-out split (as in the 200k run); no evaluation runs
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(l.split(":", 1)[1].strip() for l in out.splitlines() if "Model name" in l)
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 # -- fresh held-out IOI prompts ----------------------------------------------------------------
@@ -66,29 +63,18 @@ FRESH_TEMPLATES = [
 
 
 def fresh_records(tok, n: int, seed: int = 0) -> list[dict]:
-    """`n` IOI records (ABBA/BABA alternating, templates in turn) from the fresh lists; the
-    patch prompt repeats the indirect object instead of the subject, so the answer flips."""
-    import random
-
+    """`n` IOI records from the fresh lists (`ioi_heldout.heldout_records`'s generator): the patch
+    prompt repeats the indirect object instead of the subject, so the answer flips."""
     from saecircuits.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES, single_token_names
-    from ioi_heldout import HELDOUT_NAMES, HELDOUT_OBJECTS, HELDOUT_PLACES, HELDOUT_TEMPLATES
+    from ioi_heldout import (HELDOUT_NAMES, HELDOUT_OBJECTS, HELDOUT_PLACES, HELDOUT_TEMPLATES,
+                             heldout_records)
 
     assert not set(FRESH_NAMES) & (set(NAMES) | set(HELDOUT_NAMES))
     assert not set(FRESH_PLACES) & (set(PLACES) | set(HELDOUT_PLACES))
     assert not set(FRESH_OBJECTS) & (set(OBJECTS) | set(HELDOUT_OBJECTS))
     assert not set(FRESH_TEMPLATES) & (set(TEMPLATES) | set(HELDOUT_TEMPLATES))
-    names = single_token_names(tok, FRESH_NAMES)
-    assert len(names) == len(FRESH_NAMES), sorted(set(FRESH_NAMES) - set(names))
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        io, s = rng.sample(names, 2)
-        t = FRESH_TEMPLATES[i % len(FRESH_TEMPLATES)]
-        a, b = (io, s) if i % 2 == 0 else (s, io)
-        fill = dict(A=a, B=b, P=rng.choice(FRESH_PLACES), O=rng.choice(FRESH_OBJECTS))
-        out.append({"clean_prefix": t.format(S=s, **fill), "patch_prefix": t.format(S=io, **fill),
-                    "clean_answer": " " + io, "patch_answer": " " + s})
-    return out
+    assert len(single_token_names(tok, FRESH_NAMES)) == len(FRESH_NAMES)
+    return heldout_records(tok, n, seed, FRESH_NAMES, FRESH_PLACES, FRESH_OBJECTS, FRESH_TEMPLATES)
 
 
 def log(msg: str) -> None:
@@ -206,7 +192,7 @@ def stage_train(args) -> None:
     # L1 coefficient from TRAINING activations only: L0 (on cached training activations) of
     # short ReLU runs on the first 200k tokens of the same stream, multiplying or dividing the
     # coefficient by 2.5 until L0 lies in L1_RANGE; then the full-budget run with it
-    small, big = BUDGETS[0], BUDGETS[-1]
+    small, big = BUDGETS[0], RELU_TOKENS
     cache_small, cache_big = work / f"cache-{small}", work / f"cache-{big}"
     sweep_path = work / "l1_sweep.json"
     sweep = json.loads(sweep_path.read_text()) if sweep_path.is_file() else []
@@ -243,9 +229,9 @@ def sae_dirs(work: Path) -> dict[str, Path]:
         for k, folder in ((KS[0], run), (KS[1], run / "variants" / f"k{KS[1]}-x8")):
             if (folder / HOOK / "cfg.json").is_file():
                 out[f"topk{k}-{tokens // 1000}k"] = folder
-    relu = work / f"relu-{BUDGETS[-1]}"
+    relu = work / f"relu-{RELU_TOKENS}"
     if (relu / HOOK / "cfg.json").is_file():
-        out[f"relu-{BUDGETS[-1] // 1000}k"] = relu
+        out[f"relu-{RELU_TOKENS // 1000}k"] = relu
     return out
 
 

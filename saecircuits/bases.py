@@ -313,6 +313,21 @@ def build_bases(model, tok, hook: str, names: Sequence[str], sae: SAE | None = N
 
 
 # -- clean and patch runs ----------------------------------------------------------------------
+def check_bases(model, hook: str, bases: Sequence[Basis]):
+    """The hook point, after checking that there are bases, with distinct names, of its width."""
+    if not bases:
+        raise ConfigError("the basis comparison needs at least one basis")
+    names = [b.name for b in bases]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"basis names must be distinct, got {names}")
+    hp = hooks.resolve(model, hook)
+    for b in bases:
+        if b.dec.shape[1] != hp.width:
+            raise ConfigError(f"basis {b.name!r} has width {b.dec.shape[1]} but hook {hook!r} has "
+                              f"width {hp.width}")
+    return hp
+
+
 def check_task(task: Task) -> None:
     if not isinstance(task, Task):
         raise TaskError(f"expected a Task, got {type(task).__name__}")
@@ -468,18 +483,12 @@ def compare_bases(model, tok, task: Task, hook: str, bases: Sequence[Basis],
     Runs 1 forward+backward and 2 forwards for the clean/patch values, then one forward per
     (basis, n). The prompts run as one batch (left padded)."""
     check_task(task)
-    if not bases:
-        raise ConfigError("compare_bases needs at least one basis")
     if rank not in RANKS:
         raise ConfigError(f"rank must be one of {RANKS}, got {rank!r}")
     ns = sorted({int(n) for n in ns})
     if not ns or ns[0] < 1:
         raise ConfigError(f"unit counts must be positive integers, got {ns}")
-    hp = hooks.resolve(model, hook)
-    for b in bases:
-        if b.dec.shape[1] != hp.width:
-            raise ConfigError(f"basis {b.name!r} has width {b.dec.shape[1]} but hook {hook!r} has "
-                              f"width {hp.width}")
+    hp = check_bases(model, hook, bases)
     clean, patch = patch_inputs(model, tok, task)
     x_clean, grad, m_clean, last_clean = _clean_grad(model, hp, task, clean)
     x_patch = read_hook(model, hp, patch).cpu()

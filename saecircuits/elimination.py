@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import hooks
-from .bases import (Basis, kl_headline, kl_to, line_chart, logits_with, patch_inputs,
-                    read_hook, color_of)
+from .bases import (Basis, check_bases, color_of, kl_headline, kl_to, line_chart, logits_with,
+                    patch_inputs, read_hook)
 from .errors import ConfigError
 from .tasks.base import Task
 from .wrapping import model_name_of, unwrap
@@ -536,18 +536,9 @@ def compare_bases_cunningham(model, tok, task: Task, hook: str, bases: Sequence[
     """Greedy backward elimination for every basis (module docstring). `state_dir`: partial
     results per basis (`<name>.json`), resumed when present (same settings only)."""
     thresholds = check_thresholds(thresholds)
-    if not bases:
-        raise ConfigError("compare_bases needs at least one basis")
     if not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be a positive integer, got {batch!r}")
-    names = [b.name for b in bases]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"basis names must be distinct, got {names}")
-    hp = hooks.resolve(model, hook)
-    for b in bases:
-        if b.dec.shape[1] != hp.width:
-            raise ConfigError(f"basis {b.name!r} has width {b.dec.shape[1]} but hook {hook!r} has "
-                              f"width {hp.width}")
+    hp = check_bases(model, hook, bases)
     setup = setup or prepare(model, tok, task, hook, full_forward=full_forward)
     folder = None if state_dir is None else Path(state_dir)
     if folder is not None:

@@ -45,9 +45,8 @@ def _sae3(directions: torch.Tensor, dead: bool = False) -> sc.SAE:
     return sae
 
 
-def _brute_force(model, tok, task, sae):
-    """KL(edited ‖ patch) at the last position (mean over prompts) and the edit magnitude for
-    every subset of patched latents, each from one whole forward through nnsight."""
+def _runs(model, tok, task):
+    """(clean inputs, clean and patch hook values, the patch run's last-position log-probs)."""
     clean, patch = encode_inputs(tok, task.clean), encode_inputs(tok, task.patch)
     hp = hooks.resolve(model, HOOK)
     with torch.no_grad():
@@ -56,6 +55,14 @@ def _brute_force(model, tok, task, sae):
         with model.trace(patch):
             xp = hooks.read(model, hp).save()
             logq = F.log_softmax(model.lm_head.output[:, -1].float(), -1).save()
+    return clean, xc, xp, logq
+
+
+def _brute_force(model, tok, task, sae):
+    """KL(edited ‖ patch) at the last position (mean over prompts) and the edit magnitude for
+    every subset of patched latents, each from one whole forward through nnsight."""
+    clean, xc, xp, logq = _runs(model, tok, task)
+    hp = hooks.resolve(model, HOOK)
     real = clean["attention_mask"].bool()
     delta = (sae.encode(xp) - sae.encode(xc)) * real[..., None]       # [B, T, m]
     table = {}
@@ -84,14 +91,7 @@ def toy(tiny):
     model, tok = tiny
     task = from_records(tok, [{"clean_prefix": c, "patch_prefix": p, "clean_answer": a,
                                "patch_answer": b} for c, p, a, b in RECORDS])
-    clean, patch = encode_inputs(tok, task.clean), encode_inputs(tok, task.patch)
-    assert clean["input_ids"].shape == patch["input_ids"].shape
-    hp = hooks.resolve(model, HOOK)
-    with torch.no_grad():
-        with model.trace(clean):
-            xc = hooks.read(model, hp).save()
-        with model.trace(patch):
-            xp = hooks.read(model, hp).save()
+    clean, xc, xp, _ = _runs(model, tok, task)
     diff = (xp - xc)[clean["attention_mask"].bool()]
     return task, torch.linalg.svd(diff, full_matrices=False)[2][:3]
 

@@ -239,9 +239,8 @@ def stage_eval(args) -> None:
     """Greedy elimination for each named basis (resumable), one JSON per basis."""
     import torch
     import saecircuits as sc
-    from saecircuits.bases import build_bases, linear_basis, sae_basis
     from saecircuits.elimination import compare_bases_cunningham, parse_thresholds, prepare
-    from saecircuits.fileio import read_safetensors, write_json, write_safetensors
+    from saecircuits.fileio import write_json
     from saecircuits.tasks import from_records
 
     torch.set_num_threads(1)
@@ -255,32 +254,13 @@ def stage_eval(args) -> None:
     setup = prepare(model, tok, task, HOOK)
     log(f"set-up {time.perf_counter() - began:.1f} s: runner {setup.runner.kind}, check "
         f"{setup.runner_check:.2e}, positions {setup.start}..{setup.x_clean.shape[1] - 1}")
-    fits = folder / "fits.safetensors"
-    saved = read_safetensors(fits) if fits.is_file() else {}
-    saes = sae_dirs(work)
     for name in args.bases.split(","):
         out = folder / f"{name}.json"
         if out.is_file():
             log(f"{name}: done already")
             continue
-        if name in DENSE:
-            if name == "raw" or f"{name}/w" in saved:
-                basis = (build_bases(model, tok, HOOK, ["raw"])[0] if name == "raw" else
-                         linear_basis(name, saved[f"{name}/mean"], saved[f"{name}/w"], saved[f"{name}/dec"]))
-            else:
-                t0 = time.perf_counter()
-                basis = build_bases(model, tok, HOOK, [name], fit_tokens=args.fit_tokens,
-                                    corpus=CORPUS, seed=0)[0]
-                saved |= {f"{name}/mean": basis.mean, f"{name}/w": basis.w, f"{name}/dec": basis.dec}
-                write_safetensors(fits, saved)
-                log(f"{name}: fitted on {args.fit_tokens:,} {CORPUS} activations in "
-                    f"{time.perf_counter() - t0:.0f} s")
-            basis.name = name
-        elif name in saes:
-            basis = sae_basis(sc.SAESet.load(saes[name], hooks=[HOOK])[HOOK])
-            basis.name = name
-        else:
-            log(f"{name}: no such basis yet (have {sorted(saes)})")
+        basis = _bases_for(work, folder, [name], model, tok, args.fit_tokens).get(name)
+        if basis is None:
             continue
         t0 = time.perf_counter()
         res = compare_bases_cunningham(model, tok, task, HOOK, [basis], thresholds, seed=0,
@@ -291,6 +271,62 @@ def stage_eval(args) -> None:
                          "wall_seconds_last_call": round(time.perf_counter() - t0, 1)})
         log(f"{name}: {curve.tests} candidate evaluations ({curve.skipped} zero-edit, {curve.reused} "
             f"reused), {curve.seconds:.0f} s; final {curve.points[-1].units if curve.points else '-'} units")
+
+
+def _bases_for(work: Path, folder: Path, names: list[str], model, tok, fit_tokens: int = 16384):
+    """Bases by evaluation name: raw, PCA/ICA (fitted once, kept in folder/fits.safetensors),
+    and the SAEs that exist."""
+    import saecircuits as sc
+    from saecircuits.bases import build_bases, linear_basis, sae_basis
+    from saecircuits.fileio import read_safetensors, write_safetensors
+
+    fits = folder / "fits.safetensors"
+    saved = read_safetensors(fits) if fits.is_file() else {}
+    saes, out = sae_dirs(work), {}
+    for name in names:
+        if name == "raw":
+            basis = build_bases(model, tok, HOOK, ["raw"])[0]
+        elif name in DENSE:
+            if f"{name}/w" not in saved:
+                t0 = time.perf_counter()
+                b = build_bases(model, tok, HOOK, [name], fit_tokens=fit_tokens, corpus=CORPUS, seed=0)[0]
+                saved |= {f"{name}/mean": b.mean, f"{name}/w": b.w, f"{name}/dec": b.dec}
+                write_safetensors(fits, saved)
+                log(f"{name}: fitted on {fit_tokens:,} {CORPUS} activations in "
+                    f"{time.perf_counter() - t0:.0f} s")
+            basis = linear_basis(name, saved[f"{name}/mean"], saved[f"{name}/w"], saved[f"{name}/dec"])
+        elif name in saes:
+            basis = sae_basis(sc.SAESet.load(saes[name], hooks=[HOOK])[HOOK])
+        else:
+            log(f"{name}: no such basis yet (have {sorted(saes)})")
+            continue
+        basis.name = name
+        out[name] = basis
+    return out
+
+
+def stage_ranking(args) -> None:
+    """The attribution-ranked variant (units ranked once; KL and edit per n) for every basis."""
+    import torch
+    import saecircuits as sc
+    from saecircuits.bases import compare_bases
+    from saecircuits.fileio import write_json
+    from saecircuits.tasks import from_records
+
+    torch.set_num_threads(1)
+    work = Path(args.work)
+    folder = work / f"eval-n{args.fit_n}"
+    model, tok = sc.load_model()
+    task = from_records(tok, fresh_records(tok, args.n, seed=0), name="ioi_fresh")
+    bases = _bases_for(work, folder, args.bases.split(","), model, tok)
+    t0 = time.perf_counter()
+    res = compare_bases(model, tok, task, HOOK, list(bases.values()), ns=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    log(f"ranking variant, {len(task)} prompts, {len(bases)} bases: {time.perf_counter() - t0:.0f} s")
+    print(res.table())
+    from saecircuits.bases import kl_headline
+
+    print(kl_headline(res.kl_points(), res.kl_clean, 0.25))
+    write_json(work / f"ranking-n{args.n}.json", res.to_dict())
 
 
 def sae_metrics(work: Path, names: list[str], n_tokens: int = 4096) -> dict[str, dict]:
@@ -416,6 +452,11 @@ def main() -> None:
     e.add_argument("--thresholds", default="log:1e-5:1:50")
     e.add_argument("--batch", type=int, default=16)
     e.add_argument("--fit-tokens", type=int, default=16384)
+    k = sub.add_parser("ranking")
+    k.add_argument("--work", default="/work/scratch/bases/runs")
+    k.add_argument("--bases", default="raw,pca,ica")
+    k.add_argument("--n", type=int, default=16, help="prompts")
+    k.add_argument("--fit-n", type=int, default=8, help="eval folder whose PCA/ICA fits to reuse")
     r = sub.add_parser("report")
     r.add_argument("--work", default="/work/scratch/bases/runs")
     r.add_argument("--n", type=int, default=16, help="prompts (picks the eval folder)")
@@ -423,7 +464,8 @@ def main() -> None:
     r.add_argument("--json", default="benchmarks/results_cunningham.json")
     r.add_argument("--no-metrics", action="store_true")
     args = ap.parse_args()
-    {"train": stage_train, "eval": stage_eval, "report": stage_report}[args.stage](args)
+    {"train": stage_train, "eval": stage_eval, "ranking": stage_ranking,
+     "report": stage_report}[args.stage](args)
 
 
 if __name__ == "__main__":

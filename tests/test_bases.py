@@ -78,6 +78,14 @@ def test_compare_bases_tiny(tiny, tiny_fit):
         logits = model.lm_head.output.save()
     want = (task.metric(logits).mean() - res.metric_clean) / (res.metric_patch - res.metric_clean)
     assert res.all_features_recovery == pytest.approx(float(want), abs=1e-4)
+    # KL(edited ‖ patch) at the last position and the edit magnitude, by hand
+    with torch.no_grad(), model.trace(patch):
+        logits_p = model.lm_head.output.save()
+    logp, logq = (torch.log_softmax(v[:, -1].double(), -1) for v in (logits, logits_p))
+    kl = (logp.exp() * (logp - logq)).sum(-1).mean()
+    edit = (x_new - xc).norm(dim=-1)[clean["attention_mask"].bool()].mean()
+    assert res.point("sae", "all").kl == pytest.approx(float(kl), rel=1e-3, abs=1e-6)
+    assert res.point("sae", "all").edit == pytest.approx(float(edit), rel=1e-4)
     # top-n ranking: n=1 of raw picks the dimension with the largest attribution toward the change
     table = res.table()
     assert table.count("\n") == 5 and "| raw (64) |" in table

@@ -358,6 +358,22 @@ def sae_metrics(work: Path, names: list[str], n_tokens: int = 4096) -> dict[str,
     return out
 
 
+def interp_reach(points: list[tuple[int, float, float]], target: float) -> tuple[float | None, float | None]:
+    """Units and edit magnitude at which the elimination path (every unit patched → none)
+    leaves KL ≤ target for good: from its last state with KL ≤ target, interpolated toward the
+    next state (linear in KL; log-linear in units). None when no state reaches the target."""
+    path = sorted(points, key=lambda p: -p[0])
+    last = max((i for i, p in enumerate(path) if p[1] <= target), default=None)
+    if last is None:
+        return None, None
+    if last + 1 == len(path):
+        return path[last][0], path[last][2]
+    (u0, k0, e0), (u1, k1, e1) = path[last], path[last + 1]
+    w = (target - k0) / (k1 - k0)
+    lu = math.log(max(u0, 1)) * (1 - w) + math.log(max(u1, 1)) * w
+    return math.exp(lu), e0 * (1 - w) + e1 * w
+
+
 def _label(name: str) -> str:
     if name in DENSE:
         return name.upper() if name != "raw" else "raw dims"
@@ -366,7 +382,7 @@ def _label(name: str) -> str:
 
 def stage_report(args) -> None:
     """results JSON + markdown rows + docs/ plots from the eval folder."""
-    from saecircuits.bases import line_chart, units_to_reach
+    from saecircuits.bases import line_chart
     from saecircuits.fileio import write_json, write_text
 
     work = Path(args.work)
@@ -383,7 +399,7 @@ def stage_report(args) -> None:
         return [(c["all"]["units"], c["all"]["kl"], c["all"]["edit"])] + \
                [(p["units"], p["kl"], p["edit"]) for p in c["points"]]
 
-    reach = {b: [units_to_reach(pts(c), t) for t in targets] for b, c in curves.items()}
+    reach = {b: [interp_reach(pts(c), t) for t in targets] for b, c in curves.items()}
     head = (["basis", "L0", "EV", "active units", "KL all patched", "candidate evaluations", "seconds"]
             + [f"KL ≤ {t:.2f}: units / edit" for t in targets])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -392,7 +408,7 @@ def stage_report(args) -> None:
         cells = [_label(b), f"{m['l0']:.0f}" if m else "", f"{m['explained_variance']:.3f}" if m else "",
                  f"{c['active_units']:,} / {c['size']:,}", f"{c['all']['kl']:.3f}", f"{c['tests']:,}",
                  f"{c['seconds']:.0f}"]
-        cells += ["not reached" if n is None else f"{n:,} / {e:.2f}" for n, e in reach[b]]
+        cells += ["not reached" if n is None else f"{n:,.0f} / {e:.2f}" for n, e in reach[b]]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     verdict = []

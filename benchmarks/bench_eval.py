@@ -64,7 +64,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for new_path in (False, True):
             kw = (dict(share_clean=new_path) if args.compare == "share" else
-                  dict(autocast=torch.bfloat16 if new_path else None))
+                  dict(precision="bf16" if new_path else "fp32"))
             start = time.perf_counter()
             metrics[new_path] = evaluate_saes(model, tok, saes, held_out, args.eval_tokens,
                                               context=256, progress=False, **kw)

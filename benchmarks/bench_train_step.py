@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from trainers.base import SAESpec
-from trainers.topk import TopKTrainer
+from saecircuits.dictionaries import DictionaryConfig
+from trainers.loop import Trainer
 
 
 def dense_step(params, opt, x, k):
@@ -53,14 +53,14 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, args.d_in, generator=gen)
     x = x / x.norm(dim=1, keepdim=True) * args.d_in ** 0.5
-    trainer = TopKTrainer(SAESpec("resid.10", "topk", args.d_in, args.d_sae, k=args.k),
-                          total_steps=10_000, dead_tokens=10**9)
+    trainer = Trainer(DictionaryConfig("topk", args.d_in, args.d_sae, k=args.k, hook="resid.10"),
+                      total_steps=10_000, dead_tokens=10**9)
     n_dead = int(args.dead * args.d_sae)
     step = [0]
 
     def ours():
         trainer.since_fired[:n_dead] = 2 * 10**9  # these latents count as dead: aux-k runs on them
-        trainer.step(x, step[0])
+        trainer.step(x, x, step[0])
         step[0] += 1
 
     params = [torch.nn.Parameter(t) for t in (torch.randn(args.d_in, args.d_sae) * 0.05,

@@ -13,7 +13,7 @@ import argparse
 from saecircuits import load_model
 from saecircuits.attribution import trace_circuit
 from saecircuits.demo import top_features
-from saecircuits.formats import load_sae_set
+from saecircuits.sae import load_sae_set
 from saecircuits.tasks import load_jsonl, task_accuracy
 
 

@@ -20,7 +20,7 @@ _LAZY = {  # public name -> sub-module that defines it (nothing imports torch un
     "SAE": "sae", "SAEConfig": "sae", "SAESet": "sae",
     "ReplacementModel": "replacement", "Node": "graph", "FeatureGraph": "graph",
     "Spliced": "splice", "splice": "splice", "spliced_logits": "splice",
-    "load_sae": "formats", "load_sae_set": "formats",
+    "load_sae": "formats", "load_sae_set": "sae",
     "make_task": "tasks", "load_jsonl": "tasks", "Task": "tasks", "task_accuracy": "tasks",
     "TraceConfig": "attribution", "trace_circuit": "attribution",
     "node_scores": "attribution", "faithfulness_curve": "attribution",

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from . import hooks
 from .errors import ConfigError, TaskError
+from .progress import bar as progress_bar, status
 from .replacement import logits_site
 from .sae import SAE
 from .splice import encode_inputs
@@ -227,7 +228,8 @@ def ica_basis(acts: torch.Tensor, n_components: int | None = None, max_iter: int
     evals = evals[:k].clamp_min(evals[0] * 1e-9)
     whiten = evecs[:, :k] * evals.rsqrt()                # [d, k]: z = (x − μ) @ whiten
     z = ((x - mean) @ whiten).float()
-    w, iters, change = fastica_unmixing(z.T.contiguous(), max_iter, tol, seed)
+    with status(f"fitting ICA ({z.shape[1]} components, at most {max_iter} iterations)"):
+        w, iters, change = fastica_unmixing(z.T.contiguous(), max_iter, tol, seed)
     unmix = whiten @ w.double().T                        # [d, k]: c = (x − μ) @ unmix
     unmix = unmix / unmix.norm(dim=0, keepdim=True).clamp_min(1e-30)
     dec = torch.linalg.pinv(unmix)                       # [k, d]: x − μ = c @ dec (complete)
@@ -256,12 +258,14 @@ def corpus_activations(model, tok, hook: str, n_tokens: int = 16384, corpus=None
     windows = tc.windows(context, seed=seed)
     points = [hooks.resolve(model, hook)]
     out, have = [], 0
-    for start in range(0, windows.shape[0], batch):
-        acts = harvest(model, points, windows[start:start + batch])[hook]
-        out.append(acts)
-        have += acts.shape[0]
-        if have >= n_tokens:
-            break
+    with progress_bar(n_tokens, f"activations at {hook}", unit="tok", unit_scale=True) as bar:
+        for start in range(0, windows.shape[0], batch):
+            acts = harvest(model, points, windows[start:start + batch])[hook]
+            out.append(acts)
+            bar.update(min(acts.shape[0], n_tokens - have))
+            have += acts.shape[0]
+            if have >= n_tokens:
+                break
     acts = torch.cat(out)[:n_tokens]
     if acts.shape[0] < n_tokens:
         raise ConfigError(f"the corpus gives only {acts.shape[0]} activations at {hook}, "
@@ -490,10 +494,13 @@ def compare_bases(model, tok, task: Task, hook: str, bases: Sequence[Basis],
         raise ConfigError(f"unit counts must be positive integers, got {ns}")
     hp = check_bases(model, hook, bases)
     clean, patch = patch_inputs(model, tok, task)
+    bar = progress_bar(3 + sum(len([n for n in ns if n < b.size]) + 1 for b in bases), "compare bases",
+                       unit="pass")
     x_clean, grad, m_clean, last_clean = _clean_grad(model, hp, task, clean)
     x_patch = read_hook(model, hp, patch).cpu()
     x_clean, grad = x_clean.cpu(), grad.cpu()  # basis arithmetic on the CPU, whatever the model's device
     logits_p = logits_with(model, hp, patch)
+    bar.update(3)
     m_patch = float(task.metric(logits_p).mean())
     logq = F.log_softmax(logits_p[:, -1].float(), -1)
     change = m_patch - m_clean
@@ -524,9 +531,11 @@ def compare_bases(model, tok, task: Task, hook: str, bases: Sequence[Basis],
             kl = kl_to(F.log_softmax(logits[:, -1].float(), -1), logq).mean()
             curve.append(CurvePoint(n, (float(task.metric(logits).mean()) - m_clean) / change,
                                     float(kl), edit_magnitude(edit, real)))
+            bar.update(1)
         curves[b.name], sizes[b.name] = curve, b.size
         info[b.name] = {**b.info, "attribution_total": float(attr.sum()),
                         "attribution_top16": float(attr[order[:16]].sum())}
+    bar.close()
     kl_clean = float(kl_to(F.log_softmax(last_clean, -1), logq).mean())
     return BasisComparison(task=task.name, hook=hp.name, n_prompts=n_prompts, metric_clean=m_clean,
                            metric_patch=m_patch, kl_clean=kl_clean, curves=curves, sizes=sizes,

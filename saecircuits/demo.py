@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,9 +21,11 @@ from typing import Any
 import torch
 
 from .errors import ConfigError, ExportError, SAEFormatError
-from .fileio import atomic_dir, write_json
+from .fileio import atomic_dir, remove_stale_temps, write_json
 from .models import cache_dir, load_model, model_name_of
+from .progress import bar as progress_bar, status, track
 from .replacement import ReplacementModel
+from .configs import DemoConfig  # noqa: F401 (re-exported: saecircuits.demo.DemoConfig)
 from .sae import SAESet
 
 DEMO_MARKER = "demo.json"
@@ -50,77 +51,6 @@ NOT_DUE_PROMPTS = [  # held-out prompts (disjoint from SELECT_PROMPTS) for the r
 ]
 
 
-@dataclass
-class DemoConfig:
-    """Settings of `saecircuits demo` (defaults: a full run on a 2-core CPU in < 20 min).
-
-    hooks: residual hook points that straddle SmolLM2's IOI step at layer 23.
-    tokens / expansion / k / corpus: the SAE recipe: training budget, width
-        (d_sae = expansion·d_model), TopK k, training corpus (None: the embedded default;
-        any `trainers.corpus.load_documents` source, e.g. "embedded-mix:0.7").
-    n: prompts per task; top_k: feature nodes kept per circuit; method: attrib | ig | exact.
-    compare_bases: run the SAE vs PCA vs raw basis comparison at the middle hook on
-        `basis_prompts` IOI prompts (None: on, except with `quick`).
-    steer_candidates: parens-circuit features, and as many gradient-ranked ones, tried (by measured
-        P(")")) for the steering showcase.
-    quick: a much smaller run (< 5 min) for a first look.
-    """
-
-    model: str | None = None
-    device: str | None = None
-    hooks: list[str] = field(default_factory=lambda: ["resid.4", "resid.10", "resid.16", "resid.23"])
-    tokens: int = 200_000
-    expansion: int = 8
-    k: int = 128
-    corpus: str | None = "embedded-mix:0.7"
-    n: int = 32
-    top_k: int = 60
-    method: str = "attrib"
-    out: str = "saecircuits-demo"
-    retrain: bool = False
-    quick: bool = False
-    seed: int = 0
-    dashboard_windows: int = 192
-    compare_bases: bool | None = None
-    basis_prompts: int = 16
-    steer_candidates: int = 6
-
-    def __post_init__(self) -> None:
-        if isinstance(self.hooks, str):
-            self.hooks = [h.strip() for h in self.hooks.split(",") if h.strip()]
-        if not self.hooks:
-            raise ConfigError("demo needs at least one hook point (--hooks)")
-        if self.compare_bases is None:  # ~140 s measured on a loaded 2-core CPU: full runs only
-            self.compare_bases = not self.quick
-        if self.quick:
-            self.tokens, self.n, self.top_k = min(self.tokens, 40_000), min(self.n, 16), min(self.top_k, 30)
-            self.dashboard_windows = min(self.dashboard_windows, 64)
-            self.method = "attrib"
-        for name in ("tokens", "expansion", "k", "n", "top_k", "dashboard_windows", "basis_prompts",
-                     "steer_candidates"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"demo {name} must be a positive integer, got {value!r}")
-
-    def train_config(self):
-        """The `trainers.TrainConfig` of the demo's SAEs."""
-        from trainers import TrainConfig
-
-        return TrainConfig(hooks=list(self.hooks), architecture="topk", k=self.k,
-                           expansion=self.expansion, tokens=self.tokens, seed=self.seed,
-                           corpus=self.corpus,
-                           device=self.device, eval_tokens=2048 if self.quick else 4096)
-
-    def trace_config(self):
-        """The `TraceConfig` of the demo's circuits."""
-        from .attribution import TraceConfig
-
-        # edges in bf16 where the hardware has fast bf16: 2.1x less graph time on an AMX CPU,
-        # edge weights r = 0.999998 against fp32 (benchmarks/RESULTS.md, issue 17)
-        return TraceConfig(method=self.method, n=self.n, top_k=self.top_k, seed=self.seed,
-                           edge_precision="auto")
-
-
 def _say(message: str, start: float) -> None:
     print(f"[{time.perf_counter() - start:6.1f}s] {message}", flush=True)
 
@@ -132,9 +62,11 @@ def _prepare_out(out: Path) -> None:
                           "output; choose another --out")
 
 
-def demo_saes(model, tok, cfg: DemoConfig, start: float) -> SAESet:
-    """Load the demo's SAEs from the cache, or train them (then cache them)."""
+def demo_saes(model, tok, cfg: DemoConfig, start: float) -> tuple[SAESet, SAESet | None]:
+    """(SAEs, transcoders or None): loaded from the cache, or trained from one harvest (then
+    cached; the transcoders live in the set's `transcoders/` folder)."""
     from trainers import train_saes
+    from trainers.train import TRANSCODERS
 
     d_model = model.config.hidden_size if hasattr(model, "config") else None
     train_cfg = cfg.train_config()
@@ -142,26 +74,123 @@ def demo_saes(model, tok, cfg: DemoConfig, start: float) -> SAESet:
         k: v for k, v in asdict(train_cfg).items() if k not in ("out", "progress", "device", "resume")}}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
     folder = cache_dir() / "saes" / f"demo-{key}"
+
+    def load():
+        saes = SAESet.load(folder, model=model, hooks=list(cfg.hooks))
+        tcs = SAESet.load(folder / TRANSCODERS, model=model) if cfg.transcoders else None
+        return saes, tcs
+
     if folder.is_dir() and not cfg.retrain:
         try:
-            saes = SAESet.load(folder, model=model, hooks=list(cfg.hooks))
-            _say(f"reusing cached SAEs from {folder}", start)
-            return saes
+            out = load()
+            _say(f"reusing cached dictionaries from {folder}", start)
+            return out
         except SAEFormatError:
-            _say(f"cached SAEs at {folder} are incomplete; training again", start)
-    _say(f"training TopK SAEs (k={cfg.k}, d_sae={cfg.expansion}x) at {', '.join(cfg.hooks)} "
-         f"on {cfg.tokens:,} tokens of {cfg.corpus or 'the embedded corpus'}", start)
-    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    train_cfg.out = str(tmp)
-    try:
+            _say(f"cached dictionaries at {folder} are incomplete; training again", start)
+    what = f"TopK SAEs (k={cfg.k}, d_sae={cfg.expansion}x) at {', '.join(cfg.hooks)}"
+    if cfg.transcoders:
+        what += f" and skip transcoders (TopK k={cfg.tc_k}, d_sae={cfg.tc_expansion}x) at every MLP"
+    _say(f"training {what} from one harvest of {cfg.tokens:,} tokens of "
+         f"{cfg.corpus or 'the embedded corpus'}", start)
+    remove_stale_saes(folder.parent)
+    with atomic_dir(folder, overwrite=True) as tmp:  # a killed run leaves only a temp (removed on
+        train_cfg.out = str(tmp)                    # SIGTERM/Ctrl-C or by the next run)
         train_saes(model, tok, train_cfg)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _say(f"trained SAEs cached at {folder} (a rerun reuses them; --retrain trains again)", start)
-    return SAESet.load(folder, model=model, hooks=list(cfg.hooks))
+    _say(f"trained dictionaries cached at {folder} (a rerun reuses them; --retrain trains again)", start)
+    return load()
+
+
+def transcoder_summary(tcs: SAESet) -> dict | None:
+    """Per-layer EV (median, min) and the joint replacement-model scores from the training run's
+    metrics (None when the run was not evaluated)."""
+    evs = [t.cfg.metadata.get("metrics", {}).get("explained_variance") for t in tcs.values()]
+    joint = next(iter(tcs.values())).cfg.metadata.get("joint_metrics")
+    if any(v is None for v in evs) or not joint:
+        return None
+    evs.sort()
+    return {"ev_median": evs[len(evs) // 2], "ev_min": evs[0], "ce_loss_score": joint["ce_loss_score"],
+            "kl": joint["kl_joint"], "kl_zero": joint["kl_zero"]}
+
+
+def top_path(fg, start: str, top: int = 12) -> list[str]:
+    """From node `start` (a logit), follow the incoming edge with the largest |weight| back until
+    a token embedding (or a node without inputs): the strongest chain tokens -> answer."""
+    path, node, seen = [start], start, {start}
+    g = fg.graph
+    while len(path) < top:
+        preds = [(abs(d["weight"]), u) for u, _, d in g.in_edges(node, data=True) if u not in seen]
+        if not preds:
+            break
+        node = max(preds)[1]
+        path.append(node)
+        seen.add(node)
+        if g.nodes[node]["kind"] == "embed":
+            break
+    return path[::-1]
+
+
+def replacement_graphs(model, tok, tcs: SAESet, cfg: DemoConfig, out_graphs: dict, start: float) -> dict:
+    """One replacement graph per held-out prompt (IOI, parens): scores, the top features with
+    their logit-lens labels, the strongest path from a token to the answer, the linearity check
+    and the unfrozen-model intervention check. Fills `out_graphs` with exportable graphs."""
+    from .attribution.graphs import attribute, intervention_check, to_feature_graph
+    from .configs import IOI_GRAPH_PROMPT, PARENS_GRAPH_PROMPT
+
+    summary = {}
+    for task, prompt in (("ioi", IOI_GRAPH_PROMPT), ("parens", PARENS_GRAPH_PROMPT)):
+        _say(f"replacement graph ({task}): {prompt!r} (attention and norms frozen, every MLP a transcoder)", start)
+        g = attribute(model, tok, tcs, prompt, cfg.graph_config())
+        rep, comp = g.scores()
+        fg = to_feature_graph(g, model, tok, tcs)
+        check = intervention_check(model, tok, tcs, g, top=10)
+        info = {"prompt": prompt, "replacement_score": rep, "completeness_score": comp,
+                "error_share": g.error_share(), "features": g.n_features,
+                "active_features": g.meta["active_features"], "seconds": g.meta["seconds"],
+                "linearity_error": g.linearity_error(), "logits": g.logit_labels,
+                "intervention_pearson": check["pearson_total"], "kept_nodes": fg.graph.number_of_nodes(),
+                "kept_edges": fg.graph.number_of_edges(), "warnings": fg.meta["warnings"]}
+        _say(f"  replacement score {rep:.2f}, completeness {comp:.2f} (circuit-tracer's scores: the share of "
+             f"influence on the logits from tokens rather than error nodes, and how much of every node's "
+             f"input the graph explains); {g.n_features} features, {info['kept_nodes']} nodes kept, "
+             f"{g.meta['seconds']:.0f} s; top logit {g.logit_labels[0]!r} (p={float(g.logit_probs[0]):.2f})",
+             start)
+        feats = sorted(((d["effect"], nid, d) for nid, d in fg.graph.nodes(data=True) if d["kind"] == "feature"),
+                       reverse=True)[:5]
+        print("    top features by influence (layer, token, what the decoder row promotes):")
+        for eff, nid, d in feats:
+            print(f"      {d['hook']:>6s} #{d['feature']:<5d} at {d.get('token', '')!r:<10} influence {eff:.3f}  "
+                  f"{d.get('label', '')}")
+        logit = next(n for n, d in fg.graph.nodes(data=True) if d["kind"] == "logit")
+        chain = [fg.graph.nodes[n] for n in top_path(fg, logit)]
+        text = " -> ".join(repr(d.get("token")) if d["kind"] == "embed" else
+                           (d["label"] if d["kind"] == "logit" else
+                            f"{d['hook']}#{d['feature']}" if d["kind"] == "feature" else f"{d['hook']} err")
+                           for d in chain)
+        print(f"    strongest path: {text}")
+        print(f"    checks: incoming edges + biases reproduce every target to {info['linearity_error']:.1e} "
+              f"(relative); ablating the top 10 features in the real model moves the logit as the graph "
+              f"predicts, Pearson r {check['pearson_total'] if check['pearson_total'] is not None else float('nan'):.2f}")
+        for w in info["warnings"]:
+            print(f"    warning: {w}", flush=True)
+        info["strongest_path"] = text
+        summary[task] = info
+        out_graphs[f"graph-{task}"] = fg
+    return summary
+
+
+def remove_stale_saes(folder: Path) -> list[Path]:
+    """Remove what killed demo trainings left in the SAE cache `folder`: `atomic_dir`
+    temporaries (`fileio.remove_stale_temps`) and the `demo-KEY.tmp-PID` directories of older
+    versions, when their process is gone. Returns the removed paths."""
+    from .fileio import _pid_alive
+
+    removed = remove_stale_temps(folder, depth=0)
+    for old in sorted(folder.glob("demo-*.tmp-*")) if folder.is_dir() else []:
+        pid = old.name.rsplit("-", 1)[1]
+        if old.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
 
 
 def top_features(graph, n: int) -> list[tuple[str, int, float, str]]:
@@ -174,20 +203,6 @@ def top_features(graph, n: int) -> list[tuple[str, int, float, str]]:
                 best[key] = (float(d["effect"]), d.get("label") or "")
     rows = [(h, f, e, label) for (h, f), (e, label) in best.items()]
     return sorted(rows, key=lambda r: -abs(r[2]))[:n]
-
-
-def error_share(graph) -> float:
-    """Share of the circuit's total |effect| (feature, error and embedding nodes) held by SAE
-    error nodes; 0 for a graph without effects."""
-    err = total = 0.0
-    for _, d in graph.nodes(data=True):
-        effect = d.get("effect")
-        if d["kind"] in ("metric", "logit") or effect is None or effect != effect:
-            continue
-        total += abs(float(effect))
-        if d["kind"] == "error":
-            err += abs(float(effect))
-    return err / total if total > 0 else 0.0
 
 
 def lens_note(rm: ReplacementModel, tok, hook: str, feat: int, token_id: int | None = None,
@@ -277,13 +292,18 @@ def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int
         return Intervention(hook, feat, mode, value, positions=[-1] if where == "last" else where)
 
     measured: dict[tuple, float] = {}
+    combos = sum(1 for n in COMBINE if len(candidates) >= n)
+    bar = progress_bar(1 + len(candidates) * len(CANDIDATE_MULTIPLES) + len(LEVERS) + combos,
+                       "steering: P(')') per setting", unit="setting")
 
     def p_close(*settings) -> float:  # settings: (hook, feature, mode, multiple, positions), ...
         if settings not in measured:
             measured[settings] = _p_close(rm, SELECT_PROMPTS, close, [intervention(*x) for x in settings])
+        bar.update(1)
         return measured[settings]
 
     base = _p_close(rm, SELECT_PROMPTS, close)
+    bar.update(1)
     tried = []
     for h, f, e, src in candidates:
         sweep = {m: p_close((h, f, "set", m, "all")) for m in CANDIDATE_MULTIPLES}
@@ -304,6 +324,7 @@ def choose_steering(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, int
                        "features": [t["feature"] for t in ranked[:n]], "p_close": p_close(*settings)})
         if levers[-1]["p_close"] > lever["p_close"]:
             lever, ivs = levers[-1], [intervention(*x) for x in settings]
+    bar.close()
     return {"baseline_select": base, "candidates": tried, "levers": levers, "chosen": best,
             "lever": lever, "interventions": ivs, "peak": peaks.get((best["hook"], best["index"]), 0.0)}
 
@@ -334,7 +355,8 @@ def steering_showcase(rm: ReplacementModel, tok, graph, peaks: dict[tuple[str, i
         print(f"    {lv['mode']:<4s} {mult:>4s}x  {lv['positions']:<5s} P {lv['p_close']:.4f}{what}{mark}")
     ivs = choice["interventions"]
     close = closing_ids(tok)
-    result = steer(rm, None, NOT_DUE_PROMPTS, ivs, max_new_tokens=12, track=close)
+    with status(f"steering: 12 tokens on {len(NOT_DUE_PROMPTS)} held-out prompts"):
+        result = steer(rm, None, NOT_DUE_PROMPTS, ivs, max_new_tokens=12, track=close)
     first_before = float(result.baseline_probs[:, 0].sum(-1).mean())
     first_after = float(result.steered_probs[:, 0].sum(-1).mean())
     every = float(result.prob_shift.sum(-1).nanmean())   # NaN: steps after a prompt's EOS
@@ -365,14 +387,27 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     model, tok = load_model(cfg.model, device=cfg.device)
     _say(f"loaded {model_name_of(model)} ({sum(p.numel() for p in model._module.parameters()) / 1e6:.0f}M "
          f"params) on {next(model._module.parameters()).device}", start)
-    saes = demo_saes(model, tok, cfg, start)
+    from .precision import resolve as resolve_precision
+
+    prec = resolve_precision(cfg.precision, next(model._module.parameters()).device)
+    _say(f"precision {prec.name} for harvesting, training and edges ({cfg.precision}: {prec.reason})",
+         start)
+    saes, tcs = demo_saes(model, tok, cfg, start)
     for hook, sae in saes.items():
         metrics = sae.cfg.metadata.get("metrics") or {}
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+        shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("l0", "explained_variance", "dead_fraction",
+                                                             "ce_loss_score", "kl_score") if k in metrics)
         _say(f"  SAE {hook}: d_sae {sae.cfg.d_sae}, k {sae.cfg.k}" + (f" ({shown})" if shown else ""), start)
-    rm = ReplacementModel(model, saes, tok)  # every step below uses this one bound model
+    tc_summary = transcoder_summary(tcs) if tcs is not None else None
+    if tc_summary:
+        _say(f"  transcoders at {len(tcs)} MLPs: explained variance of the MLP outputs median "
+             f"{tc_summary['ev_median']:.2f} (min {tc_summary['ev_min']:.2f}); the replacement model "
+             f"(every MLP replaced, no error terms) keeps a CE-loss score of {tc_summary['ce_loss_score']:.2f} "
+             f"(KL {tc_summary['kl']:.2f} nats vs {tc_summary['kl_zero']:.2f} with every MLP zeroed)", start)
+    rm = ReplacementModel(model, saes, tok)  # every SAE step below uses this one bound model
 
-    summary: dict[str, Any] = {"model": model_name_of(model), "config": asdict(cfg), "circuits": {}}
+    summary: dict[str, Any] = {"model": model_name_of(model), "config": asdict(cfg), "circuits": {},
+                               "precision": prec.record(), "transcoders": tc_summary}
     graphs = {}
     print(f"\n  ({EXPLAIN})", flush=True)
     for task in ("ioi", "parens"):
@@ -386,9 +421,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         _say(f"  {task}: clean metric {info['metric_clean']:.2f}, accuracy {info['accuracy_clean']:.2f}, "
              f"{scores}, {info['feature_nodes']} feature + {info['error_nodes']} error nodes, "
              f"{info['edges']} edges ({info.get('eval_ablation', 'mean')} evaluation)", start)
+        alone, through = info.get("features_alone"), info.get("share_through_sites")
+        if alone is not None or through is not None:
+            print(f"    features alone (every error node ablated too): "
+                  f"{'n/a' if alone is None else format(alone, '.2f')}; share of the clean->patch change "
+                  f"that runs through the SAEs' sites: {'n/a' if through is None else format(through, '.2f')}",
+                  flush=True)
         warnings_ = [str(w) for w in (info.get("warnings") or [])]
-        share = error_share(graph)
-        info["error_share"] = share
+        share = info.get("error_share") or 0.0       # the trace's own (attribution.evaluate.error_share)
         if share > ERROR_SHARE_WARN and not any("error node" in w for w in warnings_):
             warnings_.append(f"SAE error nodes hold {share:.0%} of the circuit's |effect|: the SAEs "
                              "miss most of what this circuit computes (more training tokens or a "
@@ -396,6 +436,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         for w in warnings_:
             print(f"    warning: {w}", flush=True)
         info["demo_warnings"] = warnings_
+
+    replacement = {}
+    if tcs is not None:
+        summary["replacement_graphs"] = replacement_graphs(model, tok, tcs, cfg, replacement, start)
 
     if cfg.compare_bases:
         _say("comparing bases (SAE vs PCA vs raw) on IOI prompts", start)
@@ -416,7 +460,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     texts = [texts[i] for i in order[:400]]
     grads = gradient_candidates(rm, closing_ids(tok), 8 * cfg.steer_candidates)  # steering candidates
     wanted = sorted(set(all_nodes) | {(h, f) for h, rows in grads.items() for f, _ in rows})
-    acts = collect_activations(model, tok, saes, wanted, texts, max_windows=cfg.dashboard_windows)
+    acts = collect_activations(rm, tok, None, wanted, texts, max_windows=cfg.dashboard_windows,
+                               precision=cfg.precision)
     peaks = {node: float(acts.acts[..., acts.column(node)].max()) for node in wanted}
     paren = tok.encode(")", add_special_tokens=False)
     paren_id = paren[0] if len(paren) == 1 else None
@@ -444,13 +489,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _prepare_out(out)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     with atomic_dir(out, overwrite=True) as tmp:  # an earlier demo output is replaced whole
-        write_dashboards(model, tok, saes, all_nodes, None, tmp / "dashboards", activations=acts,
-                         progress=False)
-        for task, graph in graphs.items():
-            export_graph(graph, tmp / task, dashboards=tmp / "dashboards", tokenizer=tok)
+        write_dashboards(model, tok, saes, all_nodes, None, tmp / "dashboards", activations=acts)
+        for task, graph in track([*graphs.items(), *replacement.items()],
+                                 "exports (graph files, SVG, viewer)", unit="graph"):
+            export_graph(graph, tmp / task, dashboards=tmp / "dashboards" if task in graphs else None,
+                         tokenizer=tok)
         write_json(tmp / DEMO_MARKER, summary)
     dash_dir = out / "dashboards"
-    _say(f"wrote {out}/ioi, {out}/parens (graph.json, nodes.csv sorted by |effect|, edges.csv, "
-         f"graph.graphml, graph.svg, index.html, ...) and {dash_dir}", start)
-    print(f"\nOpen the circuits:  saecircuits serve {out}/ioi   (or {out}/parens)")
+    made = ", ".join(f"{out}/{name}" for name in [*graphs, *replacement])
+    _say(f"wrote {made} (graph.json, nodes.csv sorted by |effect|, edges.csv, graph.graphml, graph.svg, "
+         f"index.html, ...) and {dash_dir}", start)
+    if replacement:
+        print(f"\nOpen the replacement graphs:  saecircuits serve {out}/graph-ioi   (or {out}/graph-parens)")
+    print(f"Open the SAE circuits:  saecircuits serve {out}/ioi   (or {out}/parens)")
     return summary

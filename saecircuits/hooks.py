@@ -2,7 +2,9 @@
 
 Canonical names (design.md): `embed` (token embeddings), `resid.L` (output of decoder
 block L), `mlp.L` (MLP output added to the residual stream in block L), `attn.L`
-(attention output added to the residual stream in block L). A raw module path such as
+(attention output added to the residual stream in block L), `mlp_in.L` (the MLP's input, after
+its norm: what a transcoder reads) and `resid_mid.L` (the residual stream between attention and
+the MLP, the input of the MLP's norm: what a cross-layer transcoder reads). A raw module path such as
 `model.layers.5.mlp` (output side) or `model.layers.5.post_attention_layernorm:input`
 (input side) is also accepted.
 
@@ -21,7 +23,7 @@ import torch
 from .errors import HookPointError
 from .wrapping import unwrap
 
-_CANONICAL = re.compile(r"^(resid|mlp|attn)\.(\d+)$")
+_CANONICAL = re.compile(r"^(resid|mlp|attn|mlp_in|resid_mid)\.(\d+)$")
 
 # family -> (attention module name, mlp module name) where the defaults are wrong
 _FAMILY_SUBMODULES = {
@@ -31,6 +33,9 @@ _FAMILY_SUBMODULES = {
 }
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
+# the norm in front of the MLP (its input is resid_mid): Gemma's post_attention_layernorm is the
+# attention output's own norm, so its pre_feedforward_layernorm comes first
+_MLP_NORM_NAMES = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class _Layout:
     n_layers: int
     attn: str | None
     mlp: str | None
+    mlp_norm: str | None = None     # None where the MLP reads no separate residual (parallel blocks)
 
 
 @dataclass
@@ -97,7 +103,10 @@ def _layout(hf: torch.nn.Module) -> _Layout:
     if attn is None:
         attn = next((n for n in _ATTN_NAMES if hasattr(block, n)), None)
         mlp = next((n for n in _MLP_NAMES if hasattr(block, n)), None)
-    layout = _Layout(embed=embed, layers=layers[0], n_layers=n_layers, attn=attn, mlp=mlp)
+    parallel = bool(getattr(hf.config, "use_parallel_residual", False))
+    mlp_norm = None if parallel else next((n for n in _MLP_NORM_NAMES if hasattr(block, n)), None)
+    layout = _Layout(embed=embed, layers=layers[0], n_layers=n_layers, attn=attn, mlp=mlp,
+                     mlp_norm=mlp_norm)
     _LAYOUTS[hf] = layout
     return layout
 
@@ -151,12 +160,19 @@ def probe_model(model) -> None:
     _probe(unwrap(model))
 
 
+def n_layers(model) -> int:
+    """Number of decoder blocks."""
+    return _layout(unwrap(model)).n_layers
+
+
 def canonical_names(model) -> list[str]:
     """All canonical hook-point names of the model, in forward order."""
     lay = _layout(unwrap(model))
     names = ["embed"]
     for layer in range(lay.n_layers):
-        names += ([f"attn.{layer}"] if lay.attn else []) + ([f"mlp.{layer}"] if lay.mlp else [])
+        names += [f"attn.{layer}"] if lay.attn else []
+        names += [f"resid_mid.{layer}"] if lay.mlp_norm else []
+        names += [f"mlp_in.{layer}", f"mlp.{layer}"] if lay.mlp else []
         names.append(f"resid.{layer}")
     return [n for n in names if n == "embed" or _try(model, n)]
 
@@ -181,10 +197,14 @@ def _module_of(model, name: str) -> tuple[str, str, int | None]:
         if layer >= lay.n_layers:
             raise HookPointError(_unknown(model, name, f"the model has {lay.n_layers} layers"))
         block = f"{lay.layers}.{layer}"
-        sub = {"resid": None, "attn": lay.attn, "mlp": lay.mlp}[kind]
+        sub = {"resid": None, "attn": lay.attn, "mlp": lay.mlp, "mlp_in": lay.mlp,
+               "resid_mid": lay.mlp_norm}[kind]
         if kind != "resid" and sub is None:
-            raise HookPointError(_unknown(model, name, f"no {kind} module in {type(hf).__name__}"))
-        return (block if sub is None else f"{block}.{sub}"), "output", layer
+            why = ("its blocks run attention and the MLP in parallel (no residual between them)"
+                   if kind == "resid_mid" and lay.mlp else f"no {kind} module in {type(hf).__name__}")
+            raise HookPointError(_unknown(model, name, why))
+        side = "input" if kind in ("mlp_in", "resid_mid") else "output"
+        return (block if sub is None else f"{block}.{sub}"), side, layer
     path, _, side = name.partition(":")
     side = side or "output"
     if side not in ("input", "output"):
@@ -202,7 +222,8 @@ def _module_of(model, name: str) -> tuple[str, str, int | None]:
 def _unknown(model, name: str, why: str) -> str:
     lay = _layout(unwrap(model))
     last = lay.n_layers - 1
-    kinds = ", ".join(k for k, ok in (("attn", lay.attn), ("mlp", lay.mlp)) if ok)
+    kinds = ", ".join(k for k, ok in (("attn", lay.attn), ("mlp", lay.mlp), ("mlp_in", lay.mlp),
+                                      ("resid_mid", lay.mlp_norm)) if ok)
     return (f"unknown hook point {name!r} ({why}). Valid names: embed, resid.0..resid.{last}"
             + (f", {{{kinds}}}.0..{last}" if kinds else "")
             + ", or a module path such as 'model.layers.0.mlp' (append ':input' for the input side)")

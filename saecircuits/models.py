@@ -10,14 +10,13 @@ import json
 import logging
 import os
 import pickle
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from .errors import ModelLoadError
+from .fileio import write_json
 from .wrapping import model_device, model_dtype, model_name_of, unwrap  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -62,15 +61,78 @@ def _cache_is_complete(folder: Path) -> bool:
         return False
 
 
+def _portable_config(cfg: dict) -> dict:
+    """config.json that transformers 4.x reads as 5.x does: without `"quantization_config": null`
+    (4.x fails in `to_dict`) and with 4.x's `rope_theta` (and `rope_scaling` for non-default RoPE)
+    beside 5.x's `rope_parameters`, which 4.x ignores (it would silently use rope_theta 10000)."""
+    out = dict(cfg)
+    if "quantization_config" in out and out["quantization_config"] is None:
+        del out["quantization_config"]
+    rope = out.get("rope_parameters")
+    if isinstance(rope, dict):
+        if "rope_theta" in rope and out.get("rope_theta") is None:
+            out["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default" and out.get("rope_scaling") is None:
+            out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return out
+
+
+def _portable_tokenizer_config(cfg: dict) -> dict:
+    """tokenizer_config.json naming a class both 4.x and 5.x know (5.x writes `TokenizersBackend`,
+    which 4.x lacks; 5.x maps `PreTrainedTokenizerFast` to the same backend)."""
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        return {**cfg, "tokenizer_class": "PreTrainedTokenizerFast"}
+    return cfg
+
+
+_PORTABLE = {"config.json": _portable_config, "tokenizer_config.json": _portable_tokenizer_config}
+
+
+def _make_portable(folder: Path) -> bool:
+    """Rewrite (atomically) the cache's JSON files so transformers 4.57 and 5.x both load the
+    folder as it is (circuit-tracer runs on 4.57). Returns True when a file changed."""
+    changed = False
+    for name, fix in _PORTABLE.items():
+        path = folder / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        fixed = fix(data)
+        if fixed != data:
+            write_json(path, fixed)
+            changed = True
+    return changed
+
+
+def _write_marker(folder: Path, source: str) -> None:
+    files = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != _MARKER}
+    write_json(folder / _MARKER, {"source": source, "files": files}, indent=None)
+
+
+def _repair_cache(folder: Path) -> None:
+    """Make an older, complete cache portable in place and record the new file sizes (a
+    read-only cache is left as it is: transformers 5.x loads it either way)."""
+    try:
+        if _make_portable(folder):
+            marker = json.loads((folder / _MARKER).read_text())
+            _write_marker(folder, marker.get("source", ""))
+            log.info("made the model cache at %s loadable by transformers 4.x", folder)
+    except OSError as err:
+        log.warning("could not make the model cache at %s loadable by transformers 4.x: %s", folder, err)
+
+
 def _build_default_cache(folder: Path) -> None:
-    """Dequantize the GGUF to float32 safetensors in a temp dir, then move it into place."""
+    """Dequantize the GGUF to float32 safetensors in a temp dir, then move it into place (the
+    temporaries of a killed earlier build are removed first)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .fileio import atomic_dir, remove_stale_temps
+    from .progress import status
+
     gguf = default_gguf_path()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        log.info("dequantizing %s to float32 (one time, ~30 s)", gguf.name)
+    remove_stale_temps(folder.parent, depth=0)
+    with status(f"dequantizing {gguf.name} to float32 (first run only, ~30 s)"), \
+            atomic_dir(folder, overwrite=True) as tmp:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                   dtype=torch.float32)
@@ -80,14 +142,8 @@ def _build_default_cache(folder: Path) -> None:
             hf.config.name_or_path = DEFAULT_MODEL
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        (tmp / _MARKER).write_text(json.dumps({"source": str(gguf), "files": files}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _make_portable(tmp)
+        _write_marker(tmp, str(gguf))
 
 
 def default_model_dir(rebuild: bool = False) -> Path:
@@ -97,6 +153,8 @@ def default_model_dir(rebuild: bool = False) -> Path:
         if folder.exists():
             log.warning("model cache at %s is incomplete or corrupt; rebuilding", folder)
         _build_default_cache(folder)
+    else:
+        _repair_cache(folder)
     return folder
 
 
@@ -136,7 +194,7 @@ def _load_hf(source: str, dtype: torch.dtype, device: torch.device, **kwargs):
 
 
 def load_model(name: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
-               dtype: torch.dtype | str = torch.float32, **hf_kwargs):
+               dtype: torch.dtype | str = torch.float32, progress: bool = True, **hf_kwargs):
     """Load a causal LM wrapped for nnsight.
 
     Args:
@@ -144,6 +202,7 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
             or a local directory of a causal LM.
         device: "cpu", "cuda", ... (default: cuda when available).
         dtype: weight dtype (default float32).
+        progress: show a status line (elapsed time) while loading.
         hf_kwargs: passed to `from_pretrained` (e.g. `revision`, `device_map="auto"`).
     Returns:
         (model, tokenizer): an nnsight `TransformersModel` and its tokenizer
@@ -157,37 +216,40 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
         dtype = getattr(torch, dtype)
     dev = _resolve_device(device)
     start = time.perf_counter()
-    if name is None or str(name) == DEFAULT_MODEL:
-        folder = default_model_dir()
-        try:
-            hf, tok = _load_hf(str(folder), dtype, dev)
-        except Exception:  # a cache that looked whole but does not load: rebuild once
-            folder = default_model_dir(rebuild=True)
-            hf, tok = _load_hf(str(folder), dtype, dev)
-        model_name = DEFAULT_MODEL
-    else:
-        model_name = str(name)
-        local = Path(model_name).expanduser()
-        if local.exists() and not (local / "config.json").is_file():
-            raise ModelLoadError(f"model directory {model_name!r} has no config.json")
-        try:
-            hf, tok = _load_hf(str(local) if local.exists() else model_name, dtype, dev, **hf_kwargs)
-        except (OSError, ValueError, KeyError) as err:
-            raise ModelLoadError(f"could not load model {model_name!r}: {err}".split("\n")[0]) from err
-        except pickle.UnpicklingError:  # never repeat torch's advice to load with weights_only=False
-            raise ModelLoadError(f"could not load model {model_name!r}: its weights are a pickle "
-                                 "that weights_only loading refuses (it names code to run); "
-                                 "use a safetensors checkpoint") from None
-    hf.eval()
-    for param in hf.parameters():
-        param.requires_grad_(False)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    model = TransformersModel(hf, tokenizer=tok)
-    from .hooks import probe_model  # models -> hooks only (hooks never imports models)
+    from .progress import status
 
-    probe_model(model)  # learn hook widths/order now: a probe inside a trace would disturb it
+    with status(f"loading {name or DEFAULT_MODEL}", enabled=progress):
+        if name is None or str(name) == DEFAULT_MODEL:
+            folder = default_model_dir()
+            try:
+                hf, tok = _load_hf(str(folder), dtype, dev)
+            except Exception:  # a cache that looked whole but does not load: rebuild once
+                folder = default_model_dir(rebuild=True)
+                hf, tok = _load_hf(str(folder), dtype, dev)
+            model_name = DEFAULT_MODEL
+        else:
+            model_name = str(name)
+            local = Path(model_name).expanduser()
+            if local.exists() and not (local / "config.json").is_file():
+                raise ModelLoadError(f"model directory {model_name!r} has no config.json")
+            try:
+                hf, tok = _load_hf(str(local) if local.exists() else model_name, dtype, dev, **hf_kwargs)
+            except (OSError, ValueError, KeyError) as err:
+                raise ModelLoadError(f"could not load model {model_name!r}: {err}".split("\n")[0]) from err
+            except pickle.UnpicklingError:  # never repeat torch's advice to load with weights_only=False
+                raise ModelLoadError(f"could not load model {model_name!r}: its weights are a pickle "
+                                     "that weights_only loading refuses (it names code to run); "
+                                     "use a safetensors checkpoint") from None
+        hf.eval()
+        for param in hf.parameters():
+            param.requires_grad_(False)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"
+        model = TransformersModel(hf, tokenizer=tok)
+        from .hooks import probe_model  # models -> hooks only (hooks never imports models)
+
+        probe_model(model)  # learn hook widths/order now: a probe inside a trace would disturb it
     log.info("loaded %s in %.1fs", model_name, time.perf_counter() - start)
     hf.saecircuits_name = model_name  # read by SAE cfgs and exports
     return model, tok

@@ -16,11 +16,14 @@ what every caller used to work out again:
     metric(logits).backward()                            # acts["resid.1"].features.grad
 
 An edit is `edit(site: HookPoint, features, error) -> (features, error) | None`, called at each
-site before decoding. Transcoders (read `site_in`, write `site_out`) are the next dictionary kind:
-a site then maps to a (read, write) pair; everything here keys on the resolved `HookPoint`.
+dictionary's write site before decoding. A dictionary reads at one site and writes at another
+(an SAE: the same hook; a transcoder: `mlp_in.L -> mlp.L`): `points` are the write sites, in
+forward order, named like the dictionaries; `reads[name]` their read sites. The error term is
+always at the write site: `error = y − decode(f, x)` with `y` the site's true value.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +33,7 @@ import torch
 from . import hooks
 from .errors import ConfigError, HookPointError, ShapeError
 from .hooks import HookPoint
-from .sae import SAE
+from .dictionaries import Dictionary
 from .wrapping import model_device, model_name_of, module_device, unwrap
 
 Edit = Callable[[HookPoint, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"]
@@ -40,9 +43,9 @@ Edit = Callable[[HookPoint, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, to
 class Spliced:
     """What one spliced hook point exposes.
 
-    features: `[batch, pos, d_sae]` SAE activations as used downstream (after any edit).
-    error: `[batch, pos, d_in]` x − x̂ of the *unedited* run, detached (a leaf).
-    hook: the resolved hook point.
+    features: `[batch, pos, d_sae]` activations as used downstream (after any edit).
+    error: `[batch, pos, d_out]` y − ŷ of the *unedited* run at the write site, detached (a leaf).
+    hook: the resolved write site.
     """
 
     hook: HookPoint
@@ -50,46 +53,74 @@ class Spliced:
     error: torch.Tensor
 
 
-def plan(model, saes: Mapping[str, SAE]) -> list[HookPoint]:
-    """Resolve the SAEs' hook points in forward order and check their widths."""
+def plan(model, saes: Mapping[str, Dictionary]) -> list[HookPoint]:
+    """The dictionaries' write sites in forward order, each named like its dictionary, after
+    resolving every site and checking widths (`Dictionary.check_sites`)."""
+    return [w for _, w in plan_sites(model, saes)]
+
+
+def plan_sites(model, saes: Mapping[str, Dictionary]) -> list[tuple[HookPoint, HookPoint]]:
+    """(read site, write site) per dictionary, in forward order of the write sites; the write
+    site carries the dictionary's name. Refuses dictionaries whose read/write spans overlap (the
+    splice runs in one forward pass: a read must come before its write and after every earlier
+    write)."""
     if not isinstance(saes, Mapping) or not saes:
-        raise ConfigError("splice needs at least one SAE (a non-empty SAESet or dict)")
-    points = hooks.sort_by_forward_order(model, list(saes))
-    for hp in points:
-        sae = saes[hp.name]
-        if not isinstance(sae, SAE):
-            raise ConfigError(f"value for hook {hp.name!r} is {type(sae).__name__}, not an SAE")
-        if sae.cfg.d_in != hp.width:
-            raise ShapeError(f"SAE at {hp.name!r} has d_in={sae.cfg.d_in} but the hook point "
-                             f"has width {hp.width}")
-    return points
+        raise ConfigError("splice needs at least one SAE or transcoder (a non-empty SAESet or dict)")
+    pairs = []
+    for name, dic in saes.items():
+        if not isinstance(dic, Dictionary):
+            raise ConfigError(f"value for {name!r} is {type(dic).__name__}, not a dictionary")
+        read, write = dic.check_sites(model)
+        pairs.append((dataclasses.replace(read, name=read.name), dataclasses.replace(write, name=name)))
+    pairs.sort(key=lambda rw: rw[1].order)
+    seen: dict[tuple[str, str], str] = {}
+    last_write = -1
+    for read, write in pairs:
+        key = (write.module_path, write.side)
+        if key in seen:
+            raise HookPointError(f"dictionaries {seen[key]!r} and {write.name!r} write the same place")
+        seen[key] = write.name
+        if read.order > write.order or read.order < last_write:
+            raise ConfigError(f"the dictionary {write.name!r} reads {read.name!r}, which the forward "
+                              "pass does not reach between the previous dictionary's write and its own "
+                              "write; splice such dictionaries separately")
+        last_write = write.order
+    return pairs
 
 
-def splice_points(model, saes: Mapping[str, SAE], points: Sequence[HookPoint],
-                  edit: Edit | None = None, track_grad: bool = False) -> dict[str, Spliced]:
-    """Inside a trace: x -> decode(encode(x)) + error at each point (forward order). See `splice`."""
+def splice_points(model, saes: Mapping[str, Dictionary], points: Sequence[HookPoint],
+                  edit: Edit | None = None, track_grad: bool = False,
+                  reads: Mapping[str, HookPoint] | None = None) -> dict[str, Spliced]:
+    """Inside a trace: at each write site (forward order) y -> decode(encode(x)) + error, where x
+    is the read site's value (the same as y for an SAE). See `ReplacementModel.splice`."""
     out: dict[str, Spliced] = {}
     for hp in points:
-        sae = saes[hp.name]
-        x = hooks.read(model, hp)
+        dic = saes[hp.name]
+        read = (reads or {}).get(hp.name)
+        x = hooks.read(model, read) if read is not None and read.order != hp.order else None
+        y = hooks.read(model, hp)
+        if x is None:
+            x = y
         if track_grad and not x.requires_grad:
             x = x.detach().requires_grad_(True)
-        features = sae.encode(x)
-        x_hat = sae.decode(features, dtype=x.dtype)
-        error = (x - x_hat).detach()
-        # x̂ + error can differ from x in the last bit; the (exact, Sterbenz) residual of
-        # that sum makes an unedited splice return x bit for bit.
-        rounding = (x.detach() - (x_hat.detach() + error)).detach()
+            if read is None or read.order == hp.order:
+                y = x
+        features = dic.encode(x)
+        y_hat = dic.decode(features, x, dtype=y.dtype)
+        error = (y - y_hat).detach()
+        # ŷ + error can differ from y in the last bit; the (exact, Sterbenz) residual of
+        # that sum makes an unedited splice return y bit for bit.
+        rounding = (y.detach() - (y_hat.detach() + error)).detach()
         if track_grad:
             error.requires_grad_(True)
         if edit is not None:
             edited = edit(hp, features, error)
             if edited is not None:
                 features, error = edited
-                x_hat = sae.decode(features, dtype=x.dtype)
+                y_hat = dic.decode(features, x, dtype=y.dtype)
         if track_grad and features.requires_grad:
             features.retain_grad()
-        hooks.write(model, hp, x_hat + error + rounding)
+        hooks.write(model, hp, y_hat + error + rounding)
         out[hp.name] = Spliced(hook=hp, features=features, error=error)
     return nnsight.save(out)
 
@@ -102,6 +133,14 @@ def logits_site(model) -> HookPoint:
         raise HookPointError(f"model {model_name_of(model)!r} has no output embedding")
     path = next(name for name, module in hf.named_modules() if module is head)
     return hooks.resolve(model, path)
+
+
+def unembedding(model) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(unembedding weight `[vocab, d]`, its bias or None) of the output-embedding module."""
+    head = unwrap(model).get_output_embeddings()
+    if head is None:
+        raise ConfigError(f"model {model_name_of(model)!r} has no output embedding")
+    return head.weight, getattr(head, "bias", None)
 
 
 def final_norm(model) -> tuple[torch.Tensor | None, bool]:
@@ -151,14 +190,16 @@ class ReplacementModel:
         place: move each SAE to its site's device (in place).
     """
 
-    def __init__(self, model, saes: Mapping[str, SAE] | None = None, tokenizer=None, *,
+    def __init__(self, model, saes: Mapping[str, Dictionary] | None = None, tokenizer=None, *,
                  place: bool = True):
         if isinstance(model, ReplacementModel):
             raise ConfigError("model is already a ReplacementModel")
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-        self.saes: dict[str, SAE] = dict(saes or {})
-        self.points: list[HookPoint] = plan(model, self.saes) if self.saes else []
+        self.saes: dict[str, Dictionary] = dict(saes or {})
+        pairs = plan_sites(model, self.saes) if self.saes else []
+        self.points: list[HookPoint] = [w for _, w in pairs]           # write sites, named
+        self.reads: dict[str, HookPoint] = {w.name: r for r, w in pairs}
         self.sites: dict[str, HookPoint] = {hp.name: hp for hp in self.points}
         self.logits: HookPoint = logits_site(model)
         self.device: torch.device = model_device(model)
@@ -200,7 +241,8 @@ class ReplacementModel:
                only: Sequence[str] | None = None) -> dict[str, Spliced]:
         """Inside `self.model.trace(...)`: splice every dictionary (or those in `only`)."""
         points = self.points if only is None else [hp for hp in self.points if hp.name in only]
-        return splice_points(self.model, self.saes, points, edit=edit, track_grad=grad)
+        return splice_points(self.model, self.saes, points, edit=edit, track_grad=grad,
+                             reads=self.reads)
 
     def read(self, site: HookPoint) -> torch.Tensor:
         return hooks.read(self.model, site)
@@ -239,7 +281,7 @@ class ReplacementModel:
         return f"ReplacementModel({self.name!r}, sites={self.hooks})"
 
 
-def bind(model, saes: Mapping[str, SAE] | None = None, tokenizer=None) -> ReplacementModel:
+def bind(model, saes: Mapping[str, Dictionary] | None = None, tokenizer=None) -> ReplacementModel:
     """`model` if it is already bound, else a new `ReplacementModel(model, saes, tokenizer)`."""
     if isinstance(model, ReplacementModel):
         return model

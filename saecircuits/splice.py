@@ -18,8 +18,8 @@ import torch
 
 from .errors import ConfigError
 from .hooks import HookPoint
-from .replacement import ReplacementModel, Spliced, plan, splice_points
-from .sae import SAE
+from .replacement import ReplacementModel, Spliced, plan  # noqa: F401 (plan: re-exported)
+from .dictionaries import Dictionary as SAE
 
 __all__ = ["Spliced", "plan", "splice", "encode_inputs", "spliced_logits"]
 
@@ -27,7 +27,7 @@ EditFn = Callable[[str, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.
 
 
 def splice(model, saes: Mapping[str, SAE], *, edit: EditFn | None = None,
-           track_grad: bool = False, points: Sequence[HookPoint] | None = None) -> dict[str, Spliced]:
+           track_grad: bool = False, rm: ReplacementModel | None = None) -> dict[str, Spliced]:
     """Inside `model.trace(...)`: splice every SAE at its hook point, in forward order.
 
     A thin wrapper kept for scripts; bound code uses `ReplacementModel.splice`, whose edits
@@ -39,14 +39,16 @@ def splice(model, saes: Mapping[str, SAE], *, edit: EditFn | None = None,
             at each hook point before decoding; return new tensors to intervene.
         track_grad: make the features differentiable (they keep their graph to upstream
             hook points and `retain_grad()`; the error terms become leaves that require grad).
-        points: precomputed `plan(model, saes)` (saves re-resolving in loops).
+        rm: a `ReplacementModel(model, saes)` made once (saves re-resolving in loops).
     Returns:
         hook name -> Spliced, already `nnsight.save`d so it survives the trace block.
         Access modules downstream of the last hook point only after this call.
     """
-    points = plan(model, saes) if points is None else points
+    if rm is None:
+        plan(model, saes)           # the checks, with their errors, before anything is attached
+        rm = ReplacementModel(model, saes, place=False)
     by_site = None if edit is None else (lambda hp, f, e: edit(hp.name, f, e))
-    return splice_points(model, saes, points, edit=by_site, track_grad=track_grad)
+    return rm.splice(by_site, track_grad)
 
 
 def encode_inputs(tokenizer, prompts: Sequence[str] | str) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install saecircuits and everything it needs on a fresh machine (Python >= 3.10).
 #   bash scripts/install.sh           library + CLI + embedded model
-#   bash scripts/install.sh --tests   also the test tools (pytest, headless Chromium)
+#   bash scripts/install.sh --tests   also the test tools (pytest, headless Chromium) and
+#                                     circuit-tracer's own venv in $PEER_VENVS (default .peer-venvs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -35,5 +36,9 @@ apt_install() {  # apt_install BINARY PACKAGE...
 apt_install dot graphviz
 if [ $want_tests = 1 ]; then
   apt_install chromium chromium
+  # circuit-tracer 0.5.0 in its own venv (its pins clash with ours: transformers 4.57, nnsight 0.6.3),
+  # for the tests that check our files and graphs against it (tests/ct_env.py finds it).
+  echo "installing circuit-tracer's virtual environment (once; a few minutes)"
+  PYTHON="$PY" bash benchmarks/peers/setup.sh "${PEER_VENVS:-.peer-venvs}" circuit-tracer
 fi
 echo "saecircuits installed"

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real SmolLM2 (once per session) and tiny random models per family."""
+"""Shared fixtures: the real SmolLM2 (once per session; slow tests only) and tiny random models
+per family with a small tokenizer of their own (fast tests never load SmolLM2)."""
 from __future__ import annotations
 
 import os
@@ -9,9 +10,71 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here; fail fast instead of retrying
-torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+# `auto` precision means fp32 in tests, whatever the CI machine's CPU (tests of the policy itself
+# mock the hardware): results must not depend on where they run
+os.environ.setdefault("SAECIRCUITS_PRECISION", "fp32")
+# no progress bars on the captured stderr (a failure's stderr is its one error line); tests of the
+# bars record them (`saecircuits.progress.record` counts undrawn bars too) or set it back to 1
+os.environ.setdefault("SAECIRCUITS_PROGRESS", "0")
+# OMP_NUM_THREADS, when set, wins (shared machines run the suite with one thread)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(4, os.cpu_count() or 1))))
 
-FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma2", "gemma3_text", "qwen2", "qwen3", "mistral")
+from helpers import FAMILIES  # noqa: E402,F401 (tests import it from conftest)
+
+SMOL_FIXTURES = ("smol", "smol_saes", "smol_saes_dir")
+
+
+def pytest_runtest_setup(item):
+    """A test that needs SmolLM2 must be marked slow: the fast suite never loads it."""
+    if item.get_closest_marker("slow") is None:
+        used = sorted(set(SMOL_FIXTURES) & set(getattr(item, "fixturenames", ())))
+        if used:
+            pytest.fail(f"{item.nodeid} uses {used} (SmolLM2) but is not marked "
+                        "@pytest.mark.slow", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def private_cache(tmp_path_factory) -> Path:
+    """A cache directory of this session ($SAECIRCUITS_CACHE of the fast tests)."""
+    return tmp_path_factory.mktemp("saecircuits-cache")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_session_cache(request, private_cache):
+    """A session of fast tests only reads and writes no file of the user's cache
+    (~/.cache/saecircuits: SmolLM2, token caches): $SAECIRCUITS_CACHE is private from the start,
+    module fixtures included. (With slow tests selected, see `_no_smollm2_in_fast_tests`.)"""
+    if any(item.get_closest_marker("slow") for item in request.session.items):
+        yield
+        return
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SAECIRCUITS_CACHE", str(private_cache))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(autouse=True)
+def _no_smollm2_in_fast_tests(request, monkeypatch, private_cache):
+    """In a test not marked slow, loading the embedded SmolLM2 (`load_model()` with no name, or a
+    CLI command without --model) fails the test, and $SAECIRCUITS_CACHE is private."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    from saecircuits import models
+
+    monkeypatch.setenv("SAECIRCUITS_CACHE", str(private_cache))
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("a fast test loaded the embedded SmolLM2; mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(models, "default_model_dir", refuse)
+    yield
+    if calls:
+        pytest.fail(f"{request.node.nodeid} loaded the embedded SmolLM2 but is not marked "
+                    "@pytest.mark.slow", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -22,40 +85,25 @@ def smol():
     return load_model(device="cpu")
 
 
-def _tiny_config(family: str, vocab: int):
-    import transformers as tf
+@pytest.fixture(scope="session")
+def tiny_tok():
+    """The tiny models' tokenizer (2,048-token byte-level BPE, `helpers.tiny_tokenizer`)."""
+    from helpers import tiny_tokenizer
 
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    if family == "gpt2":
-        return tf.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=3, n_head=4, n_positions=128)
-    if family == "gpt_neox":
-        return tf.GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                                num_hidden_layers=3, num_attention_heads=4,
-                                max_position_embeddings=128)
-    cls = {"llama": tf.LlamaConfig, "gemma2": tf.Gemma2Config, "gemma3_text": tf.Gemma3TextConfig,
-           "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config, "mistral": tf.MistralConfig}[family]
-    if family.startswith("gemma"):
-        common["head_dim"] = 16
-    return cls(**common)
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory, smol):
-    """Factory: family -> local directory holding a tiny random model + SmolLM2's tokenizer."""
-    from transformers import AutoModelForCausalLM
+def tiny_dir(tmp_path_factory, tiny_tok):
+    """Factory: family -> local directory holding a tiny random model + the tiny tokenizer."""
+    from helpers import save_tiny_model
 
     made: dict[str, Path] = {}
-    tok = smol[1]
 
     def make(family: str) -> Path:
         if family not in made:
-            folder = tmp_path_factory.mktemp(f"tiny-{family}")
-            torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(_tiny_config(family, len(tok)))
-            model.save_pretrained(folder)
-            tok.save_pretrained(folder)
-            made[family] = folder
+            made[family] = save_tiny_model(tmp_path_factory.mktemp(f"tiny-{family}"), family,
+                                           tiny_tok)
         return made[family]
 
     return make

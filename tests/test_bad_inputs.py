@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -145,15 +144,23 @@ def test_cli_bad_inputs_exit_cleanly(tiny_dir, tiny_set, tmp_path, capsys):
         assert not (tmp_path / "out").exists(), f"{argv} left a partial output directory"
 
 
-def test_cli_usage_errors_and_debug(tiny_dir, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "saecircuits", *a], capture_output=True, text=True)
-    no_command = run()
-    assert no_command.returncode == 2 and "COMMAND" in no_command.stderr
-    plain = run("demo", "--model", str(tmp_path / "no-model"))
-    assert plain.returncode == 2 and "Traceback" not in plain.stderr
-    assert len(plain.stderr.strip().splitlines()) == 1 and "no-model" in plain.stderr
-    debug = run("--debug", "demo", "--model", str(tmp_path / "no-model"))
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+def test_cli_usage_errors_and_debug(tmp_path, capsys, monkeypatch):
+    import runpy
+
+    # `python -m saecircuits` (the __main__ module) with no command: a usage error, exit 2
+    # (in process: a subprocess per case costs seconds of imports; test_cli_boundary starts one)
+    monkeypatch.setattr(sys, "argv", ["saecircuits"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("saecircuits", run_name="__main__", alter_sys=True)
+    assert stop.value.code == 2 and "COMMAND" in capsys.readouterr().err
+    assert main(["demo", "--model", str(tmp_path / "no-model")]) == 2
+    plain = capsys.readouterr().err
+    assert "Traceback" not in plain and len(plain.strip().splitlines()) == 1 and "no-model" in plain
+    # --debug: the traceback, then the same one-line error and the same exit code (issue 24)
+    assert main(["--debug", "demo", "--model", str(tmp_path / "no-model")]) == 2
+    debug = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in debug and "no-model" in debug
+    assert debug.strip().splitlines()[-1].startswith("saecircuits demo: error: ")
 
 
 # -- issue 15: the reliability sweep ---------------------------------------------------------
@@ -348,9 +355,9 @@ def test_failed_first_training_run_leaves_no_directory(tiny, tmp_path, monkeypat
     """A run that fails after creating --out (here: diverging at its first step) removes it."""
     from saecircuits.errors import TrainingError
     from trainers import train_saes
-    from trainers.topk import TopKTrainer
+    from trainers.loop import Trainer
 
-    monkeypatch.setattr(TopKTrainer, "step", lambda self, x, step: {"fvu": float("nan")})
+    monkeypatch.setattr(Trainer, "step", lambda self, x, y, step: {"fvu": float("nan")})
     with pytest.raises(TrainingError, match="not finite"):
         train_saes(*tiny, _train_cfg(tmp_path / "out", corpus=None), corpus=TRAIN_TEXTS)
     assert list(tmp_path.iterdir()) == []

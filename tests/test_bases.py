@@ -178,6 +178,7 @@ def test_cli_compare_bases(tiny_dir, tmp_path, capsys):
     assert [c["n"] for c in saved["curves"]["raw"]] == [2, 16, 64]
 
 
+@pytest.mark.slow
 def test_compare_bases_smollm2_real_text(smol, smol_saes):
     """SmolLM2 on IOI with an SAE trained on real text; PCA/ICA fit on the embedded corpus."""
     model, tok = smol

@@ -87,10 +87,48 @@ def test_no_import_cycles():
     assert "saecircuits.models" not in graph["saecircuits.hooks"]
 
 
-def test_lm_head_named_in_one_place_only():
-    hits = [str(p.relative_to(ROOT)) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
-            if re.search(r"\blm_head\b|\bembed_out\b", p.read_text(encoding="utf-8"))]
-    assert hits == ["saecircuits/replacement.py"], hits
+HEAD_NAMES = re.compile(r"\b(lm_head|embed_out|get_output_embeddings)\b")
+
+
+def names_in_code(path: Path) -> set[str]:
+    """Identifiers, attribute names and string constants of a module's code (docstrings and
+    comments left out) that name the output head: `lm_head`, `embed_out`, `get_output_embeddings`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and (body := node.body) and isinstance(body[0], ast.Expr)
+                  and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)}
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            text = node.id
+        elif isinstance(node, ast.Attribute):
+            text = node.attr
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            text = node.value
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            text = node.name
+        elif isinstance(node, (ast.alias, ast.keyword, ast.arg)):
+            text = (getattr(node, "name", None) or getattr(node, "arg", None) or "")
+        else:
+            continue
+        found.update(HEAD_NAMES.findall(text))
+    return found
+
+
+def test_output_head_located_in_one_place_only(tmp_path):
+    """Only replacement.py locates the output head (`logits_site`, `logit_lens`); no other module
+    names it in code. Docstrings and comments do not count, in either direction."""
+    hits = {str(p.relative_to(ROOT)): names for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))
+            if (names := names_in_code(p))}
+    assert set(hits) == {"saecircuits/replacement.py"}, hits
+    assert "get_output_embeddings" in hits["saecircuits/replacement.py"]
+    # the scan sees code, not prose
+    probe = tmp_path / "probe.py"
+    probe.write_text('"""Uses lm_head."""\n# embed_out\ndef f(m):\n    """lm_head"""\n    return 1\n')
+    assert names_in_code(probe) == set()
+    probe.write_text('def f(m):\n    return m.lm_head, getattr(m, "embed_out")\n')
+    assert names_in_code(probe) == {"lm_head", "embed_out"}
 
 
 def test_node_ids_round_trip():
@@ -158,16 +196,30 @@ def test_trace_config_overrides(tiny):
         trace_circuit(model, tok, _saes(), "ioi", cfg={"n": 2})
 
 
-def test_graph_labels_use_the_dashboards_logit_lens(tiny):
-    model, tok = tiny
+def test_graph_labels_use_the_logit_lens_with_the_final_norm(tiny_dir):
+    """Graph labels and dashboards' output effects are the decoder row ⊙ final-norm weight times
+    the unembedding, computed here by hand from the HF modules (a private copy of the tiny Llama
+    whose final RMSNorm weight is made non-trivial, so leaving the norm out changes the labels)."""
+    model, tok = sc.load_model(str(tiny_dir("llama")), device="cpu")
+    hf = sc.models.unwrap(model)
+    with torch.no_grad():
+        hf.model.norm.weight.copy_(torch.rand(64, generator=torch.Generator().manual_seed(5)) * 4)
     saes = _saes()
     graph, _ = trace_circuit(model, tok, saes, "ioi", n=4, top_k=6, batch_size=4,
                              edge_influence=1.0, progress=False)
     feats = [d for _, d in graph.nodes(data=True) if d["kind"] == "feature"]
     assert feats
+    w_u, norm = hf.lm_head.weight.double(), hf.model.norm.weight.double()
+    without_norm_differs = False
     for d in feats:
-        top = output_effects(model, saes[d["hook"]], [d["feature"]])[0].topk(3).indices.tolist()
-        assert d["label"] == "↑ " + " ".join(repr(tok.decode([i])) for i in top)
+        row = saes[d["hook"]].W_dec[d["feature"]].double()
+        want = (row * norm) @ w_u.T                                         # [vocab]
+        top = want.topk(3).indices.tolist()
+        assert d["label"] == "↑ " + " ".join(repr(tok.decode([i])) for i in top), d
+        torch.testing.assert_close(output_effects(model, saes[d["hook"]], [d["feature"]])[0].double(),
+                                   want, rtol=1e-4, atol=1e-4)
+        without_norm_differs |= (row @ w_u.T).topk(3).indices.tolist() != top
+    assert without_norm_differs      # the check above can tell the lens with the norm from without
 
 
 def test_gpt_neox_logits_are_found_generically(tiny_dir):

@@ -9,6 +9,7 @@ import pytest
 
 from saecircuits import cli
 from saecircuits.errors import ConfigError
+from helpers import subprocess_env
 
 
 def _subparsers(parser):
@@ -21,7 +22,8 @@ def test_building_the_parser_and_help_import_no_torch():
             "assert main(['--help']) == 0 and main(['train', '--help']) == 0\n"
             "heavy = [m for m in ('torch', 'transformers', 'nnsight', 'numpy') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=subprocess_env())
     assert done.returncode == 0, done.stderr
     assert "COMMAND" in done.stdout and "--batch" in done.stdout
 
@@ -51,11 +53,12 @@ def test_torch_free_copies_of_defaults_match_their_sources():
 
     assert compare_bases.BASES == bases.BASES and compare_bases.DEFAULT_NS == bases.DEFAULT_NS
     from saecircuits.commands import demo, export
+    from saecircuits.config_args import config_kwargs
     from saecircuits.demo import DemoConfig
     from saecircuits.export.writer import FORMATS
 
-    config = DemoConfig()
-    assert demo.DEFAULTS == {k: getattr(config, k) for k in demo.DEFAULTS}
+    args = cli.build_parser().parse_args(["demo"])
+    assert DemoConfig(**config_kwargs(args, demo.DEMO_FIELDS)) == DemoConfig()   # options from the dataclass
     assert export.FORMATS == FORMATS
 
 
@@ -89,8 +92,10 @@ def test_any_error_in_a_command_is_one_line_exit_2(monkeypatch, capsys, error):
         assert type(error).__name__ in err
     else:
         assert err.endswith("a bad value 7")
-    with pytest.raises(type(error)):
-        cli.main(["--debug", "serve", "somewhere"])
+    assert cli.main(["--debug", "serve", "somewhere"]) == 2   # the traceback is extra, same code
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and type(error).__name__ in err
+    assert err.strip().splitlines()[-1].startswith("saecircuits serve: error: ")
 
 
 def test_unsafe_loading_advice_is_never_repeated():

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 
 import numpy as np
 import pytest
+import torch
 
 from saecircuits.errors import ConfigError
 from trainers.corpus import (TokenCorpus, default_documents, load_corpus, load_documents,
@@ -51,7 +53,15 @@ def test_windows_join_documents_with_eos_and_prepend_bos():
     b = corpus.windows(4, seed=None, prepend_bos=True)
     assert (b[:, 0] == 1).all() and b.shape == (6, 4)
     shuffled = corpus.windows(4, seed=3)
-    assert sorted(shuffled.flatten().tolist()) != [] and shuffled.shape == w.shape
+    assert shuffled.shape == w.shape and torch.equal(shuffled, corpus.windows(4, seed=3))
+
+    def doc_order(seed):  # documents (tokens 10, 11, 12) in the order the windows hold them
+        stream = corpus.windows(6, seed=seed).flatten().tolist()   # 18 tokens: the whole stream
+        return [t for t, _ in itertools.groupby(stream) if t != 0]
+
+    orders = [doc_order(seed) for seed in range(6)]
+    assert all(sorted(o) == [10, 11, 12] for o in orders)           # every document, whole
+    assert any(o != [10, 11, 12] for o in orders)                   # seeds reorder documents
 
 
 def test_split_is_by_document_and_seeded():
@@ -95,9 +105,32 @@ def test_jsonl_text_field_and_bad_lines(tmp_path):
         load_documents("hf:some/dataset")
 
 
-def test_user_texts_tokenize_and_cache(smol, tmp_path, monkeypatch):
+def test_user_texts_tokenize_and_cache(tiny_tok, tmp_path, monkeypatch):
     monkeypatch.setenv("SAECIRCUITS_CACHE", str(tmp_path))
     texts = ["Mary gave John a book.", "def f(x):\n    return (x + 1)\n"]
-    corpus = load_corpus(smol[1], texts)
-    assert len(corpus) == 2 and corpus.n_tokens == sum(len(smol[1](t).input_ids) for t in texts)
+    corpus = load_corpus(tiny_tok, texts)
+    assert len(corpus) == 2 and corpus.n_tokens == sum(len(tiny_tok(t).input_ids) for t in texts)
     assert list(tmp_path.glob("corpus/*/tokens.npy"))
+
+
+def test_pretokenized_jsonl_corpus_is_read_as_ids(tiny, tmp_path):
+    """A JSONL of `input_ids` rows (what SAELens / sparsify users have) is a corpus as it is:
+    the same ids come back in the windows; ids outside the vocabulary are refused by line."""
+    import json
+
+    import pytest
+
+    from saecircuits.errors import ConfigError
+    from trainers.corpus import load_corpus
+
+    model, tok = tiny
+    rows = [list(range(5 + i, 45 + i)) for i in range(6)]
+    path = tmp_path / "ids.jsonl"
+    path.write_text("".join(json.dumps({"input_ids": r}) + "\n" for r in rows))
+    corpus = load_corpus(tok, str(path))
+    assert corpus.n_tokens == sum(len(r) for r in rows) and len(corpus) == 6
+    assert corpus.document(2).tolist() == rows[2]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"input_ids": [1, 2, len(tok) + 5]}) + "\n")
+    with pytest.raises(ConfigError, match="outside the tokenizer's vocabulary"):
+        load_corpus(tok, str(bad))

@@ -19,6 +19,22 @@ STORIES = [("story", "Once upon a time, Mary and her brother Thomas walked to th
             "repaired, and engineer David Chen agreed. {i}")]
 
 
+def _small_code_corpus():
+    """A few stdlib modules stand in for the embedded code corpus (tokenizing all of it takes
+    minutes): enough code documents to match the narrative's tokens."""
+    import fnmatch
+    import json as json_mod
+    import shlex
+    import string
+    import textwrap
+    from pathlib import Path
+
+    from trainers.corpus import Document
+
+    return [Document(f"stdlib/{m.__name__}.py", Path(m.__file__).read_text(encoding="utf-8"))
+            for m in (textwrap, string, shlex, fnmatch, json_mod)]
+
+
 @pytest.fixture()
 def narrative(tmp_path, monkeypatch):
     path = tmp_path / "narrative.jsonl.gz"
@@ -44,8 +60,11 @@ def test_missing_narrative_is_a_clear_error(tmp_path, monkeypatch):
         load_documents("narrative")
 
 
-def test_mixed_corpus_ratio_and_composition(smol, narrative):
-    tok = smol[1]
+def test_mixed_corpus_ratio_and_composition(tiny_tok, narrative, monkeypatch):
+    import trainers.corpus
+
+    monkeypatch.setattr(trainers.corpus, "default_documents", _small_code_corpus)
+    tok = tiny_tok
     docs = load_documents("narrative")
     assert len(docs) == 40 and docs[0].name.startswith("narrative/story/")
     mixed = mixed_corpus(tok, 0.5)
@@ -63,8 +82,8 @@ def test_mixed_corpus_ratio_and_composition(smol, narrative):
                                                           for k, v in src.items() if k != "narrative")
 
 
-def test_name_share_counts_names_not_sentence_starts(smol):
-    tok = smol[1]
+def test_name_share_counts_names_not_sentence_starts(tiny_tok):
+    tok = tiny_tok
     ids = np.array(tok.encode("Then Mary gave the book to John. When it rained, Paris was wet.",
                               add_special_tokens=False))
     names, n = name_share(tok, ids)

@@ -138,7 +138,8 @@ def test_bad_feature_inputs(tiny, tiny_saes, tmp_path):
         load_dashboards(tmp_path)
 
 
-def test_cli_dashboards(tiny_dir, tiny_saes, tmp_path, capsys):
+def test_cli_dashboards(tiny_dir, tiny_saes, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SAECIRCUITS_PROGRESS", "1")   # the suite turns bars off; this checks one
     tiny_saes.save(tmp_path / "saes")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(TEXTS))

@@ -25,7 +25,7 @@ HOOK = "resid.1"
 
 
 RECORDS = [("The cat sat on the mat and", "A dog ran in the park then", " then", " and"),
-           ("She opened the red door slowly", "He closed a blue window fast", " and", " then"),
+           ("She opened the red door slowly", "He opened the red door slowly", " and", " then"),
            ("We went to the old market", "They came from a new city", " and", " to")]
 
 

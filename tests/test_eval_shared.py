@@ -62,9 +62,12 @@ def test_autocast_forwards_track_fp32(tiny):
     model, tok = tiny
     hook_names = ["resid.0", "resid.2"]
     saes = {h: _random_sae(h, hooks.resolve(model, h).width, i) for i, h in enumerate(hook_names)}
-    fp32 = evaluate_saes(model, tok, saes, TEXTS, n_tokens=120, context=32, progress=False)
+    fp32 = evaluate_saes(model, tok, saes, TEXTS, n_tokens=120, context=32, progress=False,
+                         precision="fp32")
     bf16 = evaluate_saes(model, tok, saes, TEXTS, n_tokens=120, context=32, progress=False,
-                         autocast=torch.bfloat16)
+                         precision="bf16")
+    assert (fp32["resid.0"]["precision"]["precision"], bf16["resid.0"]["precision"]["precision"]) \
+        == ("fp32", "bf16")
     assert not torch.is_autocast_enabled("cpu")
     for hook in hook_names:
         assert abs(bf16[hook]["l0"] - fp32[hook]["l0"]) <= 0.1

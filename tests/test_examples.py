@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -21,7 +23,7 @@ IOI_ROWS = [  # our own contrastive file: equal-length clean/patch prompts, sing
 
 def run_example(name: str, *args: str, timeout: int = 600) -> str:
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=subprocess_env())
     assert proc.returncode == 0, f"{name} failed:\n{proc.stderr[-3000:]}"
     return proc.stdout
 

@@ -211,7 +211,7 @@ def test_trace_cli_labels_the_graph_and_export_keeps_them(tiny_dir, tmp_path, ca
     out = tmp_path / "trace"
     assert main(["trace", "--model", str(tiny_dir("llama")), "--device", "cpu", "--saes",
                  str(tmp_path / "saes"), "--task", "sva", "--n", "4", "--ablation", "mean",
-                 "--top-k", "6", "--no-edge-eval", "--explanations", str(run),
+                 "--top-k", "6", "--edge-influence", "1.0", "--no-edge-eval", "--explanations", str(run),
                  "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     graph = load_graph(out)

@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 
 from saecircuits import SAE, SAEConfig
 from saecircuits.errors import ConfigError, SAEFormatError
-from saecircuits.formats import hook_from_transformerlens, load_sae, load_sae_set
+from saecircuits.sae import load_sae_set
+from saecircuits.formats import hook_from_transformerlens, load_sae
 
 
 def reference(arch: str, seed=0) -> SAE:

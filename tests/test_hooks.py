@@ -42,7 +42,8 @@ def test_canonical_hook_points_per_family(tiny_dir, family):
 def test_smollm2_hook_points(smol):
     model, _ = smol
     points = sc.hook_points(model)
-    assert len(points) == 1 + 3 * 30
+    assert len(points) == 1 + 5 * 30       # embed; per layer resid_mid, mlp_in, attn, mlp, resid
+    assert {p.name for p in points if p.layer == 7} == {"attn.7", "resid_mid.7", "mlp_in.7", "mlp.7", "resid.7"}
     assert {p.width for p in points} == {576}
     assert sc.resolve(model, "mlp.7").module_path == "model.layers.7.mlp"
     assert sc.resolve(model, "attn.7").module_path == "model.layers.7.self_attn"

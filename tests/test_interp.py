@@ -367,9 +367,13 @@ def test_explain_cli_bases_resume_and_explanations(stub, tiny, tiny_dir, tiny_sa
 
 
 def test_explain_bad_inputs(stub, tiny_dir, tiny_saes, tmp_path, capsys):
+    import pydoc_data.topics
+
+    corpus = tmp_path / "corpus.txt"  # explain reads its corpus before these checks: keep it small
+    corpus.write_text("\n\n".join(pydoc_data.topics.topics[k] for k in ("assert", "if", "while", "for")))
     base = ["explain", "--saes", str(tiny_saes), "--model", str(tiny_dir("llama")),
             "--backend", "endpoint", "--base-url", stub.url, "--explainer-model", "stub",
-            "--windows", "8", "--context", "16", "--quiet"]
+            "--corpus", str(corpus), "--windows", "8", "--context", "16", "--quiet"]
     cases = [
         (["--features", "resid.1:999", "--out", str(tmp_path / "o1")], "out of range"),
         (["--features", "resid.1:3", "--bases", "pca", "--out", str(tmp_path / "o2")],
@@ -383,7 +387,7 @@ def test_explain_bad_inputs(stub, tiny_dir, tiny_saes, tmp_path, capsys):
     assert main(["explain", "--saes", str(tiny_saes), "--model", str(tiny_dir("llama")),
                  "--backend", "endpoint", "--base-url", "http://127.0.0.1:9/v1",
                  "--explainer-model", "x", "--retries", "0", "--features", "resid.1:3",
-                 "--windows", "8", "--context", "16", "--quiet",
+                 "--corpus", str(corpus), "--windows", "8", "--context", "16", "--quiet",
                  "--out", str(tmp_path / "o4")]) == 2
     err = capsys.readouterr().err.strip()
     assert "unreachable" in err and "\n" not in err

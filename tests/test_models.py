@@ -29,6 +29,7 @@ def test_smollm2_closes_parentheses(smol):
     assert tok.decode(logits[0, -1].argmax()).startswith(")")
 
 
+@pytest.mark.slow
 def test_default_cache_is_complete_and_detects_corruption(smol, tmp_path, monkeypatch):
     folder = models.default_model_dir()
     assert models._cache_is_complete(folder)

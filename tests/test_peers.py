@@ -11,7 +11,8 @@ from safetensors import safe_open
 
 from saecircuits import SAESet
 from saecircuits.errors import SAEFormatError
-from saecircuits.formats import load_sae, load_sae_set
+from saecircuits.sae import load_sae_set
+from saecircuits.formats import load_sae
 
 PEERS = Path(__file__).parent / "fixtures" / "peers"
 TOL = 1e-5  # absolute, for values of order 1; scaled by the largest |value| above that (float32 ulps)
@@ -27,7 +28,7 @@ CASES = {
     "gemmascope/layer_5/width_16k/average_l0_41": ("resid.5", {}),
     "gemmascope/layer_7/width_16k/average_l0_20": ("resid.7", {}),
     "sparsify/run/layers.3": ("resid.3", {}),
-    "sparsify/run/layers.4.mlp": ("mlp.4", {"transcoder": True}),
+    "sparsify/run/layers.4.mlp": ("mlp_in.4", {}),   # a transcoder: reads mlp_in.4, writes mlp.4
     "dictionary_learning/AutoEncoder": ("resid.1", {}),
     "dictionary_learning/AutoEncoderTopK": ("resid.2", {}),
     "dictionary_learning/JumpReluAutoEncoder": ("resid.3", {}),
@@ -71,16 +72,19 @@ def test_every_fixture_is_covered():
     assert found <= set(CASES) | {"gemmascope/layer_5/width_16k/average_l0_82"}, found - set(CASES)
 
 
-def test_sparsify_transcoder_refused_as_sae():
+def test_sparsify_transcoder_loads_as_a_transcoder():
+    """sparsify's transcoder (transcode=True at layers.4.mlp) is a transcoder mlp_in.4 -> mlp.4 of
+    the dictionary family; a run mixing it with SAEs is refused as a set."""
+    from saecircuits.errors import ConfigError
+
     rel = "sparsify/run/layers.4.mlp"
     if not present(rel):
         pytest.skip("sparsify fixtures not generated")
-    with pytest.raises(SAEFormatError, match="transcoder"):
-        load_sae(PEERS / rel)
-    with pytest.raises(SAEFormatError, match="transcoder"):
+    tc = load_sae(PEERS / rel)
+    assert tc.is_transcoder and (tc.read_sites, tc.write_sites) == (["mlp_in.4"], ["mlp.4"])
+    assert not tc.cfg.subtracts_b_dec
+    with pytest.raises(ConfigError, match="mixes SAEs and transcoders"):
         load_sae_set(PEERS / "sparsify" / "run")
-    tc = load_sae(PEERS / rel, transcoder=True)
-    assert tc.cfg.metadata["transcoder"] is True
 
 
 @pytest.mark.parametrize("rel,word", [("saelens/gated_refused", "gated"),
@@ -273,21 +277,21 @@ def test_graph_json_validates_against_circuit_tracer_schema(tmp_path, with_token
     assert len(data["links"]) == 5
 
 
-def test_smol_trace_from_saelens_files_exports_a_circuit_tracer_graph(smol, tmp_path):
-    """SmolLM2 end to end through peer files: SAEs (random TopK, untrained: this checks the file and
-    graph plumbing, not circuit quality) -> SAELens files -> `trace --saes <SAELens dir>` on IOI ->
-    `export` -> graph.json that circuit-tracer's schema accepts, with the real tokens and positions."""
+def _trace_from_saelens_files(tok, model_args, d_in, hooks, model_name, tmp_path):
+    """Random TopK SAEs (untrained: this checks the file and graph plumbing, not circuit quality)
+    -> SAELens files -> `trace --saes <SAELens dir>` on IOI -> `export` -> graph.json that
+    circuit-tracer's schema accepts, with the real tokens and positions."""
     import json
 
     from saecircuits import SAE, SAEConfig
     from saecircuits.cli import main
 
-    _, tok = smol
-    SAESet({h: SAE.random(SAEConfig("topk", 576, 512, k=16, hook=h, model_name="SmolLM2-135M-Instruct"),
-                          seed=i) for i, h in enumerate(["resid.6", "resid.16", "resid.24"])}).save(tmp_path / "own")
+    SAESet({h: SAE.random(SAEConfig("topk", d_in, 512, k=16, hook=h, model_name=model_name),
+                          seed=i) for i, h in enumerate(hooks)}).save(tmp_path / "own")
     assert main(["convert", str(tmp_path / "own"), "--to", "saelens", "--out", str(tmp_path / "sl")]) == 0
-    assert main(["trace", "--saes", str(tmp_path / "sl"), "--format", "saelens", "--task", "ioi", "--n", "4",
-                 "--top-k", "8", "--positional", "--batch-size", "4", "--out", str(tmp_path / "tr")]) == 0
+    assert main(["trace", *model_args, "--saes", str(tmp_path / "sl"), "--format", "saelens",
+                 "--task", "ioi", "--n", "4", "--top-k", "8", "--positional", "--batch-size", "4",
+                 "--out", str(tmp_path / "tr")]) == 0
     assert main(["export", str(tmp_path / "tr"), "--format", "neuronpedia", "--out", str(tmp_path / "ex")]) == 0
     data = json.loads((tmp_path / "ex" / "graph.json").read_text())
     if SCHEMA.is_file():
@@ -295,10 +299,22 @@ def test_smol_trace_from_saelens_files_exports_a_circuit_tracer_graph(smol, tmp_
     meta = data["metadata"]
     ids = tok(meta["prompt"])["input_ids"]
     assert meta["prompt_tokens"] == [tok.decode([i]) for i in ids]
-    assert sorted(meta["transcoder_list"]) == ["resid.16", "resid.24", "resid.6"]
+    assert sorted(meta["transcoder_list"]) == sorted(hooks)
     placed = [n for n in data["nodes"] if n["feature_type"] in ("cross layer transcoder", "mlp reconstruction error")]
     assert placed and all(0 <= n["ctx_idx"] < len(ids) for n in data["nodes"])
     assert {n["ctx_idx"] for n in placed} == {n["pos"] for n in placed}  # real positions from the trace
     assert len({n["ctx_idx"] for n in placed}) > 1
     (logit,) = [n for n in data["nodes"] if n["feature_type"] == "logit"]
     assert logit["clerp"].startswith('Output "') and "(p=" in logit["clerp"]
+
+
+def test_tiny_trace_from_saelens_files_exports_a_circuit_tracer_graph(tiny, tiny_dir, tmp_path):
+    _trace_from_saelens_files(tiny[1], ["--model", str(tiny_dir("llama")), "--device", "cpu"], 64,
+                              ["resid.0", "resid.1", "resid.2"], str(tiny_dir("llama")), tmp_path)
+
+
+@pytest.mark.slow
+def test_smol_trace_from_saelens_files_exports_a_circuit_tracer_graph(smol, tmp_path):
+    """SmolLM2 end to end through peer files (the embedded default model: no --model)."""
+    _trace_from_saelens_files(smol[1], [], 576, ["resid.6", "resid.16", "resid.24"],
+                              "SmolLM2-135M-Instruct", tmp_path)

@@ -5,47 +5,36 @@ import pytest
 import torch
 
 from saecircuits.errors import ConfigError
+from saecircuits.dictionaries import DictionaryConfig
+from saecircuits.dictionaries.kernels import aux_k_loss, aux_k_loss_lowp
 from trainers import TrainConfig
-from trainers import precision
-from trainers.auxk import aux_k_loss_lowp
-from trainers.base import SAESpec, Trainer
-from trainers.batchtopk import BatchTopKTrainer
-from trainers.topk import TopKTrainer
+from trainers.loop import Trainer
 
 
-def test_resolve_precision(monkeypatch):
-    assert precision.resolve("fp32", "cpu") is None
-    assert precision.resolve("bf16", "cpu") is torch.bfloat16
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
-    assert precision.resolve("auto", "cpu") is torch.bfloat16
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
-    assert precision.resolve("auto", "cpu") is None
-    with pytest.raises(ConfigError, match="'fp16'"):
-        precision.resolve("fp16", "cpu")
+def test_train_config_checks_precision():
     with pytest.raises(ConfigError, match="'half'"):
         TrainConfig(precision="half")
 
 
-def _trainer(cls, dtype, seed=0):
-    tr = cls(SAESpec("resid.0", cls.architecture, 32, 256, k=8), total_steps=50, seed=seed,
-             dead_tokens=10**9)
-    tr.compute_dtype = dtype
-    return tr
+def _trainer(arch, dtype, seed=0):
+    return Trainer(DictionaryConfig(arch, 32, 256, k=8, hook="resid.0"), total_steps=50, seed=seed,
+                   dead_tokens=10**9, compute_dtype=dtype)
 
 
 def test_lowp_aux_k_matches_the_fp32_loss_and_gradients():
     """Both aux-k paths (dense and embedding_bag) agree with the fp32 reference within bf16 error."""
-    tr = _trainer(TopKTrainer, None)
+    tr = _trainer("topk", None)
+    dic = tr.dictionary
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(64, 32, generator=gen)
     residual = torch.randn(64, 32, generator=gen)
     for n_dead, k_aux in ((40, 16), (200, 16)):  # 4·k_aux ≥ n_dead → dense; else embedding_bag
         tr.since_fired.zero_()
         tr.since_fired[:n_dead] = 10**10
-        want = tr.aux_k_loss(x, residual, k_aux)
-        g_want = torch.autograd.grad(want, (tr.enc, tr.dec))
-        got = aux_k_loss_lowp(tr.enc, tr.dec, tr.b_enc, tr.dead_mask(), x, residual, k_aux)
-        g_got = torch.autograd.grad(got, (tr.enc, tr.dec))
+        want = aux_k_loss(dic.W_enc.T, dic.W_dec, dic.b_enc, tr.dead_mask(), x, residual, k_aux)
+        g_want = torch.autograd.grad(want, (dic.W_enc, dic.W_dec))
+        got = aux_k_loss_lowp(dic.W_enc.T, dic.W_dec, dic.b_enc, tr.dead_mask(), x, residual, k_aux)
+        g_got = torch.autograd.grad(got, (dic.W_enc, dic.W_dec))
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want, rtol=0.03, atol=1e-3)
         for a, b in zip(g_got, g_want):
@@ -53,11 +42,11 @@ def test_lowp_aux_k_matches_the_fp32_loss_and_gradients():
             cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
             assert cos > 0.99
     tr.since_fired.zero_()
-    assert float(aux_k_loss_lowp(tr.enc, tr.dec, tr.b_enc, tr.dead_mask(), x, residual, 8)) == 0.0
+    assert float(aux_k_loss_lowp(dic.W_enc.T, dic.W_dec, dic.b_enc, tr.dead_mask(), x, residual, 8)) == 0.0
 
 
-@pytest.mark.parametrize("cls", [TopKTrainer, BatchTopKTrainer])
-def test_bf16_steps_track_fp32_steps(cls):
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_bf16_steps_track_fp32_steps(arch):
     """Same data, same seed: 30 bf16 steps end at nearly the same loss as 30 fp32 steps, with
     fp32 parameters and optimiser state (bf16 only inside the matmuls)."""
     gen = torch.Generator().manual_seed(2)
@@ -66,12 +55,12 @@ def test_bf16_steps_track_fp32_steps(cls):
     data = codes @ basis
     runs = {}
     for dtype in (None, torch.bfloat16):
-        tr = _trainer(cls, dtype)
+        tr = _trainer(arch, dtype)
         tr.since_fired[:64] = 10**10  # aux-k does work from the first step
-        first = tr.step(data[0], 0)["fvu"]
+        first = tr.step(data[0], data[0], 0)["fvu"]
         for step in range(1, 30):
-            stats = tr.step(data[step], step)
-        assert all(p.dtype == torch.float32 for p in tr.parameters())
+            stats = tr.step(data[step], data[step], step)
+        assert all(p.dtype == torch.float32 for p in tr.dictionary.parameters())
         assert all(v.dtype == torch.float32 for s in tr.optim.state.values() for v in s.values()
                    if torch.is_tensor(v) and v.dim())
         assert stats["fvu"] < first  # it learned something

@@ -9,7 +9,9 @@ from saecircuits.sae import ARCHITECTURES
 
 
 def make(arch: str, d_in=16, d_sae=64, k=4, seed=0, dtype="float32") -> SAE:
-    sae = SAE.random(SAEConfig(arch, d_in, d_sae, k=k if arch in ("topk", "batchtopk") else None,
+    from saecircuits.dictionaries import get
+
+    sae = SAE.random(SAEConfig(arch, d_in, d_sae, k=k if get(arch).uses_k else None,
                                hook="resid.1", dtype=dtype), seed=seed)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed + 1))
@@ -151,5 +153,8 @@ def test_saeset_roundtrip_and_checks(tiny, tmp_path):
         narrow.check(model)
     with pytest.raises(SAEFormatError, match="does not exist"):
         SAESet.load(tmp_path / "nope")
-    with pytest.raises(SAEFormatError, match="single SAE"):
-        SAESet.load(tmp_path / "set" / "mlp.2")
+    single = SAESet.load(tmp_path / "set" / "mlp.2")      # one folder: a one-entry set
+    assert list(single) == ["mlp.2"] and torch.equal(single["mlp.2"].W_dec, saes["mlp.2"].W_dec)
+    (tmp_path / "set" / "mlp.2" / "cfg.json").write_text("{not json")
+    with pytest.raises(SAEFormatError, match="not valid JSON"):
+        SAESet.load(tmp_path / "set")

@@ -81,6 +81,12 @@ def test_splice_exact_on_other_families(tiny_dir, family):
     saes = random_saes(["embed", "attn.0", "mlp.1", "resid.2"], 64, 128, arch="relu")
     inputs = encode_inputs(tok, PROMPTS)
     assert torch.equal(sc.spliced_logits(model, saes, inputs), sc.spliced_logits(model, None, inputs))
+    # the SAEs are really in the path: zeroing one hook's features moves the logits
+    from saecircuits.replacement import ReplacementModel
+
+    zero_mlp = lambda site, f, err: (torch.zeros_like(f), err) if site.name == "mlp.1" else None  # noqa: E731
+    edited, _ = ReplacementModel(model, saes, tok).run(inputs, edit=zero_mlp)
+    assert (edited - sc.spliced_logits(model, None, inputs)).abs().max() > 1e-4
 
 
 def test_bad_splices_leave_tiny_model_clean(tiny):
@@ -112,3 +118,10 @@ def test_half_precision_sae_on_float_model(tiny):
     for sae in saes.values():
         sae.cfg.dtype = "bfloat16"
     assert torch.equal(sc.spliced_logits(model, saes, inputs), sc.spliced_logits(model, None, inputs))
+    # the bf16 SAE is really in the path: its features are bf16, and zeroing them moves the logits
+    from saecircuits.replacement import ReplacementModel
+
+    edited, acts = ReplacementModel(model, saes, tok).run(
+        inputs, edit=lambda site, f, err: (torch.zeros_like(f), err))
+    assert acts["resid.1"].features.dtype == torch.bfloat16
+    assert (edited - sc.spliced_logits(model, None, inputs)).abs().max() > 1e-4

@@ -122,6 +122,8 @@ def test_only_if_active_skips_inactive_positions(tiny, tiny_saes):
     model, tok = tiny
     res = _gen(model, tok, tiny_saes, [Intervention("resid.0", DEAD, "set", 50.0, only_if_active=True)])
     assert torch.equal(res.steered_logits, res.baseline_logits)
+    control = _gen(model, tok, tiny_saes, [Intervention("resid.0", DEAD, "set", 50.0)])  # without the flag
+    assert not torch.allclose(control.steered_logits, control.baseline_logits)
 
 
 def test_untracked_and_empty_runs_finish(tiny, tiny_saes):

@@ -10,9 +10,11 @@ from saecircuits.tasks.ioi import single_token_names
 from saecircuits.tasks.parens import closing_ids
 
 
-@pytest.fixture(scope="module")
-def tok(smol):
-    return smol[1]
+@pytest.fixture(scope="module", params=["tiny_tok", pytest.param("smol", marks=pytest.mark.slow)])
+def tok(request):
+    """The generators run on the tiny tokenizer (fast) and on SmolLM2's (slow)."""
+    got = request.getfixturevalue(request.param)
+    return got[1] if request.param == "smol" else got
 
 
 def test_ioi_generator(tok):

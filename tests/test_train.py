@@ -56,22 +56,46 @@ def test_each_architecture_trains_and_saves_a_loadable_set(tiny, tmp_path, arch)
 
 
 def test_normalisation_is_folded_into_saved_weights():
-    from trainers.base import SAESpec
-    from trainers.topk import TopKTrainer, sparse_topk
+    from saecircuits.dictionaries import DictionaryConfig
+    from saecircuits.dictionaries.kernels import sparse_topk
+    from trainers.loop import Trainer
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(256, 16, generator=gen) * 0.05 + 0.3  # raw activations, small norms
     scale = 4.0 / float(x.norm(dim=1).mean())             # sqrt(d_in) / mean norm
-    trainer = TopKTrainer(SAESpec("resid.0", "topk", 16, 64, k=4), total_steps=20)
+    trainer = Trainer(DictionaryConfig("topk", 16, 64, k=4, hook="resid.0"), total_steps=20)
     for step in range(20):
-        trainer.step(x * scale, step)
-    sae = trainer.to_sae(scale)
+        trainer.step(x * scale, x * scale, step)
+    dic = trainer.dictionary
+    with torch.no_grad():   # the training-space reconstruction, before folding
+        vals, idx = sparse_topk(dic.W_enc.T, dic.b_enc, x * scale - dic.b_dec, 4)
+        recon = torch.nn.functional.embedding_bag(idx, dic.W_dec, per_sample_weights=vals,
+                                                  mode="sum") + dic.b_dec
+    sae = trainer.finished(scale, None, "", {})
     with torch.no_grad():
-        vals, idx = sparse_topk(trainer.enc, trainer.b_enc, x * scale - trainer.b_dec, 4)
-        recon = torch.nn.functional.embedding_bag(idx, trainer.dec, per_sample_weights=vals,
-                                                  mode="sum") + trainer.b_dec
         torch.testing.assert_close(sae(x), recon / scale, atol=1e-5, rtol=1e-4)
     assert sae.cfg.normalization_scale == pytest.approx(scale)
+
+
+def test_transcoder_scales_are_folded_into_saved_weights():
+    """A skip transcoder trained on x·s_in -> y·s_out predicts raw y from raw x after folding."""
+    from saecircuits.dictionaries import DictionaryConfig
+    from trainers.loop import Trainer
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(256, 16, generator=gen) * 0.05 + 0.3
+    y = torch.relu(x @ torch.randn(16, 12, generator=gen)) * 3.0
+    s_in, s_out = 4.0 / float(x.norm(dim=1).mean()), 12 ** 0.5 / float(y.norm(dim=1).mean())
+    cfg = DictionaryConfig("topk", 16, 64, k=4, hook="mlp_in.0", write_hook="mlp.0", d_out=12, skip=True)
+    trainer = Trainer(cfg, total_steps=30)
+    for step in range(30):
+        trainer.step(x * s_in, y * s_out, step)
+    with torch.no_grad():
+        scaled = trainer.dictionary(x * s_in)
+    tc = trainer.finished(s_in, s_out, "", {})
+    with torch.no_grad():
+        torch.testing.assert_close(tc(x), scaled / s_out, atol=1e-5, rtol=1e-4)
+    assert tc.is_transcoder and tc.cfg.output_scale == pytest.approx(s_out)
 
 
 def test_several_sizes_at_one_hook_train_from_the_same_batches(tiny, tmp_path):
@@ -84,15 +108,27 @@ def test_several_sizes_at_one_hook_train_from_the_same_batches(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])
-def test_resumed_training_equals_uninterrupted(tiny, tmp_path, arch):
-    """Invariant 7: resume from a checkpoint gives the same weights as one run (CPU)."""
+def test_resumed_training_equals_uninterrupted(tiny, tmp_path, arch, monkeypatch):
+    """Invariant 7: resume from a checkpoint gives the same weights as one run (CPU), and it
+    does resume (a run that started over would also end at the same weights): it harvests
+    only the blocks of windows after the checkpoint."""
     model, tok = tiny
+    real, windows = act.harvest, []
+
+    def counting(model, points, ids, *args, **kwargs):
+        windows.append(ids.shape[0])
+        return real(model, points, ids, *args, **kwargs)
+
+    monkeypatch.setattr(act, "harvest", counting)
     straight = _cfg(tmp_path / "a", architecture=arch)
     train_saes(model, tok, straight, corpus=TEXTS)
+    whole = sum(windows)
     interrupted = _cfg(tmp_path / "b", architecture=arch, stop_at_step=5)
     train_saes(model, tok, interrupted, corpus=TEXTS)
+    windows.clear()
     resumed = _cfg(tmp_path / "b", architecture=arch, resume=True)
     train_saes(model, tok, resumed, corpus=TEXTS)
+    assert 0 < sum(windows) < whole, (sum(windows), whole)
     a, b = _weights(straight.out), _weights(resumed.out)
     for hook in a:
         for name in a[hook]:
@@ -229,7 +265,7 @@ def test_cli_train_then_eval(tiny_dir, tmp_path, capsys):
 
 def test_sparse_topk_gradients_match_the_dense_computation():
     """The sparse backward of the TopK encoder equals autograd through the dense pre-activations."""
-    from trainers.topk import sparse_topk
+    from saecircuits.dictionaries.kernels import sparse_topk
 
     gen = torch.Generator().manual_seed(3)
     enc = torch.randn(40, 12, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -33,6 +33,7 @@ from saecircuits.errors import ConfigError, TrainingError
 from saecircuits.fileio import read_safetensors, write_json, write_safetensors
 from saecircuits.hooks import HookPoint
 from saecircuits.models import model_device
+from saecircuits.progress import track
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -125,7 +126,10 @@ class ActivationStream:
 
     windows: `[n, ctx]` token ids (already in a seeded document order).
     windows_per_block: windows harvested and mixed together (the shuffle buffer).
+    progress: show a bar while a block is harvested (set by `train_saes`).
     """
+
+    progress: bool = False
 
     def __init__(self, model, points: Sequence[HookPoint], windows: torch.Tensor, *,
                  batch: int, seed: int = 0, windows_per_block: int = 32, model_batch: int = 8,
@@ -151,9 +155,10 @@ class ActivationStream:
             acts = self.cache.read(index)
         else:
             rows = self.windows[index * self.windows_per_block:(index + 1) * self.windows_per_block]
+            starts = track(range(0, len(rows), self.model_batch), f"harvest block {index}",
+                           unit="batch", enabled=self.progress)
             parts = [harvest(self.model, self.points, rows[i:i + self.model_batch],
-                             autocast=self.autocast)
-                     for i in range(0, len(rows), self.model_batch)]
+                             autocast=self.autocast) for i in starts]
             acts = {hp.name: torch.cat([p[hp.name] for p in parts]) for hp in self.points}
             if self.cache is not None:  # train on what later runs will read back
                 acts = {k: v.to(_DTYPES[self.cache.meta["dtype"]]) for k, v in acts.items()}

@@ -42,6 +42,7 @@ import torch
 
 from saecircuits.errors import ConfigError
 from saecircuits.fileio import atomic_path, write_json
+from saecircuits.progress import bar as progress_bar, track
 
 SKIP_DIRS = {"site-packages", "__pycache__"}
 TEST_DIRS = {"test", "tests", "idle_test"}
@@ -59,7 +60,7 @@ def stdlib_documents(include_tests: bool = True) -> list[Document]:
     """The standard library's `.py` sources (no site-packages, no file over 200 kB)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     docs = []
-    for path in sorted(root.rglob("*.py")):
+    for path in track(sorted(root.rglob("*.py")), "reading the standard library", unit="file"):
         rel = path.relative_to(root)
         if SKIP_DIRS.intersection(rel.parts[:-1]) or path.stat().st_size > MAX_FILE_BYTES:
             continue
@@ -356,7 +357,7 @@ def _fingerprint(tok, docs: Sequence[Document]) -> str:
 
 
 def tokenize(tok, docs: Sequence[Document], cache: bool = True,
-             batch_docs: int = 256) -> TokenCorpus:
+             batch_docs: int = 64) -> TokenCorpus:
     """Tokenize documents once (no special tokens); cached as .npy under the cache dir."""
     from saecircuits.models import cache_dir
 
@@ -375,17 +376,20 @@ def tokenize(tok, docs: Sequence[Document], cache: bool = True,
         except (OSError, ValueError):
             pass  # unreadable cache: rebuild it below
     size = sum(len(d.text) for d in docs)
-    if size > 1_000_000:  # minutes on a small CPU: say what is happening (the bar is not started yet)
+    if size > 1_000_000:  # minutes on a small CPU: say what is happening
         print(f"saecircuits: tokenizing the corpus once ({len(docs):,} documents, {size / 1e6:.0f} MB "
               f"of text; a few minutes on a small CPU)" + (f"; later runs reuse {folder}" if cache else ""),
               file=sys.stderr, flush=True)
     lengths, chunks = [], []
+    bar = progress_bar(len(docs), "tokenizing the corpus", unit="doc", enabled=size > 1_000_000)
     for start in range(0, len(docs), batch_docs):
         texts = [d.text for d in docs[start:start + batch_docs]]
         ids = tok(texts, add_special_tokens=False)["input_ids"]
         for row in ids:
             chunks.append(np.asarray(row, dtype=np.int32))
             lengths.append(len(row))
+        bar.update(len(texts))
+    bar.close()
     tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     corpus = TokenCorpus(tokens, offsets, names, eos, bos, key)
@@ -399,12 +403,90 @@ def tokenize(tok, docs: Sequence[Document], cache: bool = True,
     return corpus
 
 
+def _token_rows(source: str, max_documents: int | None):
+    """(name, ids) rows of a pre-tokenized corpus (a .jsonl file or a `save_to_disk` dataset
+    directory whose rows carry `input_ids`), or None when `source` is not one."""
+    path = Path(source)
+    if path.suffix == ".jsonl" and path.is_file():
+        with open(path, encoding="utf-8") as fh:
+            first = next((line for line in fh if line.strip()), "")
+        try:
+            head = json.loads(first) if first else {}
+        except json.JSONDecodeError:
+            return None
+        if not (isinstance(head, dict) and "input_ids" in head and "text" not in head):
+            return None
+        rows = []
+        with open(path, encoding="utf-8") as fh:
+            for number, obj in jsonl_objects_any(fh, path):
+                if max_documents is not None and len(rows) >= max_documents:
+                    break
+                rows.append((f"{path.name}:{number}", obj.get("input_ids")))
+        return rows
+    if path.is_dir() and any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")):
+        try:
+            import datasets
+        except ImportError:
+            return None
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            data = data["train"] if "train" in data else next(iter(data.values()))
+        if "input_ids" not in data.column_names or "text" in data.column_names:
+            return None
+        n = len(data) if max_documents is None else min(len(data), max_documents)
+        return [(f"{path.name}:{i}", data[i]["input_ids"]) for i in range(n)]
+    return None
+
+
+def jsonl_objects_any(lines: Iterable[str], path):
+    """(line number, object) for each non-blank JSONL line (any fields)."""
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(obj, dict):
+                raise ConfigError(f"{path}:{number}: expected a JSON object")
+            yield number, obj
+
+
+def pretokenized(tok, rows, source: str) -> TokenCorpus:
+    """A `TokenCorpus` from (name, token ids) rows, checked against the tokenizer's vocabulary."""
+    vocab = len(tok)
+    parts, names = [], []
+    for name, ids in rows:
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                          for i in ids):
+            raise ConfigError(f"{name}: input_ids must be a non-empty list of integers")
+        bad = next((i for i in ids if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise ConfigError(f"{name}: token id {bad} is outside the tokenizer's vocabulary (0..{vocab - 1}); "
+                              "was the corpus tokenized for another model?")
+        parts.append(np.asarray(ids, dtype=np.int32))
+        names.append(name)
+    if not parts:
+        raise ConfigError(f"corpus {source!r} has no rows")
+    lengths = np.array([len(p) for p in parts], dtype=np.int64)
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.tobytes())
+    return TokenCorpus(np.concatenate(parts), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                       names, tok.eos_token_id, tok.bos_token_id, f"pretokenized:{h.hexdigest()[:16]}")
+
+
 def load_corpus(tok, source=None, field: str = "text", max_documents: int | None = None,
                 cache: bool = True) -> TokenCorpus:
-    """Read and tokenize a corpus source (see `load_documents`; also `embedded-mix[:R]`)."""
+    """Read and tokenize a corpus source (see `load_documents`; also `embedded-mix[:R]`). A
+    pre-tokenized source (a .jsonl or dataset directory whose rows have `input_ids` and no
+    `text`, as SAELens and sparsify users have them) is read as token ids."""
     share = mix_share(source)
     if share is not None:
         return mixed_corpus(tok, share)
+    if isinstance(source, (str, os.PathLike)) and not str(source).startswith("hf:"):
+        rows = _token_rows(str(source), max_documents)
+        if rows is not None:
+            return pretokenized(tok, rows, str(source))
     return tokenize(tok, load_documents(source, field, max_documents), cache=cache)
 
 

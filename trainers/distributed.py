@@ -29,10 +29,6 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main() -> bool:
-    return world()[0] == 0
-
-
 def active() -> bool:
     return world()[1] > 1
 

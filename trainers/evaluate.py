@@ -1,4 +1,10 @@
-"""SAEBench "core" metrics of an SAE set on held-out text, and a feature-density picture.
+"""SAEBench "core" metrics of a dictionary set on held-out text, and a feature-density picture.
+
+For a transcoder, x is its read site (the MLP input) and the reconstruction metrics are about its
+write site's value y (the MLP output): explained_variance = 1 − FVU of the MLP output; CE/KL
+scores splice its prediction (error term removed) in place of the MLP output. With `joint=True`
+the result also has a "joint" entry: every dictionary spliced at once without error terms (for
+transcoders at every layer: the replacement model) against every write site zero-ablated.
 
 Per hook point, over every position but the first of each window (BOS / attention sink,
 which the SAEs never see in training and which is left untouched when splicing):
@@ -15,25 +21,34 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from saecircuits import hooks
 from saecircuits.errors import ConfigError, ShapeError
 from saecircuits.fileio import write_json, write_text
+from saecircuits.progress import bar as progress_bar
 from saecircuits.replacement import ReplacementModel
-from saecircuits.sae import SAE
+from saecircuits.dictionaries import Dictionary as SAE
 
 from .corpus import TokenCorpus, load_corpus
-from .precision import matmuls_in
+from saecircuits.precision import Precision, matmuls_in, resolve
 from .suffix import block_output_is_tuple, logits_from_block
 
 DENSE = 0.1
+JOINT = "joint"   # the key of the all-dictionaries-at-once metrics
 BINS = [-math.inf] + [x / 2 for x in range(-12, 1)]  # log10 frequency bin edges: dead, 1e-6 .. 1
 
 
+def _sites_in_order(rm: ReplacementModel) -> list:
+    """Every read and write site of the set, once each, in forward order."""
+    seen = {}
+    for hp in list(rm.reads.values()) + rm.points:
+        seen.setdefault((hp.module_path, hp.side), hp)
+    return sorted(seen.values(), key=lambda hp: hp.order)
+
+
 def _read_clean(rm: ReplacementModel, acts: dict):
-    for hp in rm.points:
-        acts[hp.name] = rm.read(hp)
+    for hp in _sites_in_order(rm):
+        acts[(hp.module_path, hp.side)] = rm.read(hp)
     return rm.read_logits()
 
 
@@ -72,19 +87,25 @@ def eval_windows(tok, data, n_tokens: int, context: int, prepend_bos: bool) -> t
 def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 8192, *,
                   context: int = 256, prepend_bos: bool = False, batch: int = 4,
                   progress: bool = True, share_clean: bool = True,
-                  autocast: torch.dtype | None = None) -> dict[str, dict]:
+                  precision: str | Precision = "auto", joint: bool = False,
+                  per_site_ce: bool = True) -> dict[str, dict]:
     """Core metrics per hook point (see module doc) on `n_tokens` held-out tokens.
 
     share_clean: at `resid.L` hook points, run the SAE-spliced and the zero-ablated forward
     as one batch that starts at block L+1 from the clean forward's residual (blocks 0..L are
     not recomputed); other hook points (and share_clean=False) get two full traces each.
 
-    autocast: run the model's forwards (clean, spliced, zero-ablated alike) under
-    `torch.autocast` in this dtype; SAE encode/decode, EV and the log-softmax stay fp32. `train`
-    passes its harvesting dtype, so SAEs are scored on the activations they were trained on.
-    None (default): fp32.
+    precision: "auto" | "fp32" | "bf16" or a resolved `Precision` (`saecircuits.precision`): the
+    model's forwards (clean, spliced, zero-ablated alike) run under autocast in its dtype; SAE
+    encode/decode, EV and the log-softmax stay fp32. `train` passes its harvesting precision, so
+    SAEs are scored on the activations they were trained on. Recorded as each hook's
+    `precision` entry.
     data: a `TokenCorpus`, a list of strings, or a corpus path (`trainers.corpus.load_documents`).
-    Returns {hook: {metric: float, ..., "density_histogram": {"edges", "counts"}}}.
+    per_site_ce: the CE/KL scores of each dictionary alone (two forwards per dictionary and
+    batch); False leaves them out (NaN), e.g. for 30 transcoders whose joint score is the point.
+    joint: also splice every dictionary at once without error terms (see the module doc):
+    result["joint"] = {ce_clean, ce_joint, ce_zero, ce_loss_score, kl_joint, kl_zero, kl_score}.
+    Returns {name: {metric: float, ..., "density_histogram": {"edges", "counts"}}}.
     """
     if not saes:
         raise ConfigError("evaluate_saes needs at least one SAE")
@@ -95,32 +116,44 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
     except ShapeError as err:
         raise ConfigError(str(err)) from err
     points, saes = rm.points, rm.saes
+    prec = precision if isinstance(precision, Precision) else resolve(precision, rm.device)
+    autocast = prec.dtype
     windows = eval_windows(tok, data, n_tokens, context, prepend_bos)
     device = rm.device
     acc = {hp.name: {"sse": 0.0, "sx": 0.0, "sxx": 0.0, "n": 0, "l0": 0.0, "cos": 0.0, "l2": 0.0,
                      "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0,
                      "fires": torch.zeros(saes[hp.name].cfg.d_sae, dtype=torch.int64)} for hp in points}
     ce_clean = count = 0.0
-    from_block = {hp.name: share_clean and _is_block_output(model, hp) for hp in points}
+    from_block = {hp.name: share_clean and not saes[hp.name].is_transcoder
+                  and _is_block_output(model, hp) for hp in points}
+    key = lambda hp: (hp.module_path, hp.side)
+    joint_acc = {"ce": 0.0, "ce_zero": 0.0, "kl": 0.0, "kl_zero": 0.0}
     as_tuple = block_output_is_tuple(model) if any(from_block.values()) else False
     sums_x = {hp.name: torch.zeros(hp.width, dtype=torch.float64) for hp in points}
-    bar = tqdm(total=len(windows), desc="evaluate SAEs", unit="win", disable=not progress)
+    # one step per model pass: each batch's clean forward, then per hook point the spliced and
+    # zero-ablated forwards (one pass at a shared-clean resid hook, else two), then the joint two
+    passes = 1 + sum(1 if from_block[hp.name] else 2 for hp in points) + (2 if joint else 0)
+    bar = progress_bar(-(-len(windows) // batch) * passes, "evaluate SAEs", unit="pass",
+                       enabled=progress, leave=True)
     for start in range(0, len(windows), batch):
         ids = windows[start:start + batch].to(device)
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        acts: dict[str, torch.Tensor] = {}
+        acts: dict[tuple[str, str], torch.Tensor] = {}
         with matmuls_in(autocast, device), model.trace(inputs):
             logits = _read_clean(rm, acts).save()
         ce, _, n, clean_logp = _next_token_stats(logits, ids, None)
         ce_clean += ce
         count += n
+        bar.update(1)
         keep_first = torch.zeros(1, ids.shape[1], 1, device=device)
         keep_first[:, 0] = 1
         for hp in points:
             sae, a = saes[hp.name], acc[hp.name]
-            x = acts[hp.name][:, 1:].reshape(-1, hp.width).float()
-            f = sae.encode(x)
-            x_hat = sae.decode(f, dtype=torch.float32)
+            read = rm.reads[hp.name]
+            x_in = acts[key(read)][:, 1:].reshape(-1, read.width).float()
+            x = acts[key(hp)][:, 1:].reshape(-1, hp.width).float()     # the write site's value
+            f = sae.encode(x_in)
+            x_hat = sae.decode(f, x_in, dtype=torch.float32)
             a["sse"] += float((x - x_hat).pow(2).sum())
             sums_x[hp.name] += x.sum(0).double().cpu()
             a["sxx"] += float(x.double().pow(2).sum())
@@ -131,8 +164,10 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             a["cos"] += float(torch.nn.functional.cosine_similarity(x, x_hat, dim=-1).sum())
             a["l2"] += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-12)).sum())
 
+            if not per_site_ce:
+                continue
             if from_block[hp.name]:  # [spliced; zero-ablated] from block L+1 on, in one batch
-                clean = acts[hp.name]
+                clean = acts[key(hp)]
                 spliced = torch.cat([clean[:, :1], x_hat.view(len(ids), -1, hp.width).to(clean.dtype)], 1)
                 with matmuls_in(autocast, device):
                     both = logits_from_block(model, ids.repeat(2, 1), hp.layer,
@@ -156,7 +191,23 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             ce, kl, _, _ = _next_token_stats(logits_zero, ids, clean_logp)
             a["ce_zero"] += ce
             a["kl_zero"] += kl
-        bar.update(len(ids))
+            bar.update(1 if from_block[hp.name] else 2)
+        if joint:
+            def drop_all_errors(site, feats, err):
+                return feats, err * keep_first.to(err.dtype)
+
+            with matmuls_in(autocast, device), model.trace(inputs):
+                rm.splice(drop_all_errors)
+                logits_joint = rm.read_logits().save()
+            with matmuls_in(autocast, device), model.trace(inputs):
+                for hp in points:
+                    _zero(model, hp, keep_first)
+                logits_zero_all = rm.read_logits().save()
+            for name, lg in (("", logits_joint), ("_zero", logits_zero_all)):
+                ce, kl, _, _ = _next_token_stats(lg, ids, clean_logp)
+                joint_acc["ce" + name] += ce
+                joint_acc["kl" + name] += kl
+            bar.update(2)
     bar.close()
     results = {}
     for hp in points:
@@ -179,7 +230,21 @@ def evaluate_saes(model, tok, saes: Mapping[str, SAE], data, n_tokens: int = 819
             "kl_sae": kl_s, "kl_zero": kl_z,
             "kl_score": 1 - kl_s / kl_z if kl_z > 0 else float("nan"),
             "density_histogram": {"edges_log10": [None] + BINS[1:], "counts": counts},
+            "precision": prec.record(),
         }
+        if not per_site_ce:
+            results[hp.name].update({k: float("nan") for k in ("ce_sae", "ce_zero", "ce_loss_score",
+                                                               "kl_sae", "kl_zero", "kl_score")})
+    if joint:
+        ce_j, ce_z = joint_acc["ce"] / count, joint_acc["ce_zero"] / count
+        kl_j, kl_z = joint_acc["kl"] / count, joint_acc["kl_zero"] / count
+        results[JOINT] = {
+            "dictionaries": [hp.name for hp in points], "ce_clean": ce_clean / count,
+            "ce_joint": ce_j, "ce_zero": ce_z,
+            "ce_loss_score": (ce_z - ce_j) / (ce_z - ce_clean / count) if ce_z != ce_clean / count
+            else float("nan"),
+            "kl_joint": kl_j, "kl_zero": kl_z, "kl_score": 1 - kl_j / kl_z if kl_z > 0 else float("nan"),
+            "precision": prec.record()}
     return results
 
 
@@ -229,6 +294,8 @@ def write_reports(folder: str | Path, metrics: dict[str, dict]) -> None:
     """`<hook>/metrics.json` + `<hook>/density.svg` per SAE and a combined `metrics.json`."""
     folder = Path(folder)
     for hook, m in metrics.items():
+        if hook == JOINT:
+            continue
         write_json(folder / hook / "metrics.json", _clean(m))
         write_text(folder / hook / "density.svg", density_svg(hook, m))
     write_json(folder / "metrics.json", _clean(metrics))

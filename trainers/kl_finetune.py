@@ -22,14 +22,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from saecircuits import hooks
-from saecircuits.errors import ConfigError, HookPointError
+from saecircuits.dictionaries import Dictionary as SAE
+from saecircuits.errors import ConfigError, HookPointError, ShapeError
 from saecircuits.models import model_device, unwrap
-from saecircuits.replacement import logits_site
-from saecircuits.sae import SAE
-from saecircuits.splice import plan, splice
+from saecircuits.precision import check as precision_check, resolve as resolve_precision
+from saecircuits.progress import track
+from saecircuits.replacement import ReplacementModel
 
 from .corpus import TokenCorpus, default_corpus, load_corpus
 
@@ -49,6 +48,7 @@ class KLFinetuneConfig:
     recon_coef: float = 1.0
     seed: int = 1
     progress: bool = True
+    precision: str = "auto"   # forwards and SAE matmuls (`saecircuits.precision`); weights stay fp32
 
     def __post_init__(self) -> None:
         for name in ("tokens", "context", "batch"):
@@ -59,45 +59,49 @@ class KLFinetuneConfig:
             raise ConfigError(f"KL fine-tune context must be >= 2, got {self.context}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"KL fine-tune lr must be positive, got {self.lr!r}")
+        precision_check(self.precision)
         if not (self.recon_coef >= 0 and math.isfinite(self.recon_coef)):
             raise ConfigError(f"KL fine-tune recon_coef must be >= 0, got {self.recon_coef!r}")
 
 
-def check_hooks(model, saes: Mapping[str, SAE]) -> None:
-    """Every SAE's hook exists on the model with the SAE's width (before any compute)."""
+def bind_saes(model, saes: Mapping[str, SAE]) -> ReplacementModel:
+    """The model bound to `saes`, after checking every site and width (before any compute)."""
     if not isinstance(saes, Mapping) or not saes:
         raise ConfigError("KL fine-tuning needs a non-empty SAE set")
-    for hook in saes:
-        try:
-            hp = hooks.resolve(model, hook)
-        except HookPointError as err:
-            raise HookPointError(f"cannot KL fine-tune: the SAE set has hook {hook!r}, which the "
-                                 f"model lacks ({err})") from None
-        if saes[hook].cfg.d_in != hp.width:
-            raise ConfigError(f"cannot KL fine-tune: the SAE at {hook!r} has d_in="
-                              f"{saes[hook].cfg.d_in} but the model's width there is {hp.width}")
+    skips = sorted(n for n, d in saes.items() if d.W_skip is not None)
+    if skips:
+        raise ConfigError(f"KL fine-tuning does not train skip terms; {', '.join(skips)} have one")
+    try:
+        return ReplacementModel(model, saes)
+    except HookPointError as err:
+        raise HookPointError(f"cannot KL fine-tune: {err}") from None
+    except ShapeError as err:
+        raise ConfigError(f"cannot KL fine-tune: {err}") from None
 
 
-def _step_loss(model, saes, points, inputs, recon_coef: float):
-    base = unwrap(model)
+def _step_loss(rm: ReplacementModel, inputs, recon_coef: float, precision: str = "fp32"):
+    with resolve_precision(precision, rm.device).autocast():
+        return _step_loss_in(rm, inputs, recon_coef)
+
+
+def _step_loss_in(rm: ReplacementModel, inputs, recon_coef: float):
     with torch.no_grad():
-        logp = F.log_softmax(base(**inputs).logits[:, 1:].float(), dim=-1)
+        logp = F.log_softmax(rm.hf(**inputs).logits[:, 1:].float(), dim=-1)
     keep = torch.ones(1, inputs["input_ids"].shape[1], 1, device=logp.device)
     keep[:, 0] = 0.0
     fvu: dict[str, torch.Tensor] = {}
 
-    def no_error(hook, f, err):
-        sae = saes[hook]
-        x_hat = sae.decode(f, dtype=torch.float32)
+    def no_error(site, f, err):
+        x_hat = rm.saes[site.name].decode(f, dtype=torch.float32)
         x = x_hat.detach() + err.float()
         sel = keep[..., 0].bool().expand(x.shape[0], -1)
         xs, xh = x[sel], x_hat[sel]
-        fvu[hook] = (xs - xh).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum().clamp_min(1e-12)
+        fvu[site.name] = (xs - xh).pow(2).sum() / (xs - xs.mean(0)).pow(2).sum().clamp_min(1e-12)
         return f, err * (1 - keep).to(err.dtype)
 
-    with model.trace(inputs):
-        splice(model, saes, edit=no_error, points=points)
-        logits = hooks.read(model, logits_site(model)).save()
+    with rm.model.trace(inputs):
+        rm.splice(no_error)
+        logits = rm.read_logits().save()
     logq = F.log_softmax(logits[:, 1:].float(), dim=-1)
     kl = (logp.exp() * (logp - logq)).sum(-1).mean()
     recon = sum(fvu.values())
@@ -107,7 +111,7 @@ def _step_loss(model, saes, points, inputs, recon_coef: float):
 @torch.no_grad()
 def spliced_kl(model, saes: Mapping[str, SAE], inputs) -> float:
     """Mean next-token KL(model ‖ model with every SAE spliced, no error term) on `inputs`."""
-    _, kl, _ = _step_loss(model, saes, plan(model, saes), dict(inputs), 0.0)
+    _, kl, _ = _step_loss(bind_saes(model, saes), dict(inputs), 0.0)
     return kl
 
 
@@ -117,8 +121,7 @@ def kl_finetune(model, tok, saes: Mapping[str, SAE], cfg: KLFinetuneConfig | Non
     `load_corpus` source, or None (the embedded default corpus). Returns a log with the first
     and last steps' KL and FVU and the step count."""
     cfg = cfg or KLFinetuneConfig()
-    check_hooks(model, saes)
-    points = plan(model, saes)
+    rm = bind_saes(model, saes)
     tc = corpus if isinstance(corpus, TokenCorpus) else (
         default_corpus(tok) if corpus is None else load_corpus(tok, corpus))
     windows = tc.windows(cfg.context, seed=cfg.seed)
@@ -137,14 +140,15 @@ def kl_finetune(model, tok, saes: Mapping[str, SAE], cfg: KLFinetuneConfig | Non
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
     log = {"steps": steps, "tokens": steps * cfg.batch * cfg.context, "kl": [], "fvu": []}
     try:
-        for step in tqdm(range(steps), desc="KL fine-tune", disable=not cfg.progress):
+        for step in track(range(steps), "KL fine-tune", unit="step", enabled=cfg.progress,
+                          leave=True):
             rows = windows[(torch.arange(cfg.batch) + step * cfg.batch) % windows.shape[0]]
             ids = rows.to(device)
             inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
             lr = cfg.lr * min(1.0, (steps - step) / max(1, 0.2 * steps))  # linear decay, last 20 %
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, kl, fvu = _step_loss(model, saes, points, inputs, cfg.recon_coef)
+            loss, kl, fvu = _step_loss(rm, inputs, cfg.recon_coef, cfg.precision)
             if not torch.isfinite(loss):
                 raise ConfigError(f"KL fine-tune loss is not finite at step {step}; lower the lr")
             opt.zero_grad(set_to_none=True)
@@ -173,7 +177,7 @@ def finetune_after_training(model, tok, train_cfg, saes: Mapping[str, SAE],
 
     from .evaluate import evaluate_saes, write_reports
 
-    check_hooks(model, saes)
+    bind_saes(model, saes)
     tc = (default_corpus(tok) if train_cfg.corpus is None else load_corpus(tok, train_cfg.corpus))
     if train_cfg.holdout > 0 and train_cfg.eval_tokens > 0:
         train_part, eval_part = tc.split(train_cfg.holdout, train_cfg.seed,

@@ -1,8 +1,14 @@
-"""The training loop: many SAEs from one harvested batch, checkpoints, resume, final metrics.
+"""Training: many dictionaries from one harvested stream, checkpoints, resume, final metrics.
 
     from trainers import TrainConfig, train_saes
     saes = train_saes(model, tok, TrainConfig(hooks=["resid.3", "resid.9"], tokens=500_000,
                                               out="saes/run1"))
+    tcs = train_saes(model, tok, TrainConfig(hooks="all", transcoder=True, skip=True, ...))
+
+SAEs read and write their hook point; transcoders (`transcoder=True`) read `mlp_in.L` and write
+`mlp.L` for every `mlp.L` in `hooks` ("all": every layer). Every read and write site is harvested
+in the same forward pass; each dictionary trains on its own (read, write) pair, normalised by
+each site's scale (mean norm -> sqrt(width)), folded into the saved weights.
 
 Output directory (an SAE set, loadable with `SAESet.load(out)`):
     <hook>/cfg.json, sae.safetensors, metrics.json, density.svg   one per hook point
@@ -23,165 +29,121 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from tqdm.auto import tqdm
 
 from saecircuits import hooks
+from saecircuits.dictionaries import DictionaryConfig, get as get_architecture, names as architectures
 from saecircuits.errors import ConfigError, HookPointError, TrainingError
 from saecircuits.fileio import remove_stale_temps, write_json, write_safetensors
 from saecircuits.models import model_device, model_name_of
-from saecircuits.sae import ARCHITECTURES, SAESet
+from saecircuits.progress import bar as progress_bar
+from saecircuits.sae import SAESet
 
 from .activations import ActivationCache, ActivationStream, windows_key
-from . import distributed, precision
-from .base import SAESpec, Trainer
+from saecircuits import precision
+
+from . import distributed
+from .config import TrainConfig, TranscoderRecipe, _lst  # noqa: F401 (re-exported)
+from .loop import Trainer
 from .corpus import TokenCorpus, default_corpus, load_corpus
 
 CHECKPOINT = "checkpoint.safetensors"
+TRANSCODERS = "transcoders"     # subfolder of the transcoders trained beside SAEs
 # Fields that may change between a run and its resumption.
 RESUMABLE = {"out", "resume", "device", "cache_activations", "eval_tokens", "checkpoint_every",
-             "stop_at_step", "progress", "model_batch", "precision"}
+             "stop_at_step", "progress", "model_batch"}
 
 
 @dataclass
-class TrainConfig:
-    """What to train. Defaults suit SmolLM2-135M on CPU and hit the README's targets.
+class DictionarySpec:
+    """One dictionary to train: its config, its name in the output set and its optimiser
+    settings (lr None: the architecture's default; sparsity: l1 / l0 coefficient)."""
 
-    hooks: hook points (one SAE set entry each). architecture: relu | topk | batchtopk | jumprelu.
-    k / expansion: int, or a list to train several sizes at every hook point from the same
-        batches (the first combination is the main set, the others go to out/variants/).
-    d_sae: latents (overrides expansion). tokens: training tokens (activations, not windows).
-    context: window length. batch: activations per step (default 4·(context−1), i.e. four
-        windows; each step mixes ~4 windows' worth of tokens from a 64-window shuffle block).
-    lr / l1: learning rate and sparsity coefficient (None: architecture defaults).
-    hook_options: per-hook overrides, e.g. {"resid.3": {"k": 64, "lr": 1e-3}}.
-    corpus: None (embedded default), a file/dir path, "hf:<name>", or a list of strings.
-    holdout: fraction of the corpus tokens (whole documents) kept for evaluation.
-    eval_tokens: held-out tokens for the final metrics.json (0: skip evaluation).
-    cache_activations: directory of an on-disk activation cache (written, then reused).
-    resume: continue from out/checkpoint.safetensors (the config must be unchanged).
-    stop_at_step: stop after this many steps as if interrupted (checkpoint written).
-    autocast: run the harvesting forward under torch.autocast in this dtype ("bfloat16":
-        ~2× faster on CPU, activations within ~0.6% of float32); None: the model's own dtype.
-    precision: the SAE step's matmul precision, "auto" | "fp32" | "bf16" (`trainers.precision`;
-        auto = bf16 where the CPU/GPU has fast bf16 matmuls; weights and Adam stay float32).
-    """
-
-    hooks: list[str] = field(default_factory=lambda: ["resid.10"])
-    architecture: str = "topk"
-    k: int | list[int] = 32
-    expansion: int | list[int] = 8
-    d_sae: int | None = None
-    tokens: int = 500_000
-    context: int = 256
-    batch: int | None = None
+    cfg: DictionaryConfig
+    name: str
     lr: float | None = None
-    l1: float | None = None
-    seed: int = 0
-    out: str | None = None
-    cache_activations: str | None = None
-    resume: bool = False
-    device: str | None = None
-    corpus: Any = None
-    prepend_bos: bool = False
-    holdout: float = 0.02
-    eval_tokens: int = 8192
-    hook_options: dict[str, dict] = field(default_factory=dict)
-    windows_per_block: int = 64
-    model_batch: int = 16
-    dead_tokens: int | None = None
-    checkpoint_every: int = 200
-    stop_at_step: int | None = None
-    progress: bool = True
-    autocast: str | None = "bfloat16"
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.hooks, str):
-            self.hooks = [h.strip() for h in self.hooks.split(",") if h.strip()]
-        if not self.hooks:
-            raise ConfigError("TrainConfig.hooks is empty; name at least one hook point")
-        if self.architecture not in ARCHITECTURES:
-            raise ConfigError(f"unknown architecture {self.architecture!r}; "
-                              f"expected one of {', '.join(ARCHITECTURES)}")
-        for name in ("tokens", "context", "windows_per_block", "model_batch", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
-        if self.context < 2:
-            raise ConfigError(f"context must be at least 2 tokens, got {self.context}")
-        if self.autocast not in (None, "bfloat16", "float16"):
-            raise ConfigError(f"autocast must be None, 'bfloat16' or 'float16', got {self.autocast!r}")
-        if self.precision not in precision.PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(precision.PRECISIONS)}, "
-                              f"got {self.precision!r}")
-        if not 0 <= self.holdout < 1:
-            raise ConfigError(f"holdout must be in [0, 1), got {self.holdout}")
-        for name in ("k", "expansion"):
-            for value in _lst(getattr(self, name)):
-                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                    raise ConfigError(f"TrainConfig.{name} must be a positive integer (or a list of "
-                                      f"them), got {value!r}")
-        for name in ("d_sae", "batch"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ConfigError(f"TrainConfig.{name} must be a positive integer or None, got {value!r}")
-        for name, low in (("lr", "> 0"), ("l1", ">= 0")):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or (value <= 0 if low == "> 0" else value < 0):
-                raise ConfigError(f"TrainConfig.{name} must be a finite number {low}, got {value!r}")
-        if not isinstance(self.eval_tokens, int) or self.eval_tokens < 0:
-            raise ConfigError(f"TrainConfig.eval_tokens must be an integer >= 0, got {self.eval_tokens!r}")
+    sparsity: float | None = None
 
     @property
-    def batch_size(self) -> int:
-        return self.batch or 4 * (self.context - 1)
+    def read(self) -> str:
+        return self.cfg.hook
 
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        if not (out["corpus"] is None or isinstance(out["corpus"], str)):
-            out["corpus"] = f"<{len(out['corpus'])} texts>"
-        return out
+    @property
+    def write(self) -> str:
+        return self.cfg.write_site
 
-
-def _lst(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+    @property
+    def variant(self) -> str:
+        return self.name.rsplit("/", 1)[0] if "/" in self.name else ""
 
 
-def build_specs(model, cfg: TrainConfig) -> list[SAESpec]:
-    """SAE specs (first variant first) for every hook point, checked against the model."""
-    specs = []
-    for hook in cfg.hooks:
+def _sites(model, cfg: TrainConfig) -> list[tuple[str, str]]:
+    """(read site, write site) per dictionary: SAEs read and write their hook, transcoders
+    `mlp_in.L -> mlp.L`."""
+    names = cfg.hooks
+    if not cfg.transcoder:
+        if "all" in names:
+            raise ConfigError('hooks="all" means every MLP of a transcoder run (transcoder=True); '
+                              "name the SAEs' hook points")
+        return [(h, h) for h in names]
+    return transcoder_sites(model, names)
+
+
+def transcoder_sites(model, names: list[str]) -> list[tuple[str, str]]:
+    """(mlp_in.L, mlp.L) for each `mlp.L` in `names` ("all": every layer)."""
+    if names == ["all"]:
+        names = [f"mlp.{i}" for i in range(hooks.n_layers(model))]
+    out = []
+    for name in names:
+        if not (name.startswith("mlp.") and name[4:].isdigit()):
+            raise ConfigError(f"a transcoder writes an MLP's output: name its write site as mlp.L, "
+                              f"got {name!r}")
+        out.append((f"mlp_in.{name[4:]}", name))
+    return out
+
+
+def build_specs(model, cfg: TrainConfig) -> list[DictionarySpec]:
+    """Dictionary specs (first variant first) for every site, checked against the model."""
+    for hook in cfg.hook_options:
         unknown = set(cfg.hook_options.get(hook, {})) - {"k", "lr", "l1", "d_sae", "expansion"}
         if unknown:
             raise ConfigError(f"hook_options[{hook!r}] has unknown keys {sorted(unknown)}")
-    points = hooks.sort_by_forward_order(model, cfg.hooks)
+    pairs = _sites(model, cfg)
+    writes = hooks.sort_by_forward_order(model, [w for _, w in pairs])
+    read_of = dict((w, r) for r, w in pairs)
+    uses_k = get_architecture(cfg.architecture).uses_k
     variants = [(k, e) for e in _lst(cfg.expansion) for k in _lst(cfg.k)]
+    specs = []
     for i, (k, expansion) in enumerate(variants):
-        for hp in points:
+        for hp in writes:
+            read = hooks.resolve(model, read_of[hp.name])
             opt = cfg.hook_options.get(hp.name, {})
-            d_sae = opt.get("d_sae") or cfg.d_sae or int(opt.get("expansion", expansion) * hp.width)
-            kk = opt.get("k", k) if cfg.architecture in ("topk", "batchtopk") else None
-            name = hp.name if i == 0 else f"variants/k{kk}-x{d_sae // hp.width}/{hp.name}"
-            specs.append(SAESpec(hook=hp.name, architecture=cfg.architecture, d_in=hp.width,
-                                 d_sae=int(d_sae), k=kk, lr=opt.get("lr", cfg.lr),
-                                 l1=opt.get("l1", cfg.l1), name=name))
-    for spec in specs:
-        if spec.k is not None and not 0 < spec.k <= spec.d_sae:
-            raise ConfigError(f"k={spec.k} for {spec.hook} must be in 1..d_sae={spec.d_sae}")
+            d_sae = opt.get("d_sae") or cfg.d_sae or int(opt.get("expansion", expansion) * read.width)
+            kk = opt.get("k", k) if uses_k else None
+            if kk is not None and not 0 < kk <= d_sae:
+                raise ConfigError(f"k={kk} for {hp.name} must be in 1..d_sae={d_sae}")
+            name = hp.name if i == 0 else f"variants/k{kk}-x{d_sae // read.width}/{hp.name}"
+            dcfg = DictionaryConfig(cfg.architecture, read.width, int(d_sae), k=kk, hook=read.name,
+                                    write_hook=hp.name if cfg.transcoder else None,
+                                    d_out=hp.width if cfg.transcoder else None, skip=cfg.skip)
+            specs.append(DictionarySpec(dcfg, name, lr=opt.get("lr", cfg.lr),
+                                        sparsity=opt.get("l1", cfg.l1)))
+    recipe = cfg.transcoders
+    if recipe is not None:
+        uses_k = get_architecture(recipe.architecture).uses_k
+        pairs = transcoder_sites(model, list(recipe.sites))
+        for hp in hooks.sort_by_forward_order(model, [w for _, w in pairs]):
+            read = hooks.resolve(model, f"mlp_in.{hp.name[4:]}")
+            dcfg = DictionaryConfig(recipe.architecture, read.width, recipe.expansion * read.width,
+                                    k=recipe.k if uses_k else None, hook=read.name, write_hook=hp.name,
+                                    d_out=hp.width, skip=recipe.skip)
+            specs.append(DictionarySpec(dcfg, f"{TRANSCODERS}/{hp.name}", lr=recipe.lr))
     return specs
 
 
-def make_trainer(spec: SAESpec, total_steps: int, seed: int, dead_tokens: int, device) -> Trainer:
-    from importlib import import_module
-
-    from saecircuits import architectures
-
-    module, name = architectures.get(spec.architecture).trainer.split(":")
-    cls = getattr(import_module(f"trainers.{module}"), name)
-    return cls(spec, total_steps, seed=seed, dead_tokens=dead_tokens, device=device)
+def make_trainer(spec: DictionarySpec, total_steps: int, seed: int, dead_tokens: int, device,
+                 compute_dtype: torch.dtype | None = None) -> Trainer:
+    return Trainer(spec.cfg, total_steps, seed=seed, dead_tokens=dead_tokens, device=device,
+                   lr=spec.lr, sparsity=spec.sparsity, compute_dtype=compute_dtype)
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -196,16 +158,9 @@ def save_checkpoint(path: Path, trainers: dict[str, Trainer], step: int, scales:
     tensors: dict[str, torch.Tensor] = {}
     groups = {}
     for name, tr in trainers.items():
-        for key, value in tr.state_dict().items():
-            tensors[f"{name}::{key}"] = value.detach().reshape(value.shape or (1,))
-        opt = tr.optimizer().state_dict()
-        groups[name] = opt["param_groups"]
-        for index, state in opt["state"].items():
-            for key, value in state.items():
-                value = torch.as_tensor(value)
-                tensors[f"{name}::opt::{index}::{key}"] = value.reshape(value.shape or (1,))
-        if tr.rng is not None:
-            tensors[f"{name}::rng"] = tr.rng.get_state()
+        for key, value in tr.state_tensors().items():
+            tensors[f"{name}::{key}"] = value
+        groups[name] = tr.param_groups()
     meta = {"step": step, "scales": scales, "config": fingerprint, "param_groups": groups}
     try:
         write_safetensors(path, tensors, metadata={"saecircuits": json.dumps(meta)})
@@ -236,25 +191,14 @@ def load_checkpoint(path: Path, trainers: dict[str, Trainer], fingerprint: dict)
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
         raise ConfigError(f"cannot resume from {str(path)!r}: the config changed ({detail}); "
                           "use the original settings or a new --out directory")
-    absent = sorted({f"{name}::{key}" for name, tr in trainers.items() for key in tr.state_dict()}
+    absent = sorted({f"{name}::{key}" for name, tr in trainers.items() for key in tr.required_keys()}
                     - set(tensors))
     if absent:
         raise TrainingError(f"cannot resume from {str(path)!r}: it lacks tensors {absent[:3]}")
     for name, tr in trainers.items():
-        state = {}
-        for key, ref in tr.state_dict().items():
-            state[key] = tensors[f"{name}::{key}"].reshape(ref.shape)
-        tr.load_state_dict(state)
-        opt = tr.optimizer()
-        opt_state: dict[int, dict] = {}
-        prefix = f"{name}::opt::"
-        for key, value in tensors.items():
-            if key.startswith(prefix):
-                index, sub = key[len(prefix):].split("::")
-                opt_state.setdefault(int(index), {})[sub] = value.reshape(()) if sub == "step" else value
-        opt.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"][name]})
-        if tr.rng is not None:
-            tr.rng.set_state(tensors[f"{name}::rng"])
+        prefix = f"{name}::"
+        own = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        tr.load_state_tensors(own, meta["param_groups"][name])
     return int(meta["step"]), {k: float(v) for k, v in meta["scales"].items()}
 
 
@@ -292,7 +236,7 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     from saecircuits.limits import check_tokens
 
     check_tokens(model, cfg.context, "a training window (context)")
-    points = hooks.sort_by_forward_order(model, cfg.hooks)
+    points = hooks.sort_by_forward_order(model, sorted({h for s in specs for h in (s.read, s.write)}))
     batch = cfg.batch_size
     total_steps = cfg.tokens // (batch * n_ranks)  # under torchrun the budget is shared
     if total_steps < 1:
@@ -310,29 +254,30 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     if wpb * per_window < batch:
         raise ConfigError(f"corpus is too short: {windows.shape[0]} windows of {cfg.context} tokens "
                           f"hold fewer than one batch of {batch} activations")
+    device = model_device(model) if cfg.device is None else torch.device(cfg.device)
+    harvest_precision = precision.resolve(cfg.precision, model_device(model))
+    step_precision = precision.resolve(cfg.precision, device)
     stream = ActivationStream(model, points, windows, batch=batch, seed=cfg.seed,
                               windows_per_block=wpb, model_batch=cfg.model_batch,
-                              autocast=getattr(torch, cfg.autocast) if cfg.autocast else None)
+                              autocast=harvest_precision.dtype)
     if stream.steps_available < total_steps:
         raise ConfigError(f"corpus is too short for tokens={cfg.tokens}: its {windows.shape[0]} "
                           f"training windows give {stream.steps_available * batch} activations")
     windows = windows[: stream.blocks_for(total_steps) * wpb]
     stream.windows = windows
+    stream.progress = cfg.progress and rank == 0  # a bar per harvested block
     key = windows_key(windows)
     if cfg.cache_activations:
         cache_dir = Path(cfg.cache_activations) / (f"rank{rank}-of-{n_ranks}" if n_ranks > 1 else "")
         stream.cache = ActivationCache.open(cache_dir, {
             "model": model_name_of(model), "hooks": [p.name for p in points], "dtype": "bfloat16",
-            "windows_key": key, "windows_per_block": wpb, "autocast": cfg.autocast})
-    device = model_device(model) if cfg.device is None else torch.device(cfg.device)
+            "windows_key": key, "windows_per_block": wpb,
+            "harvest_precision": harvest_precision.name})
     dead_tokens = cfg.dead_tokens or int(min(10_000_000, max(20_000, cfg.tokens // 10)))
-    trainers = {s.name: make_trainer(s, total_steps, cfg.seed + i, dead_tokens, device)
+    trainers = {s.name: make_trainer(s, total_steps, cfg.seed + i, dead_tokens, device,
+                                     step_precision.dtype)
                 for i, s in enumerate(specs)}
-    step_dtype = precision.resolve(cfg.precision, device)
-    for tr in trainers.values():
-        if hasattr(tr, "compute_dtype"):
-            tr.compute_dtype = step_dtype
-    fingerprint = _config_fingerprint(cfg, key)
+    fingerprint = {**_config_fingerprint(cfg, key), "harvest_precision": harvest_precision.name}
     created = out is not None and not out.exists()
     if out is not None:  # only now, so that a bad config leaves no directory behind
         _check_writable(out)
@@ -341,7 +286,8 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
         remove_stale_temps(cfg.cache_activations)
     try:
         return _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpus,
-                      total_steps, batch, out, rank, key, device)
+                      total_steps, batch, out, rank, key, device,
+                      {"harvest": harvest_precision, "step": step_precision})
     except BaseException:
         if out is not None and rank == 0:
             remove_stale_temps(out)
@@ -351,8 +297,8 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
 
 
 def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpus,
-           total_steps, batch, out, rank, key, device) -> SAESet:
-    from .evaluate import evaluate_saes, write_reports
+           total_steps, batch, out, rank, key, device, precisions) -> SAESet:
+    from .evaluate import JOINT, evaluate_saes, write_reports
 
     start, scales = 0, {}
     ckpt = out / CHECKPOINT if out is not None else None
@@ -365,29 +311,33 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
             raise ConfigError(f"--resume: the checkpoint {str(ckpt)!r} is at step {start} of "
                               f"{total_steps}: that run already finished; nothing to resume")
     if writer and not cfg.resume:
-        write_json(out / "train_config.json", {**cfg.to_dict(), "steps": total_steps,
-                                                "batch_size": batch, "corpus_key": key})
-    by_hook: dict[str, list[tuple[str, Trainer]]] = {}
+        write_json(out / "train_config.json", {
+            **cfg.to_dict(), "steps": total_steps, "batch_size": batch, "corpus_key": key,
+            "resolved_precision": {k: p.record() for k, p in precisions.items()}})
+    by_sites: dict[tuple[str, str], list[tuple[str, Trainer]]] = {}
     for spec in specs:
-        by_hook.setdefault(spec.hook, []).append((spec.name, trainers[spec.name]))
+        by_sites.setdefault((spec.read, spec.write), []).append((spec.name, trainers[spec.name]))
     stats: dict[str, dict] = {}
-    bar = tqdm(total=total_steps * batch, initial=start * batch, unit="tok", unit_scale=True,
-               disable=not cfg.progress or rank != 0, desc="train SAEs")
+    bar = progress_bar(total_steps * batch, "train SAEs", initial=start * batch, unit="tok",
+                       unit_scale=True, enabled=cfg.progress and rank == 0, leave=True)
     began, last_step = time.perf_counter(), start
     step = start
     try:
         for step, acts in zip(range(start, total_steps), stream.batches(start)):
-            for hook, group in by_hook.items():
-                x = acts[hook].to(device)
-                if hook not in scales:
-                    norm = x.norm(dim=1).mean().reshape(1)
-                    distributed.mean_([norm])
-                    scales[hook] = float(math.sqrt(x.shape[1]) / norm.clamp_min(1e-12))
-                x = x * scales[hook]
+            scaled: dict[str, torch.Tensor] = {}
+            for (read, write), group in by_sites.items():
+                for site in (read, write):
+                    if site not in scaled:
+                        a = acts[site].to(device)
+                        if site not in scales:
+                            norm = a.norm(dim=1).mean().reshape(1)
+                            distributed.mean_([norm])
+                            scales[site] = float(math.sqrt(a.shape[1]) / norm.clamp_min(1e-12))
+                        scaled[site] = a * scales[site]
                 for name, tr in group:
-                    stats[name] = tr.step(x, step)
+                    stats[name] = tr.step(scaled[read], scaled[write], step)
                     if not math.isfinite(stats[name]["fvu"]):
-                        raise TrainingError(f"training diverged at hook point {hook!r} (SAE {name}) "
+                        raise TrainingError(f"training diverged at {write!r} (dictionary {name}) "
                                             f"at step {step}: loss is not finite; the last good "
                                             "checkpoint is intact")
             bar.update(batch)
@@ -413,32 +363,38 @@ def _train(model, tok, cfg, specs, stream, trainers, fingerprint, tc, eval_corpu
     for spec in specs:
         meta = {"tokens": cfg.tokens, "steps_done": last_step, "batch": batch, "context": cfg.context,
                 "lr": trainers[spec.name].lr, "seed": cfg.seed, "corpus": tc.fingerprint,
-                "trainer": spec.architecture,
-                "precision": "bf16" if getattr(trainers[spec.name], "compute_dtype", None) is not None else "fp32",
+                "trainer": spec.cfg.architecture,
+                "precision": {k: p.record() for k, p in precisions.items()},
                 "final_train_ev": 1 - stats.get(spec.name, {"fvu": 1})["fvu"],
                 "train_seconds": round(elapsed, 1),
                 "train_tokens_per_s": round((last_step - start) * batch / max(elapsed, 1e-9), 1)}
-        saes[spec.name] = trainers[spec.name].to_sae(scales[spec.hook], model_name, meta)
-    main = SAESet({s.hook: saes[s.name] for s in specs if "/" not in s.name})
+        saes[spec.name] = trainers[spec.name].finished(
+            scales[spec.read], scales[spec.write] if spec.cfg.is_transcoder else None, model_name, meta)
+    main = SAESet({s.write: saes[s.name] for s in specs if not s.variant})
     if writer:
         for name, sae in saes.items():
             sae.save(out / name)
     if eval_corpus is not None and writer and last_step == total_steps:
-        for variant in sorted({s.name.rsplit("/", 1)[0] if "/" in s.name else "" for s in specs}):
-            group = {s.hook: saes[s.name] for s in specs
-                     if (s.name.rsplit("/", 1)[0] if "/" in s.name else "") == variant}
+        for variant in sorted({s.variant for s in specs}):
+            group = {s.write: saes[s.name] for s in specs if s.variant == variant}
             eval_began = time.perf_counter()
             metrics = evaluate_saes(model, tok, group, eval_corpus, cfg.eval_tokens,
                                     context=cfg.context, prepend_bos=cfg.prepend_bos,
                                     progress=cfg.progress,
-                                    autocast=stream.autocast)  # score on what was harvested
+                                    joint=any(d.is_transcoder for d in group.values()),
+                                    per_site_ce=not any(d.is_transcoder for d in group.values()),
+                                    precision=precisions["harvest"])  # score on what was harvested
             eval_seconds = round(time.perf_counter() - eval_began, 1)
             write_reports(out / variant if variant else out, metrics)
+            joint = {k: v for k, v in metrics.get(JOINT, {}).items()
+                     if isinstance(v, (int, float)) and math.isfinite(v)}
             for spec in specs:
-                if spec.hook in metrics and spec.name == (f"{variant}/{spec.hook}" if variant else spec.hook):
-                    scalars = {k: v for k, v in metrics[spec.hook].items()
+                if spec.write in metrics and spec.variant == variant:
+                    scalars = {k: v for k, v in metrics[spec.write].items()
                                if isinstance(v, (int, float)) and math.isfinite(v)}
                     saes[spec.name].cfg.metadata["metrics"] = scalars
+                    if joint:   # the replacement model of the whole group (transcoders)
+                        saes[spec.name].cfg.metadata["joint_metrics"] = joint
                     saes[spec.name].cfg.metadata["eval_seconds"] = eval_seconds  # vs train_seconds
                     saes[spec.name].save(out / spec.name)
     return main

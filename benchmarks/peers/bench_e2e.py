@@ -65,7 +65,8 @@ def make_tokens(tok, path: Path, n_tokens: int, eval_tokens: int) -> dict:
 
 
 def saved_sae(impl: str, out: Path):
-    from saecircuits.formats import load_sae, load_sae_set
+    from saecircuits.formats import load_sae
+    from saecircuits.sae import load_sae_set
 
     if impl.startswith("ours"):
         return load_sae_set(out, hooks=[HOOK])[HOOK]

@@ -60,7 +60,7 @@ def run_ours(args, train: torch.Tensor, fp32: bool) -> tuple[float, dict]:
     cfg = TrainConfig(hooks=[f"resid.{LAYER}"], architecture="topk", k=K, d_sae=D_SAE,
                       tokens=rows * (ctx - 1), context=ctx, holdout=0.0, eval_tokens=0, out=args.out,
                       windows_per_block=wpb, progress=False,
-                      **({"autocast": None, "precision": "fp32"} if fp32 else {}))
+                      **({"precision": "fp32"} if fp32 else {}))
     batch = cfg.batch_size
     t_loaded = time.perf_counter()
     sets = train_saes(model, tok, cfg, corpus=corpus)
@@ -68,8 +68,7 @@ def run_ours(args, train: torch.Tensor, fp32: bool) -> tuple[float, dict]:
     own = {"final_train_ev": sae.cfg.metadata.get("final_train_ev"),
            "activations_trained": (rows * (ctx - 1) // batch) * batch,
            "settings": f"defaults; batch {batch}, windows_per_block {wpb}"
-                       + ("; autocast None, precision fp32" if fp32 else
-                          f"; harvest autocast {cfg.autocast}, step precision {cfg.precision}")}
+                       + ("; precision fp32" if fp32 else f"; precision {cfg.precision}")}
     return t_loaded, own
 
 

@@ -2,9 +2,11 @@
 
 Protocol: prints "ready" once set up; for every line "step" on stdin runs one full training
 step (forward, backward, optimiser, decoder constraint, dead-latent bookkeeping) and prints
-its wall time in seconds; exits on EOF. Every implementation gets the same batch (seeded
-`torch.randn`, rows scaled to norm √d_in), the same dead set (the first ⌈dead·d_sae⌉ latents
-count as dead every step, so aux-k always runs on them) and the same thread count.
+its wall time and this process's CPU time in seconds ("wall cpu"; on a busy machine the
+CPU time leaves out the time the step waited for a core); exits on EOF. Every implementation
+gets the same batch (seeded `torch.randn`, rows scaled to norm √d_in), the same dead set (the
+first ⌈dead·d_sae⌉ latents count as dead every step, so aux-k always runs on them) and the
+same thread count.
 
     python step_worker.py IMPL --batch 4096 --d-in 576 --d-sae 4608 --k 32 --dead 0.25 --threads 2
 IMPL: ours-fp32 | ours-bf16 | sparsify-adam | sparsify-signum | saelens-adam | gemm-fp32 | gemm-bf16
@@ -27,17 +29,16 @@ def batch(args) -> torch.Tensor:
 
 
 def ours(args, x, n_dead, dtype):
-    from trainers.base import SAESpec
-    from trainers.topk import TopKTrainer
+    from saecircuits.dictionaries import DictionaryConfig
+    from trainers.loop import Trainer
 
-    tr = TopKTrainer(SAESpec("resid.10", "topk", args.d_in, args.d_sae, k=args.k),
-                     total_steps=10**6, dead_tokens=10**9)
-    tr.compute_dtype = dtype
+    tr = Trainer(DictionaryConfig("topk", args.d_in, args.d_sae, k=args.k, hook="resid.10"),
+                 total_steps=10**6, dead_tokens=10**9, compute_dtype=dtype)
     state = {"i": 0}
 
     def step():
         tr.since_fired[:n_dead] = 2 * 10**9
-        tr.step(x, state["i"])
+        tr.step(x, x, state["i"])
         state["i"] += 1
     return step
 
@@ -139,9 +140,9 @@ def main() -> None:
     for line in sys.stdin:
         if line.strip() != "step":
             continue
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         step()
-        print(f"{time.perf_counter() - start:.6f}", flush=True)
+        print(f"{time.perf_counter() - start:.6f} {time.process_time() - cpu:.6f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, TaskError
+from ..progress import track
 from ..replacement import ReplacementModel, bind
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from ..splice import encode_inputs
 from ..tasks.base import Task
 
@@ -159,10 +160,6 @@ def position_tokens(tok, task: Task) -> list[str]:
     return out
 
 
-def to_device(inputs: Mapping[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in inputs.items()}
-
-
 # -- edits -------------------------------------------------------------------------------
 def grad_edit(rm: ReplacementModel, store: dict, fixed: Mapping[str, tuple] | None = None):
     """Edit making true model gradients reach every hook's feature and error leaves.
@@ -263,11 +260,11 @@ def check_mean_reference(counts: Mapping[int, int], lengths, what: str) -> None:
 
 
 @bound
-def dataset_means(rm: ReplacementModel, all_chunks: list[Chunk]) -> Means:
+def dataset_means(rm: ReplacementModel, all_chunks: list[Chunk], progress: bool = True) -> Means:
     """Per-length, per-position means of the clean values of `all_chunks` (see `Means`)."""
     sums: dict[int, dict] = {}
     counts: dict[int, int] = {}
-    for ch in all_chunks:
+    for ch in track(all_chunks, "mean values", unit="chunk", enabled=progress):
         vals = values(rm, ch.clean)
         T = ch.valid.shape[1]
         for b, L in enumerate(lengths_of(ch)):

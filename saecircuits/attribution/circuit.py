@@ -8,46 +8,21 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError, GraphError, ShapeError, TaskError
+from ..precision import resolve as resolve_precision
+from ..progress import track
 from ..replacement import logit_lens
 from ..wrapping import model_name_of
 from ..replacement import ReplacementModel, bind
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from ..tasks import Task, make_task
 from . import ablation as ab
 from .edges import PRECISIONS as EDGE_PRECISIONS, compute_edges
 from .evaluate import Evaluator, error_share, trace_warnings
 from ..graph import FeatureGraph, Node
 from .nodes import NodeScores, node_scores
-from .prune import prune_edges, prune_nodes, remove_dangling
+from ..configs import TraceConfig  # noqa: F401 (re-exported: attribution.TraceConfig)
+from .prune import prune_edges, remove_dangling, select_nonempty
 from .stream import LazyStates
-
-
-@dataclass
-class TraceConfig:
-    """Options of `trace_circuit` (see its docstring)."""
-
-    method: str = "attrib"
-    ablation: str = "patch"
-    n: int = 64
-    top_k: int | None = None
-    node_threshold: float | None = None
-    influence: float | None = None
-    edge_influence: float = 0.98
-    positional: bool = False
-    steps: int = 10
-    batch_size: int = 32
-    chunk_tokens: int = 256                # padded tokens per chunk (memory bound: the edge pass's
-                                           # batched backward peaks at ~3.3 MB per token on SmolLM2)
-    eval_ablation: str | None = None      # None: patch when the task has patch prompts, else mean
-    mean_from: "Task | str | None" = None  # reference set of the mean ablation (default: the task)
-    mean_n: int = 64                       # prompts of a built-in `mean_from` task
-    length: int | str | None = None        # keep only the prompts of this token length ("common":
-                                           # the most frequent length)
-    seed: int = 0
-    edges: bool = True
-    edge_eval: bool = True                 # exact edge ablation of the final circuit
-    edge_precision: str = "fp32"           # fp32 | bf16 | auto: matmuls of the edge pass
-    progress: bool = True
 
 
 def feature_labels(rm: ReplacementModel, tok, nodes, top: int = 3) -> dict[Node, str]:
@@ -114,11 +89,6 @@ def check_saes(model, saes: Mapping[str, SAE] | None = None) -> ReplacementModel
         raise ConfigError(str(err)) from err
     if not rm.saes:
         raise ConfigError("tracing needs a non-empty SAE set")
-    for hook, sae in rm.saes.items():
-        width = rm.sites[hook].width
-        if sae.cfg.d_in != width:
-            raise ConfigError(f"the SAE at {hook!r} has d_in={sae.cfg.d_in} but {name!r} has "
-                              f"width {width} there")
     return rm
 
 
@@ -134,8 +104,8 @@ def trace_config(cfg: TraceConfig | None = None, **overrides) -> TraceConfig:
     if cfg.top_k is None and cfg.node_threshold is None and cfg.influence is None:
         cfg = dataclasses.replace(cfg, top_k=100)
     if cfg.edge_precision not in EDGE_PRECISIONS:
-        raise ConfigError(f"edge_precision must be one of {', '.join(EDGE_PRECISIONS)}, got "
-                          f"{cfg.edge_precision!r}")
+        raise ConfigError(f"unknown edge_precision {cfg.edge_precision!r}; expected one of "
+                          f"{', '.join(EDGE_PRECISIONS)}")
     return cfg
 
 
@@ -238,13 +208,16 @@ def chunk_rows(cfg: TraceConfig, length: int) -> int:
 
 
 def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
-                  cfg: TraceConfig | None = None, **overrides) -> tuple[FeatureGraph, dict]:
+                  cfg: TraceConfig | None = None, plan: Plan | None = None,
+                  **overrides) -> tuple[FeatureGraph, dict]:
     """Trace a feature circuit for a contrastive task.
 
     Args:
         model: a `ReplacementModel` (then `saes` may be None) or an nnsight model.
         task: a Task, a built-in name (`ioi`, `parens`, `sva`) or a JSONL path (first `n` rows).
         cfg: a `TraceConfig` (default: its defaults; pruning default top_k=100).
+        plan: the `plan_trace(rm, tok, task, cfg)` already made (then `model` must be that
+            `ReplacementModel`, `cfg` complete and `task`/`overrides` are not read again).
         overrides: `TraceConfig` fields overriding `cfg` (method, ablation, n, top_k,
             node_threshold, influence, edge_influence, positional, steps, batch_size,
             eval_ablation, mean_from, mean_n, length, chunk_tokens, seed, edges, edge_eval,
@@ -259,9 +232,15 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
         dict with metric values, accuracy, faithfulness/completeness under patch and mean
         evaluation, the baseline span, edge faithfulness, node and edge counts and `warnings`.
     """
-    cfg = trace_config(cfg, **overrides)
-    rm = check_saes(model, saes)
-    plan = plan_trace(rm, tok, task, cfg)
+    if plan is None:
+        cfg = trace_config(cfg, **overrides)
+        rm = check_saes(model, saes)
+        plan = plan_trace(rm, tok, task, cfg)
+    elif not isinstance(model, ReplacementModel) or cfg is None or overrides:
+        raise ConfigError("trace_circuit(plan=...) needs the ReplacementModel and the complete "
+                          "TraceConfig the plan was made with, and no overrides")
+    else:
+        rm = model
     task = plan.task
     hooks = rm.hooks
     chunks = ab.chunks(tok, task, chunk_rows(cfg, max(plan.lengths)))
@@ -269,11 +248,12 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
     if plan.mean_ref is not None:
         ref_chunks = (chunks if plan.mean_ref is task
                       else ab.chunks(tok, plan.mean_ref, chunk_rows(cfg, max(plan.lengths))))
-        means = ab.dataset_means(rm, ref_chunks)
+        means = ab.dataset_means(rm, ref_chunks, progress=cfg.progress)
     # streamed: each pass recomputes one chunk's state at a time and reduces it to running
     # sums (memory: one chunk, not the task; see attribution/stream.py)
     states = LazyStates(rm, chunks, cfg.ablation, means, cfg.seed)
-    evaluators = {a: Evaluator(rm, None, states, a, means, cfg.seed) for a in plan.evaluations}
+    evaluators = {a: Evaluator(rm, None, states, a, means, cfg.seed, progress=cfg.progress)
+                  for a in plan.evaluations}
     ev = evaluators[plan.eval_ablation]
     ev.check_span()          # F(M) = F(∅): refuse before the expensive passes
     scores = node_scores(rm, states, hooks, cfg.method, cfg.positional, cfg.steps,
@@ -285,9 +265,10 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
             "metric_clean": scores.metric_clean, "prompt": task.clean[0]}
     if plan.prompt_tokens:   # each position's token role (export fills prompt_tokens itself)
         meta["position_tokens"] = plan.prompt_tokens
-    full = build_graph(rm, tok, scores, candidates, {}, meta, labels=False)
-    pruned = prune_nodes(full, cfg.node_threshold, cfg.top_k, cfg.influence)
-    kept = graph_nodes(pruned)
+    keep = select_nonempty({nd.id: scores.effect(nd) for nd in candidates},
+                           {nd.id: nd.kind for nd in candidates},
+                           cfg.node_threshold, cfg.top_k, cfg.influence)
+    kept = [nd for nd in candidates if nd.id in keep]
     edges = (compute_edges(rm, states, hooks, kept, cfg.positional, progress=cfg.progress,
                            precision=cfg.edge_precision)
              if cfg.edges else {})
@@ -300,13 +281,25 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
                          f"path to the metric through edges reaching {cfg.edge_influence} of the "
                          "total |weight|; keep more nodes or raise the edge influence")
     evaluation = {}
+    features_only = [nd for nd in final if not nd.is_error]
     for a, e in evaluators.items():
         row = {"metric_all_ablated": e.f_empty, "baseline_span": e.span_ratio()}
         try:
-            row.update(faithfulness=e.faithfulness(final), completeness=e.completeness(final))
+            row.update(faithfulness=e.faithfulness(final), completeness=e.completeness(final),
+                       features_alone=e.faithfulness(features_only, desc=f"features alone ({a})")
+                       if features_only else None)
         except GraphError as err:
-            row.update(faithfulness=None, completeness=None, error=str(err))
+            row.update(faithfulness=None, completeness=None, features_alone=None, error=str(err))
         evaluation[a] = row
+    metric_patch = through_sites = None
+    if task.patch is not None:   # how much of the clean->patch change runs through the hooked sites
+        metric_patch = float(torch.cat([ab.run_metric(rm, st.chunk, inputs=st.chunk.patch)
+                                        for st in track(states, "patch-run metric", unit="chunk",
+                                                        enabled=cfg.progress)]).mean())
+        gap = scores.metric_clean - metric_patch
+        ev_patch = evaluators.get("patch")
+        if ev_patch is not None and gap:
+            through_sites = (scores.metric_clean - ev_patch.f_empty) / gap
     if plan.mean_note is not None:
         evaluation["mean"] = {"faithfulness": None, "completeness": None, "error": plan.mean_note}
     edge_faith = None
@@ -322,12 +315,17 @@ def trace_circuit(model, tok, saes: Mapping[str, SAE] | None, task: Task | str,
                       cfg.mean_from if isinstance(cfg.mean_from, str) else cfg.mean_from.name),
         "faithfulness": evaluation[plan.eval_ablation]["faithfulness"],
         "completeness": evaluation[plan.eval_ablation]["completeness"],
+        "features_alone": evaluation[plan.eval_ablation].get("features_alone"),
+        "metric_patch": metric_patch, "share_through_sites": through_sites,
         "edge_faithfulness": edge_faith,
         "baseline_span": ev.span_ratio(), "evaluation": evaluation,
         "feature_nodes": sum(1 for nd in final if not nd.is_error),
         "error_nodes": sum(1 for nd in final if nd.is_error),
         "error_share": error_share(scores, final),
         "edges": graph.graph.number_of_edges(), "candidate_nodes": len(candidates),
+        "precision": {"nodes": "fp32", "faithfulness": "fp32",
+                      "edges": resolve_precision(cfg.edge_precision, rm.device).record()
+                      if cfg.edges else None},
         "pruning": {"top_k": cfg.top_k, "node_threshold": cfg.node_threshold,
                     "influence": cfg.influence, "edge_influence": cfg.edge_influence},
     }

@@ -28,7 +28,7 @@ Only upstream hooks whose leaves the backward reaches are asked for after the fi
 `closed_form=False` (and any SAE whose activation is not one of the four above) runs the
 reference path: seeds at the SAE's f / err outputs and gradients at the f / err leaves.
 
-`precision="bf16"` (or "auto" on hardware with fast bf16, `trainers.precision`) runs the
+`precision="bf16"` (or "auto" where bf16 is measured faster, `saecircuits.precision`) runs the
 edge pass's forward and batched backward under bf16 autocast; seeds, masks and the products
 with the fp32 deltas stay fp32; on CPU attention then uses the math kernel (`_attention`).
 Not exact: check against fp32 (see benchmarks/RESULTS.md).
@@ -39,24 +39,19 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import bar as progress_bar
 
-from .. import architectures
 from ..errors import ConfigError
+from ..precision import PRECISIONS, resolve as resolve_precision
 from ..replacement import ReplacementModel
 from ..sae import SAE
 from .ablation import State, bound
 from ..graph import Node
 
-PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def _matmul_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"edge precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    from trainers.precision import resolve
-
-    return resolve(precision, device)
+    return resolve_precision(precision, device).dtype
 
 
 def _autocast(dtype: torch.dtype | None, device: torch.device):
@@ -115,20 +110,21 @@ def _products(gf, ge, st: State, hook: str, positional: bool, n: int):
 
 # -- closed-form path ----------------------------------------------------------------------
 def has_closed_form(sae: SAE) -> bool:
-    """Whether the encoder Jacobian of `sae` is known exactly here (see module doc)."""
-    act = architectures.REGISTRY[sae.cfg.architecture].activation
-    return act in (architectures._relu, architectures._topk, architectures._jump)
+    """Whether the closed form applies: an SAE (read = write site, so the stream is
+    `f W_dec + b_dec + err` at the hook) whose class defines its Jacobian mask (`active_mask`)."""
+    return not sae.is_transcoder
 
 
 @torch.no_grad()
 def _active(sae: SAE, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """`[B, T, d_sae]` bool ∂f/∂pre of the clean point (fp32 even under autocast)."""
-    act = architectures.REGISTRY[sae.cfg.architecture].activation
-    if act is not architectures._jump and not torch.is_autocast_enabled(x.device.type):
-        return f > 0            # relu / topk: relu's gradient is 1 exactly where its output > 0
+    """`[B, T, d_sae]` bool ∂f/∂pre of the clean point (fp32 even under autocast): the
+    architecture's own `active_mask`."""
+    autocast_on = torch.is_autocast_enabled(x.device.type)
+    if sae.mask_from_output and not autocast_on:
+        return sae.active_mask(None, f)       # e.g. relu / topk: 1 exactly where f > 0
     with torch.autocast(x.device.type, enabled=False):
-        pre = sae.pre_activation(x.detach())
-        return pre > sae.threshold if act is architectures._jump else sae.activation(pre) > 0
+        pre = sae.encode_pre(x.detach())
+        return sae.active_mask(pre, sae.activate(pre) if autocast_on else f.detach())
 
 
 def _leaf_edit(rm: ReplacementModel, store: dict):
@@ -221,10 +217,14 @@ class _Adder:
 def _setup(states, hooks, kept, seed_batch, progress):
     by_hook = {h: [nd for nd in kept if nd.hook == h] for h in hooks}
     n = sum(len(s.chunk.task) for s in states)
-    downstream = [nd for nd in kept if nd.hook in hooks[1:]]
-    steps = len(states) * (1 + -(-len(downstream) // seed_batch))
-    bar = tqdm(total=steps, desc="edges", disable=not progress, leave=False)
+    # per chunk: the metric's backward, then one batched backward per seed batch of each hook
+    steps = len(states) * (1 + sum(_batches(by_hook[h], seed_batch) for h in hooks[1:]))
+    bar = progress_bar(steps, "edges", unit="backward", enabled=progress)
     return by_hook, n, bar
+
+
+def _batches(targets: list, seed_batch: int) -> int:
+    return -(-len(targets) // seed_batch)
 
 
 def _edges_closed(rm, states, hooks, kept, positional, seed_batch, progress, dtype) -> dict:
@@ -252,6 +252,7 @@ def _edges_closed(rm, states, hooks, kept, positional, seed_batch, progress, dty
                 ups = [h for h in hooks if order[h] < order[d_hook] and by_hook[h]]
                 x, mask = store[d_hook][0], store[d_hook][1]
                 if not targets_all or not ups or x is None:
+                    bar.update(_batches(targets_all, seed_batch))  # skipped: nothing reaches it
                     continue
                 for s in range(0, len(targets_all), seed_batch):
                     tg = targets_all[s:s + seed_batch]
@@ -295,6 +296,7 @@ def _edges_reference(rm, states, hooks, kept, positional, seed_batch, progress, 
                 targets_all = by_hook[d_hook]
                 ups = [h for h in hooks if order[h] < order[d_hook] and by_hook[h]]
                 if not targets_all or not ups:
+                    bar.update(_batches(targets_all, seed_batch))  # skipped: nothing reaches it
                     continue
                 f_conn, err_conn = store[d_hook][0], store[d_hook][1]
                 for s in range(0, len(targets_all), seed_batch):

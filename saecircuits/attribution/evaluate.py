@@ -25,6 +25,7 @@ from ..replacement import bind
 from . import ablation as ab
 from .ablation import State
 from ..graph import Node
+from ..progress import bar as progress_bar, track
 from .nodes import NodeScores
 from .stream import LazyStates
 
@@ -62,30 +63,39 @@ class Evaluator:
     """Runs circuits with the complement ablated; targets are computed once per chunk."""
 
     def __init__(self, model, saes=None, states: Sequence[State] = (), ablation: str = "mean",
-                 means=None, seed: int = 0):
-        """`Evaluator(rm, states=states, ...)` (bound) or `Evaluator(model, saes, states, ...)`."""
+                 means=None, seed: int = 0, progress: bool = True):
+        """`Evaluator(rm, states=states, ...)` (bound) or `Evaluator(model, saes, states, ...)`;
+        `progress`: a bar per pass over the chunks."""
         rm = bind(model, saes)
         lazy = isinstance(states, LazyStates)   # keep it lazy: a list would pin every chunk
         states = states if lazy else list(states)
         if not states:
             raise ConfigError("Evaluator needs at least one prepared chunk state")
         ab.check_ablation(ablation, states[0].chunk.task)
-        self.rm, self.states, self.ablation = rm, states, ablation
+        self.rm, self.states, self.ablation, self.progress = rm, states, ablation, progress
         self.model, self.saes = rm.model, rm.saes
         if ablation == "mean" and means is None:
-            means = ab.dataset_means(rm, [s.chunk for s in self.states])
+            means = ab.dataset_means(rm, [s.chunk for s in self.states], progress)
         self.means, self.seed = means, seed
         # lazy states: targets are rebuilt per chunk in each `metric` call, never all held
-        self.targets = None if lazy else [self._targets(i, s) for i, s in enumerate(self.states)]
+        self.targets = None if lazy else [self._targets(i, s) for i, s in track(
+            enumerate(self.states), f"ablation targets ({ablation})", total=len(self.states),
+            unit="chunk", enabled=progress)]
         self.n = sum(len(s.chunk.task) for s in self.states)
-        self.f_model = float(torch.cat([s.metric for s in self.states]).mean())
-        self.f_empty = self.metric(set())
+        # a lazy chunk's metric is computed here when no earlier pass has (forward + backward)
+        self.f_model = float(torch.cat([s.metric for s in track(
+            self.states, "clean metric", unit="chunk", enabled=progress)]).mean())
+        self.f_empty = self.metric(set(), desc=f"all nodes ablated ({ablation})")
 
-    def metric(self, keep: Iterable[Node], invert: bool = False) -> float:
-        """Mean metric with every node outside `keep` ablated (`invert`: ablate `keep` only)."""
+    def metric(self, keep: Iterable[Node], invert: bool = False, desc: str | None = None) -> float:
+        """Mean metric with every node outside `keep` ablated (`invert`: ablate `keep` only);
+        `desc`: the progress bar's label."""
         keep = {Node.coerce(nd) for nd in keep}
         total = 0.0
-        for i, st in enumerate(self.states):
+        desc = desc or f"{'completeness' if invert else 'faithfulness'} ({self.ablation})"
+        chunks = track(enumerate(self.states), desc, total=len(self.states), unit="chunk",
+                       enabled=self.progress)
+        for i, st in chunks:
             tg = self._targets(i, st) if self.targets is None else self.targets[i]
             masks = _masks(st, keep, invert)
             vals = {h: (masks[h][0], tg[h][0], masks[h][1], tg[h][1]) for h in st.f}
@@ -113,46 +123,50 @@ class Evaluator:
         nodes.sort(key=lambda nd: order[nd.hook])
         metric = Node.metric()
         total = 0.0
-        for i, st in enumerate(self.states):
-            tg = self.targets[i] if self.targets is not None else self._targets(i, st)
-            x: dict[Node, torch.Tensor] = {}
+        groups: dict[tuple, list[Node]] = {}   # destinations that share their kept inputs
+        for v in nodes:
+            inc = frozenset(u for u in nodes if order[u.hook] < order[v.hook] and (u, v) in kept)
+            groups.setdefault((v.hook, inc), []).append(v)
+        with progress_bar(len(self.states) * (len(groups) + 1), "edge faithfulness (exact)",
+                          unit="pass", enabled=self.progress) as bar:
+            for i, st in enumerate(self.states):
+                tg = self.targets[i] if self.targets is not None else self._targets(i, st)
+                x: dict[Node, torch.Tensor] = {}
 
-            def frozen(dest: Node, upto: int | None):
-                """hook -> full-mask edit values: targets, kept upstream circuit nodes at x."""
-                vals = {}
-                for h in st.f:
-                    if upto is not None and order[h] >= upto:
-                        continue
-                    tf, te = tg[h][0].clone(), tg[h][1].clone()
-                    for u in nodes:
-                        if u.hook == h and u in x and (u, dest) in kept:
-                            self._region(u, tf, te)[...] = x[u]
-                    full_f = torch.ones(1, 1, 1, dtype=torch.bool, device=tf.device).expand_as(tf)
-                    full_e = torch.ones(1, 1, 1, dtype=torch.bool, device=te.device)
-                    vals[h] = (full_f, tf, full_e.expand(*te.shape[:2], 1), te)
-                return vals
+                def frozen(dest: Node, upto: int | None):
+                    """hook -> full-mask edit values: targets, kept upstream circuit nodes at x."""
+                    vals = {}
+                    for h in st.f:
+                        if upto is not None and order[h] >= upto:
+                            continue
+                        tf, te = tg[h][0].clone(), tg[h][1].clone()
+                        for u in nodes:
+                            if u.hook == h and u in x and (u, dest) in kept:
+                                self._region(u, tf, te)[...] = x[u]
+                        full_f = torch.ones(1, 1, 1, dtype=torch.bool, device=tf.device).expand_as(tf)
+                        full_e = torch.ones(1, 1, 1, dtype=torch.bool, device=te.device)
+                        vals[h] = (full_f, tf, full_e.expand(*te.shape[:2], 1), te)
+                    return vals
 
-            groups: dict[tuple, list[Node]] = {}
-            for v in nodes:
-                inc = frozenset(u for u in nodes if order[u.hook] < order[v.hook] and (u, v) in kept)
-                groups.setdefault((v.hook, inc), []).append(v)
-            for (h, _inc), dests in sorted(groups.items(), key=lambda kv: order[kv[0][0]]):
-                store: dict = {}
-                vals = frozen(dests[0], order[h])
-                setter = ab.set_edit(vals)
+                for (h, _inc), dests in sorted(groups.items(), key=lambda kv: order[kv[0][0]]):
+                    store: dict = {}
+                    vals = frozen(dests[0], order[h])
+                    setter = ab.set_edit(vals)
 
-                def edit(site, f, err, _h=h, _setter=setter, _store=store):
-                    if site.name == _h:
-                        _store[_h] = (f.detach(), err.detach())
-                        return None
-                    return _setter(site, f, err)
+                    def edit(site, f, err, _h=h, _setter=setter, _store=store):
+                        if site.name == _h:
+                            _store[_h] = (f.detach(), err.detach())
+                            return None
+                        return _setter(site, f, err)
 
-                ab.run_metric(self.rm, st.chunk, edit=edit)
-                f_d, e_d = store[h]
-                for v in dests:
-                    x[v] = self._region(v, f_d, e_d).clone()
-            out = ab.run_metric(self.rm, st.chunk, edit=ab.set_edit(frozen(metric, None)))
-            total += float(out.sum())
+                    ab.run_metric(self.rm, st.chunk, edit=edit)
+                    f_d, e_d = store[h]
+                    for v in dests:
+                        x[v] = self._region(v, f_d, e_d).clone()
+                    bar.update(1)
+                out = ab.run_metric(self.rm, st.chunk, edit=ab.set_edit(frozen(metric, None)))
+                total += float(out.sum())
+                bar.update(1)
         return total / self.n
 
     def edge_faithfulness(self, nodes: Iterable[Node], kept_edges: Iterable[tuple]) -> float:
@@ -164,8 +178,8 @@ class Evaluator:
         return ab.targets(self.rm, st.chunk, {h: (st.f[h], st.err[h]) for h in st.f},
                           self.ablation, self.means, self.seed + i)
 
-    def faithfulness(self, keep: Iterable[Node]) -> float:
-        return self._normalise(self.metric(_nonempty(keep)))
+    def faithfulness(self, keep: Iterable[Node], desc: str | None = None) -> float:
+        return self._normalise(self.metric(_nonempty(keep), desc=desc))
 
     def completeness(self, keep: Iterable[Node]) -> float:
         return self._normalise(self.metric(_nonempty(keep), invert=True))
@@ -203,7 +217,7 @@ def faithfulness_curve(ev: Evaluator, scores: NodeScores,
     for k in sizes:
         nodes = circuit_by_size(scores, k, errors)
         n_feat = sum(1 for nd in nodes if not nd.is_error)
-        val = ev.metric(nodes)
+        val = ev.metric(nodes, desc=f"faithfulness curve: top {k} ({ev.ablation})")
         out.append({"k": k, "features": n_feat, "errors": len(nodes) - n_feat, "metric": val,
                     "faithfulness": ev._normalise(val)})
     return out
@@ -242,6 +256,7 @@ def error_share(scores: NodeScores, nodes: Iterable[Node]) -> float | None:
 DEGENERATE_SPAN = 0.25
 ERROR_DOMINATED = 0.5
 LOW_ACCURACY = 0.7
+PARTIAL_SITES = 0.5
 
 
 def trace_warnings(summary: dict) -> list[str]:
@@ -258,6 +273,12 @@ def trace_warnings(summary: dict) -> list[str]:
     if share is not None and share > ERROR_DOMINATED:
         out.append(f"error nodes carry {share:.0%} of the circuit's |effect| (> "
                    f"{ERROR_DOMINATED:.0%}): the SAEs leave most of the mechanism unexplained")
+    through = summary.get("share_through_sites")
+    if through is not None and through < PARTIAL_SITES:
+        out.append(f"only {through:.0%} of the clean -> patch change runs through the dictionaries' "
+                   "sites (ablating every node leaves the rest of the model live): faithfulness is a "
+                   "share of that part; put dictionaries at every layer (transcoders: `saecircuits "
+                   "graph`) to cover the whole behaviour")
     acc = summary.get("accuracy_clean")
     if acc is not None and acc < LOW_ACCURACY:
         out.append(f"clean accuracy {acc:.2f} < {LOW_ACCURACY}: the model often fails the task, so "

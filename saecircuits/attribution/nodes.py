@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import bar as progress_bar, track
 
 from ..errors import ConfigError
 from ..graph import Node
@@ -124,12 +124,14 @@ def _scores(hooks, states, positional, method, fe, ee, n, acts=None, **info) -> 
                       error_act={h: v.cpu() for h, v in ea.items()}, metric_clean=clean, info=info)
 
 
-def attrib_scores(states: Sequence[State], hooks, positional: bool = False) -> NodeScores:
+def attrib_scores(states: Sequence[State], hooks, positional: bool = False,
+                  progress: bool = True) -> NodeScores:
     """Attribution patching: gradient × delta at the clean point."""
     n = sum(len(s.chunk.task) for s in states)
     fe, ee = _empty(states, positional)
     fa, ea = _zeros(fe, ee)
-    for st in states:   # one pass: each chunk's state is reduced, then freed (lazy states)
+    # one pass: each chunk's state is reduced, then freed (lazy states)
+    for st in track(states, "attribution patching", unit="chunk", enabled=progress):
         for h in hooks:
             fe[h] += _reduce(st.grad_f[h] * st.delta_f[h], positional) / n
             ee[h] += _reduce((st.grad_err[h] * st.delta_err[h]).sum(-1), positional) / n
@@ -149,7 +151,7 @@ def ig_scores(rm: ReplacementModel, states: Sequence[State], hooks, positional: 
     alphas = [(k + 0.5) / steps for k in range(steps)]
     device = rm.device
     total = sum(len(hooks) * -(-steps // max(1, max_rows // len(s.chunk.task))) for s in states)
-    bar = tqdm(total=total, desc="integrated gradients", disable=not progress, leave=False)
+    bar = progress_bar(total, "integrated gradients", enabled=progress)
     try:
         for st in states:
             B = len(st.chunk.task)
@@ -201,19 +203,23 @@ def _mask(st: State, hook: str, rows_nodes: Sequence[Node], B: int):
 
 @bound
 def exact_effects(rm: ReplacementModel, states: Sequence[State], nodes: Sequence[Node],
-                  alpha: float = 1.0, max_rows: int = 64, progress: bool = True) -> dict[Node, float]:
+                  alpha: float = 1.0, max_rows: int = 64, progress: bool = True,
+                  desc: str = "exact patching") -> dict[Node, float]:
     """Exact activation patching of each node (to clean + alpha·delta), mean metric change."""
     nodes = [Node.coerce(nd) for nd in nodes]
     if not nodes:
         return {}
     n = sum(len(s.chunk.task) for s in states)
     out = {node: 0.0 for node in nodes}
-    total = sum(-(-len(nodes) // max(1, max_rows // len(s.chunk.task))) for s in states)
-    bar = tqdm(total=total, desc="exact patching", disable=not progress, leave=False)
+    # per chunk: its state (a lazy chunk's forward, backward and targets), then each node group
+    total = sum(1 + -(-len(nodes) // max(1, max_rows // len(s.chunk.task))) for s in states)
+    bar = progress_bar(total, desc, unit="pass", enabled=progress)
     try:
         for st in states:
             B = len(st.chunk.task)
             per = max(1, max_rows // B)
+            st.delta_f  # noqa: B018 - computes a lazy chunk's full state now, as its own step
+            bar.update(1)
             for s in range(0, len(nodes), per):
                 group = nodes[s:s + per]
                 k = len(group)
@@ -247,7 +253,8 @@ def with_exact_errors(rm: ReplacementModel, states: Sequence[State], scores: Nod
     Error nodes are few (one per hook and position) and carry the SAEs' unexplained part;
     attribution patching underestimates them several-fold, so they are always patched."""
     errs = error_nodes(scores)
-    exact = exact_effects(rm, states, errs, max_rows=max_rows, progress=progress)
+    exact = exact_effects(rm, states, errs, max_rows=max_rows, progress=progress,
+                          desc="error nodes (exact patching)")
     ee = {h: v.clone() for h, v in scores.error_effect.items()}
     for node, v in exact.items():
         ee[node.hook][0 if node.pos is None else node.pos] = v
@@ -270,7 +277,7 @@ def node_scores(rm: ReplacementModel, states: Sequence[State], hooks, method: st
     if method not in METHODS:
         raise ConfigError(f"unknown attribution method {method!r}; expected one of {METHODS}")
     if method == "attrib":
-        out = attrib_scores(states, hooks, positional)
+        out = attrib_scores(states, hooks, positional, progress)
     elif method == "ig":
         out = ig_scores(rm, states, hooks, positional, steps, max_rows, progress)
     else:
@@ -279,7 +286,7 @@ def node_scores(rm: ReplacementModel, states: Sequence[State], hooks, method: st
 
 
 def _exact_scores(rm, states, hooks, positional, max_rows, exact_candidates, progress):
-    est = attrib_scores(states, hooks, positional)
+    est = attrib_scores(states, hooks, positional, progress)
     cand = est.nodes()[:exact_candidates]
     exact = exact_effects(rm, states, cand, max_rows=max_rows, progress=progress)
     fe = {h: torch.zeros_like(v) for h, v in est.feature_effect.items()}

@@ -55,17 +55,24 @@ def select(effects: Mapping[str, float], kinds: Mapping[str, str], threshold: fl
     return keep
 
 
+def select_nonempty(effects: Mapping[str, float], kinds: Mapping[str, str], threshold=None, top_k=None,
+                    influence=None) -> set[str]:
+    """`select`, with a GraphError naming the rule when it keeps nothing."""
+    keep = set(select(effects, kinds, threshold, top_k, influence))
+    if not keep:
+        largest = max((abs(v) for v in effects.values()), default=0.0)
+        raise GraphError(f"the pruning rule (threshold={threshold}, top_k={top_k}, "
+                         f"influence={influence}) keeps no node; the largest |effect| is {largest:.4g}")
+    return keep
+
+
 def prune_nodes(graph: FeatureGraph, threshold: float | None = None, top_k: int | None = None,
                 influence: float | None = None) -> FeatureGraph:
     """A copy of `graph` with the feature/error nodes kept by the rule (other kinds stay)."""
     data = graph.graph.nodes
     scored = {n: d["effect"] for n, d in data(data=True) if d["kind"] in SCORED}
     kinds = {n: data[n]["kind"] for n in scored}
-    keep = set(select(scored, kinds, threshold, top_k, influence))
-    if not keep:
-        largest = max((abs(v) for v in scored.values()), default=0.0)
-        raise GraphError(f"the pruning rule (threshold={threshold}, top_k={top_k}, "
-                         f"influence={influence}) keeps no node; the largest |effect| is {largest:.4g}")
+    keep = select_nonempty(scored, kinds, threshold, top_k, influence)
     out = graph.subgraph([n for n in graph.graph if n in keep or data[n]["kind"] not in SCORED])
     return out
 

@@ -8,11 +8,15 @@ HELP = "convert an SAE set (any supported format) to SAELens, sparsify or native
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("saes", help="SAE set or SAE folder in any supported format")
-    parser.add_argument("--to", required=True, choices=("saelens", "sparsify", "native"), help="target format")
+    parser.add_argument("--to", required=True, choices=("saelens", "sparsify", "native", "circuit_tracer"),
+                        help="target format (circuit_tracer: per-layer ReLU/JumpReLU/BatchTopK transcoders)")
     parser.add_argument("--out", required=True, help="output directory (one subfolder per hook point)")
     parser.add_argument("--format", default="auto",
                         help="format of SAES: auto (default), native, saelens, sparsify, dictionary_learning, "
                              "gemmascope")
+    parser.add_argument("--hook", default=None,
+                        help="the hook point of a single SAE folder whose files do not name one (e.g. an "
+                             "SAELens SAE built in code, without metadata.hook_name; default: what the files say)")
     parser.add_argument("--variant", default=None, help="which SAE where a hook has several, e.g. average_l0_41 (default: the only one)")
     parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated; default: all in the set)")
     parser.add_argument("--reference", action="store_true",

@@ -8,12 +8,14 @@ HELP = "build feature dashboards: top contexts, histograms, output tokens (HTML 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_explanations_argument, add_model_arguments, positive_int
+    from ..cli import (add_explanations_argument, add_model_arguments, add_precision_argument,
+                       positive_int)
 
     add_model_arguments(parser)
     add_saes_arguments(parser)
     parser.add_argument("--features", required=True,
                         help="comma-separated HOOK:INDEX list, e.g. resid.12:1234,mlp.3:7")
+    add_precision_argument(parser, "auto", "the forwards that collect feature activations")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--corpus", default=None,
                         help="text source: .txt/.jsonl file or directory, hf:<dataset> "
@@ -55,7 +57,8 @@ def run(args: argparse.Namespace) -> dict:
     result = write_dashboards(model, tok, saes, features, texts, args.out,
                               overwrite=args.overwrite, context=args.context,
                               max_windows=args.windows, batch_size=args.batch_size,
-                              activations=stored, explanations=explanations)
+                              activations=stored, explanations=explanations,
+                              precision=args.precision)
     if not args.json:
         print(f"wrote dashboards for {len(result['features'])} features to {args.out} "
               f"({result['about']})" + (f"; {len(result['explained'])} with explanations"

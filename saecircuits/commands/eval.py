@@ -8,7 +8,7 @@ HELP = "evaluate an SAE set: L0, explained variance, dead/dense fraction, CE and
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_model_arguments, nonnegative_int, positive_int
+    from ..cli import add_model_arguments, add_precision_argument, nonnegative_int, positive_int
 
     add_model_arguments(parser)
     add_saes_arguments(parser)
@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=positive_int, default=8192, help="tokens to evaluate on")
     parser.add_argument("--context", type=positive_int, default=256, help="token window length (>= 2)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the default corpus's split")
+    add_precision_argument(parser, "auto", "the evaluation forwards (recorded in metrics.json)")
     parser.add_argument("--out", default=None, help="write metrics.json + density.svg per SAE here (default: print only)")
 
 
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> dict:
         data = default_corpus(tok).split(0.02, args.seed, min_holdout_tokens=args.tokens)[1]
     else:
         data = args.corpus
-    metrics = evaluate_saes(model, tok, saes, data, args.tokens, context=args.context)
+    metrics = evaluate_saes(model, tok, saes, data, args.tokens, context=args.context,
+                            precision=args.precision)
     if args.out:
         write_reports(args.out, metrics)
     return {h: {k: v for k, v in m.items() if not isinstance(v, dict)} for h, m in metrics.items()}

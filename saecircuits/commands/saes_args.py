@@ -12,6 +12,9 @@ def add_saes_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="auto",
                         help="file format of --saes: auto (default: detected), native, saelens, sparsify, "
                              "dictionary_learning, gemmascope")
+    parser.add_argument("--hook", default=None,
+                        help="the hook point of a single SAE folder whose files do not name one (e.g. an "
+                             "SAELens SAE built in code, without metadata.hook_name; default: what the files say)")
     parser.add_argument("--variant", default=None,
                         help="which SAE where a hook has several, e.g. average_l0_41 in a Gemma Scope tree "
                              "(default: the only one; an error lists them when there are several)")
@@ -22,4 +25,5 @@ def load_saes(args: argparse.Namespace, model=None, hooks: list[str] | None = No
     from ..sae import SAESet
 
     return SAESet.load(args.saes, model=model, hooks=hooks, device=device,
-                       format=getattr(args, "format", "auto"), variant=getattr(args, "variant", None))
+                       format=getattr(args, "format", "auto"), variant=getattr(args, "variant", None),
+                       hook=getattr(args, "hook", None))

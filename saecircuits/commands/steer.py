@@ -12,7 +12,8 @@ CHUNK_TOKENS = 2048  # torch-free copy of steering.generate.CHUNK_TOKENS (a test
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_model_arguments, nonnegative_int, positive_float, positive_int, unit_float
+    from ..cli import (add_model_arguments, add_precision_argument, nonnegative_int, positive_float,
+                       positive_int, unit_float)
 
     add_model_arguments(parser)
     add_saes_arguments(parser)
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=unit_float, default=1.0, help="nucleus sampling mass")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="sampling seed")
     parser.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
+    add_precision_argument(parser, "fp32", "the generation forwards (bf16 can change greedy tokens)")
     parser.add_argument("--chunk-tokens", type=positive_int, default=CHUNK_TOKENS,
                         help="generate in batches of at most this many padded prompt + new tokens "
                              "(at least one prompt); bounds memory for many prompts")
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
     result = steer(model, saes, prompts, interventions, args.max_new_tokens, do_sample=args.sample,
                    temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                    track=args.track, use_cache=not args.no_cache, tokenizer=tok,
-                   chunk_tokens=args.chunk_tokens)
+                   chunk_tokens=args.chunk_tokens, precision=args.precision)
     if not args.json:
         print(result.format())
         if result.tracked:

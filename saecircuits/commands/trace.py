@@ -7,86 +7,36 @@ from .saes_args import add_saes_arguments, load_saes
 HELP = "trace a feature circuit (node effects, edges, pruning, faithfulness) for a task"
 
 
-def _length(text: str):
-    if text == "common":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2 or 'common', got {text!r}")
-    return value
+TRACE_FIELDS = ["n", "method", "ablation", "edge_influence", "positional", "steps", "batch_size",
+                "chunk_tokens", "eval_ablation", "mean_from", "mean_n", "length", "edge_eval",
+                "edge_precision", "seed"]
+RULE_FIELDS = ["node_threshold", "top_k", "influence"]        # one of them (mutually exclusive)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import (add_explanations_argument, add_model_arguments, nonnegative_float,
-                       positive_int, unit_float)
+    from ..cli import add_explanations_argument, add_model_arguments
+    from ..config_args import add_config_arguments
+    from ..configs import TraceConfig
 
     add_model_arguments(parser)
     add_saes_arguments(parser)
     parser.add_argument("--hooks", default=None, help="only these hook points (comma-separated; default: all in the set)")
     parser.add_argument("--task", required=True, help="ioi | parens | sva | FILE.jsonl")
-    parser.add_argument("--n", type=positive_int, default=64, help="number of prompts (default 64)")
-    parser.add_argument("--method", default="attrib", choices=("attrib", "ig", "exact"),
-                        help="node attribution: attribution patching, integrated gradients, exact")
-    parser.add_argument("--ablation", default="patch", choices=("patch", "zero", "mean", "resample"),
-                        help="what a node is ablated to when its effect is measured")
-    rule = parser.add_mutually_exclusive_group()
-    rule.add_argument("--node-threshold", type=nonnegative_float, default=None,
-                      help="keep nodes with |effect| >= T (default: --top-k 100)")
-    rule.add_argument("--top-k", type=positive_int, default=None, help="keep the K largest feature nodes "
-                      "(default 100)")
-    rule.add_argument("--influence", type=unit_float, default=None,
-                      help="keep the fewest nodes reaching this share of total |effect| "
-                           "(default: --top-k 100)")
-    parser.add_argument("--edge-influence", type=unit_float, default=0.98,
-                        help="keep the fewest edges reaching this share of total |weight|")
-    parser.add_argument("--positional", action="store_true", help="one node per token position "
-                        "(default: features summed over positions, pos '*')")
-    parser.add_argument("--steps", type=positive_int, default=10, help="integrated-gradients steps")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="prompts per model pass")
-    parser.add_argument("--chunk-tokens", type=positive_int, default=256,
-                        help="at most this many padded tokens per model pass (fewer prompts than "
-                             "--batch-size when they are long; at least one prompt); bounds memory "
-                             "(default 256)")
-    parser.add_argument("--eval-ablation", default=None, choices=("mean", "zero", "resample", "patch"),
-                        help="ablation of the circuit's complement in faithfulness (default: patch "
-                             "when the task has patch prompts, else mean)")
-    parser.add_argument("--mean-from", default=None, metavar="FILE|TASK",
-                        help="take mean-ablation means from this reference set (a .jsonl file or "
-                             "ioi|parens|sva; default: the traced prompts themselves); it needs "
-                             "prompts of every token length traced")
-    parser.add_argument("--mean-n", type=positive_int, default=64,
-                        help="prompts of a built-in --mean-from task (default 64)")
-    parser.add_argument("--length", type=_length, default=None, metavar="L|common",
-                        help="keep only the prompts of this many tokens, or of the most common "
-                             "length (e.g. for --positional, which needs one length; default: all prompts)")
+    add_config_arguments(parser, TraceConfig, TRACE_FIELDS)       # options from TraceConfig's fields
+    add_config_arguments(parser.add_mutually_exclusive_group(), TraceConfig, RULE_FIELDS)
     parser.add_argument("--per-prompt", action="store_true",
                         help="also trace each prompt alone: one graph per prompt in "
                              "--out/prompts/NNN plus the aggregate, and the faithfulness "
                              "distribution in summary.json")
-    parser.add_argument("--no-edge-eval", action="store_true",
-                        help="skip the exact edge ablation of the final circuit")
-    parser.add_argument("--edge-precision", default="fp32", choices=("fp32", "bf16", "auto"),
-                        help="matmuls of the edge pass: fp32 (exact), bf16 autocast with "
-                             "math-kernel attention on CPU (~2.3x faster edges on an AMX CPU; "
-                             "edge weights r > 0.9999 vs fp32 on IOI), or auto (bf16 where the "
-                             "hardware has fast bf16) (default fp32)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the task's prompts and resampling")
     add_explanations_argument(parser)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 
 def _options(args: argparse.Namespace) -> dict:
-    return dict(method=args.method, ablation=args.ablation, n=args.n, top_k=args.top_k,
-                node_threshold=args.node_threshold, influence=args.influence,
-                edge_influence=args.edge_influence, positional=args.positional, steps=args.steps,
-                batch_size=args.batch_size, chunk_tokens=args.chunk_tokens,
-                eval_ablation=args.eval_ablation,
-                mean_from=args.mean_from, mean_n=args.mean_n, length=args.length, seed=args.seed,
-                edge_eval=not args.no_edge_eval, edge_precision=args.edge_precision)
+    from ..config_args import config_kwargs
+
+    return config_kwargs(args, TRACE_FIELDS + RULE_FIELDS)
 
 
 def _distribution(values: list) -> dict:
@@ -133,13 +83,16 @@ def run(args: argparse.Namespace) -> dict:
     if args.per_prompt:
         if len(task) == 0:
             raise TaskError(f"--per-prompt: task {args.task!r} has no prompts")
-        for i in range(len(task)):   # each single-prompt trace is checked before any pass
-            plan_trace(rm, tok, task.take([i]), trace_config(cfg, n=1, length=None))
-    graph, summary = trace_circuit(rm, tok, None, task, cfg, n=len(task), length=None)
+        single_cfg = trace_config(cfg, n=1, length=None)
+        single_plans = [plan_trace(rm, tok, task.take([i]), single_cfg)   # every check before
+                        for i in range(len(task))]                         # any model pass
+    graph, summary = trace_circuit(rm, tok, None, task, cfg, plan=plan)
     if args.per_prompt:
-        for i in range(len(task)):
+        from ..progress import track
+
+        for i in track(range(len(task)), "per-prompt traces", unit="prompt", leave=True):
             try:
-                g, s = trace_circuit(rm, tok, None, task.take([i]), cfg, n=1, length=None)
+                g, s = trace_circuit(rm, tok, None, None, single_cfg, plan=single_plans[i])
             except SaecircuitsError as err:   # e.g. pruning left nothing for this prompt
                 singles.append((i, None, {"prompt": task.clean[i], "error": str(err)}))
                 continue

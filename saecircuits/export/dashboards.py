@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import hooks
 from ..errors import ConfigError, ExportError
 from ..fileio import atomic_dir, file_in, read_safetensors, write_json, write_safetensors, write_text
 from ..models import model_name_of
-from ..replacement import ReplacementModel, final_norm, logit_lens
-from ..sae import SAE
+from ..precision import resolve as resolve_precision
+from ..progress import bar as progress_bar
+from ..replacement import ReplacementModel, logit_lens
+from ..dictionaries import Dictionary as SAE
 from .explanations import ExplanationsLike, as_explanations, dashboards_with_explanations
 from .viewer import asset, fill_page
 
@@ -152,24 +153,40 @@ class FeatureActivations:
 
 def collect_activations(model, tok, saes: Mapping[str, SAE], features: Sequence[Feature],
                         texts: Sequence[str], context: int = 64, max_windows: int | None = None,
-                        batch_size: int = 8, progress: bool = True) -> FeatureActivations:
-    """Run the corpus once through the model and keep the chosen features' activations."""
+                        batch_size: int = 8, progress: bool = True,
+                        precision: str = "auto") -> FeatureActivations:
+    """Run the corpus once through the model and keep the chosen features' activations.
+
+    model: an nnsight model, or the `ReplacementModel` already bound to the dictionaries (then
+    `saes` may be None and nothing is resolved again). Transcoders are encoded at their read site.
+    precision: the forwards' matmul precision (`saecircuits.precision`; auto = bf16 where
+    measured faster): it only ranks contexts, the activations are returned in fp32."""
+    if isinstance(model, ReplacementModel):
+        rm, saes = model, (saes if saes is not None else model.saes)
+        model = rm.model
+    else:
+        rm = None
     features = _check_features(saes, features)
     ids, mask = windows_of(tok, texts, context, max_windows)
-    rm = ReplacementModel(model, {h: saes[h] for h in sorted({h for h, _ in features})}, tok)
-    points = rm.points
+    needed = sorted({h for h, _ in features})
+    if rm is None:
+        rm = ReplacementModel(model, {h: saes[h] for h in needed}, tok)
+    points = [rm.sites[h] for h in sorted(needed, key=lambda h: rm.sites[h].order)]
+    reads = {hp.name: rm.reads[hp.name] for hp in points}
     columns = {hp.name: [j for j, (h, _) in enumerate(features) if h == hp.name] for hp in points}
     index = {name: torch.tensor([features[j][1] for j in cols]) for name, cols in columns.items()}
     device = rm.device
+    prec = resolve_precision(precision, device)
     acts = torch.zeros((*ids.shape, len(features)), dtype=torch.float32)
-    bar = tqdm(total=len(ids), desc="feature activations", unit="window", disable=not progress)
+    bar = progress_bar(len(ids), "feature activations", unit="window", enabled=progress,
+                       leave=True)
     try:
         for start in range(0, len(ids), batch_size):
             batch = {"input_ids": ids[start:start + batch_size].to(device),
                      "attention_mask": mask[start:start + batch_size].long().to(device)}
             got: dict[str, torch.Tensor] = {}
-            with torch.no_grad(), model.trace(batch) as tracer:
-                _encode_points(model, rm.saes, points, index, got, tracer)
+            with torch.no_grad(), prec.autocast(), model.trace(batch) as tracer:
+                _encode_points(model, rm.saes, points, index, got, tracer, reads)
             for name, cols in columns.items():
                 acts[start:start + batch_size, :, cols] = got[name].float().cpu()
             bar.update(len(batch["input_ids"]))
@@ -181,11 +198,12 @@ def collect_activations(model, tok, saes: Mapping[str, SAE], features: Sequence[
     return FeatureActivations(features, ids, keep, acts, model_name_of(model))
 
 
-def _encode_points(model, saes, points, index, out: dict, tracer) -> None:
-    """Inside a trace: encode each hook point (forward order), keep chosen columns, stop."""
+def _encode_points(model, saes, points, index, out: dict, tracer, reads=None) -> None:
+    """Inside a trace: encode each dictionary at its read site (forward order), keep chosen
+    columns, stop."""
     for hp in points:
         sae = saes[hp.name]
-        x = hooks.read(model, hp)
+        x = hooks.read(model, (reads or {}).get(hp.name, hp))
         out[hp.name] = sae.encode(x.to(sae.dtype))[..., index[hp.name].to(x.device)].detach()
     tracer.stop()
 
@@ -238,16 +256,11 @@ def contexts_of(fa: FeatureActivations, tok, feature: Feature, n: int = 10, left
 def top_contexts(model, tok, saes: Mapping[str, SAE], features: Sequence[Feature],
                  texts: Sequence[str], n: int = 10, context: int = 64,
                  max_windows: int | None = None, batch_size: int = 8,
-                 progress: bool = False) -> dict[Feature, list[Context]]:
+                 progress: bool = False, precision: str = "auto") -> dict[Feature, list[Context]]:
     """Top-`n` activating contexts of each feature over `texts` (one pass over the corpus)."""
     fa = collect_activations(model, tok, saes, features, texts, context, max_windows,
-                             batch_size, progress)
+                             batch_size, progress, precision)
     return {f: contexts_of(fa, tok, f, n) for f in fa.features}
-
-
-def final_norm_scale(model) -> tuple[torch.Tensor | None, bool]:
-    """(elementwise weight of the final norm or None, whether the norm centres its input)."""
-    return final_norm(model)
 
 
 def output_effects(model, sae: SAE, indices: Sequence[int]) -> torch.Tensor:
@@ -351,15 +364,18 @@ def neuronpedia_feature(data: dict[str, Any], source: str = "") -> dict[str, Any
 
 
 def build_dashboards(model, tok, saes: Mapping[str, SAE], fa: FeatureActivations,
-                     n_contexts: int = 10, n_logits: int = 10) -> dict[str, dict[str, Any]]:
+                     n_contexts: int = 10, n_logits: int = 10,
+                     progress: bool = True) -> dict[str, dict[str, Any]]:
     """Dashboards for every feature in `fa`, keyed `"hook:index"`."""
     out: dict[str, dict[str, Any]] = {}
-    for hook in dict.fromkeys(h for h, _ in fa.features):
-        idx = [i for h, i in fa.features if h == hook]
-        rows = output_effects(model, saes[hook], idx)
-        for i, row in zip(idx, rows):
-            out[feature_key(hook, i)] = dashboard_data(fa, tok, (hook, i), row, n_contexts,
-                                                       n_logits)
+    with progress_bar(len(fa.features), "dashboards", unit="feature", enabled=progress) as bar:
+        for hook in dict.fromkeys(h for h, _ in fa.features):
+            idx = [i for h, i in fa.features if h == hook]
+            rows = output_effects(model, saes[hook], idx)
+            for i, row in zip(idx, rows):
+                out[feature_key(hook, i)] = dashboard_data(fa, tok, (hook, i), row, n_contexts,
+                                                           n_logits)
+                bar.update(1)
     return out
 
 
@@ -375,7 +391,8 @@ def write_dashboards(model, tok, saes: Mapping[str, SAE], features: Sequence[Fea
                      batch_size: int = 8, n_contexts: int = 10,
                      activations: FeatureActivations | None = None,
                      progress: bool = True,
-                     explanations: ExplanationsLike = None) -> dict[str, Any]:
+                     explanations: ExplanationsLike = None,
+                     precision: str = "auto") -> dict[str, Any]:
     """Write a dashboards directory atomically: `dashboards.html`, `dashboards.json`,
     `features/<hook>_<index>.json` (Neuronpedia) and `activations.safetensors`.
 
@@ -393,13 +410,13 @@ def write_dashboards(model, tok, saes: Mapping[str, SAE], features: Sequence[Fea
         if texts is None:
             raise ConfigError("give texts (a corpus) or stored activations")
         activations = collect_activations(model, tok, saes, features, texts, context,
-                                          max_windows, batch_size, progress)
+                                          max_windows, batch_size, progress, precision)
     else:
         missing = [feature_key(*f) for f in _check_features(saes, features)
                    if f not in activations.features]
         if missing:
             raise ConfigError(f"stored activations lack feature(s) {missing}")
-    dashboards = build_dashboards(model, tok, saes, activations, n_contexts)
+    dashboards = build_dashboards(model, tok, saes, activations, n_contexts, progress=progress)
     dashboards = {feature_key(*f): dashboards[feature_key(*f)] for f in features}
     dashboards = dashboards_with_explanations(dashboards, expl)
     n_tokens = int(activations.mask.sum())

@@ -59,12 +59,21 @@
 
   // ---- summary bar ----
   const sumEl = document.getElementById("summary");
+  const has = v => v !== undefined && v !== null;
   for (const [k, v] of [["task", S.task], ["method", S.method],
                         ["metric", S.metric_clean !== undefined ? fmt(S.metric_clean) : S.metric],
-                        ["faithfulness", S.faithfulness !== undefined && S.faithfulness !== null ? fmt(S.faithfulness) : null],
+                        ["faithfulness", has(S.faithfulness) ? fmt(S.faithfulness) : null],
+                        ["replacement", has(S.replacement_score) ? fmt(S.replacement_score) : null],
+                        ["completeness", has(S.completeness_score) ? fmt(S.completeness_score) : null],
+                        ["error share", has(S.error_share) ? (100 * S.error_share).toFixed(0) + "%" : null],
                         ["nodes", S.n_nodes], ["edges", S.n_edges]]) {
     if (v === undefined || v === null) continue;
     el("b", {}, k + ": ", sumEl); el("span", {"data-key": k}, String(v) + "   ", sumEl);
+  }
+  const promptText = S.prompt || (GJ && GJ.metadata && GJ.metadata.prompt) || "";
+  if (promptText) {
+    const row = el("div", {class: "prompt", "data-key": "prompt"}, null, sumEl);
+    el("b", {}, "prompt: ", row); el("span", {}, promptText, row);
   }
   for (const w of (S.warnings || (GJ && GJ.metadata && GJ.metadata.warnings) || [])) {
     el("div", {class: "warning", "data-key": "warning"}, "⚠ " + w, sumEl);

@@ -26,11 +26,14 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("all", "dot", "svg", "graphml", "nodelink", "csv", "parquet", "neuronpedia", "html")
 _ALL = ("neuronpedia", "csv", "graphml", "nodelink", "dot", "svg", "html")
-_META_KEYS = ("task", "method", "ablation", "model", "metric", "prompt")
+_META_KEYS = ("task", "method", "ablation", "model", "metric", "prompt", "warnings", "completeness",
+              "edge_faithfulness", "error_share", "replacement_score", "completeness_score",
+              "features_alone", "target")
 
 
 def summarize(graph: FeatureGraph) -> dict[str, Any]:
-    """summary.json: task, method, metric values, faithfulness, node/edge counts."""
+    """summary.json: task, method, metric values, faithfulness (or replacement/completeness
+    scores), error share, the trace's warnings, node/edge counts."""
     meta = graph.meta
     out: dict[str, Any] = {k: meta[k] for k in _META_KEYS if k in meta}
     for k, v in meta.items():

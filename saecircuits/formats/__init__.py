@@ -1,4 +1,4 @@
-"""Read SAEs saved by other libraries into the native `SAE` class.
+"""Read dictionaries saved by this library or by others into the `Dictionary` family.
 
 Formats (facts in shared/anchors.md):
 - `native`: cfg.json + sae.safetensors (this library).
@@ -8,9 +8,10 @@ Formats (facts in shared/anchors.md):
 - `gemmascope`: params.npz (JumpReLU); a released tree `layer_L/width_W/average_l0_N/params.npz`
   names its hook point (`resid.L`, or `mlp.L` / `attn.L` when a folder name ends in -mlp / -att).
 
-`load_sae(path, format="auto", hook=None)` returns one SAE; `load_sae_set(path, format, variant)` a
-set from a directory of such folders (or one SAE folder, or a Gemma Scope tree; `variant` picks
-among several SAEs of one hook, e.g. "average_l0_41"). Loaded weights are converted so that our
+`load_dictionary(path, format="auto", hook=None)` (alias `load_sae`) returns one dictionary;
+`load_dictionaries(path, format, variant, hooks, hook)` a `{name: dictionary}` dict from a
+directory of such folders (or one folder, or a Gemma Scope tree; `variant` picks among several
+SAEs of one hook, e.g. "average_l0_41"); `saecircuits.SAESet.load` wraps it. Loaded weights are converted so that our
 `encode`/`decode` equal the peer's own (checked against outputs of the peers' own code in
 tests/fixtures/peers): a b_dec the peer does not subtract before encoding is folded into b_enc
 (SAELens `apply_b_dec_to_input=False`, Gemma Scope, dictionary_learning JumpReLU), SAELens
@@ -27,16 +28,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..dictionaries import CFG_FILE, WEIGHTS_FILE, Dictionary, DictionaryConfig
 from ..errors import ConfigError, SAEFormatError
-from ..sae import CFG_FILE, SAE, WEIGHTS_FILE, SAEConfig, SAESet
 from ..fileio import read_safetensors
 
-FORMATS = ("native", "saelens", "sparsify", "dictionary_learning", "gemmascope")
+FORMATS = ("native", "saelens", "sparsify", "dictionary_learning", "gemmascope", "circuit_tracer")
 _TL_HOOK = re.compile(r"^blocks\.(\d+)\.hook_(resid_post|mlp_out|attn_out|resid_pre)$")
 
 
 def detect_format(folder: Path) -> str:
     """Guess the format of an SAE folder from its file names and config keys."""
+    from .circuit_tracer import is_circuit_tracer
+
+    if is_circuit_tracer(folder):
+        return "circuit_tracer"
     if (folder / "params.npz").is_file():
         return "gemmascope"
     if (folder / "ae.pt").is_file():
@@ -63,20 +68,10 @@ def hook_from_transformerlens(name: str) -> str:
     return {"resid_post": "resid", "mlp_out": "mlp", "attn_out": "attn"}[kind] + f".{layer}"
 
 
-def _build(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: str) -> SAE:
-    sae = SAE(cfg)
-    expected = sae.state_tensors()
-    for name, ref in expected.items():
-        if name not in tensors:
-            raise SAEFormatError(f"{source}: missing tensor {name}")
-        value = tensors[name].to(ref.dtype)
-        if value.shape != ref.shape:
-            raise SAEFormatError(f"{source}: {name} has shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
-        if not torch.isfinite(value).all():
-            raise SAEFormatError(f"{source}: {name} contains NaN or inf values")
-        with torch.no_grad():
-            getattr(sae, name).copy_(value)
-    return sae
+def _build(cfg: DictionaryConfig, tensors: dict[str, torch.Tensor], source: str) -> Dictionary:
+    dic = Dictionary(cfg)
+    dic.load_tensors({n: t for n, t in tensors.items() if n in dic.tensor_names()}, source)
+    return dic
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:
@@ -86,7 +81,7 @@ def _dtype_name(tensor: torch.Tensor) -> str:
 _SAELENS_ARCH = {"standard": "relu", "relu": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 
 
-def _load_saelens(folder: Path, hook: str | None) -> SAE:
+def _load_saelens(folder: Path, hook: str | None) -> Dictionary:
     cfg = json.loads((folder / CFG_FILE).read_text())
     tensors = read_safetensors(folder / "sae_weights.safetensors")
     meta = cfg.get("metadata") or {}
@@ -120,7 +115,7 @@ def _load_saelens(folder: Path, hook: str | None) -> SAE:
         tensors["W_dec"] = (tensors["W_dec"].double() / norms[:, None]).float()
     tl_hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     hook = hook or meta.get("saecircuits_hook") or hook_from_transformerlens(tl_hook)
-    sae_cfg = SAEConfig(arch, int(cfg["d_in"]), int(cfg["d_sae"]), k=int(k) if arch in ("topk", "batchtopk") else None,
+    sae_cfg = DictionaryConfig(arch, int(cfg["d_in"]), int(cfg["d_sae"]), k=int(k) if arch in ("topk", "batchtopk") else None,
                         hook=hook, model_name=meta.get("model_name") or cfg.get("model_name", "") or "",
                         dtype=dtype, metadata={"source": "saelens", "path": str(folder), "saelens_hook_name": tl_hook,
                                   "saelens_architecture": name})
@@ -138,36 +133,43 @@ def sparsify_hook(name: str) -> str | None:
     return {None: "resid", "mlp": "mlp", "self_attn": "attn"}[match.group(2)] + f".{match.group(1)}"
 
 
-def _load_sparsify(folder: Path, hook: str | None, transcoder: bool = False) -> SAE:
+def _header_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
+def _load_sparsify(folder: Path, hook: str | None) -> Dictionary:
+    """A sparsify SAE, or transcoder (`transcode=True`: reads the MLP input `mlp_in.L`, writes the
+    MLP output `mlp.L`; sparsify encodes `x @ W_enc + b_enc` for them, no b_dec subtraction)."""
     cfg = json.loads((folder / CFG_FILE).read_text())
     tensors = read_safetensors(folder / WEIGHTS_FILE)
     if "W_skip" in tensors or cfg.get("skip_connection"):
         raise SAEFormatError(f"{folder}: sparsify skip transcoders (W_skip) are not supported")
     if cfg.get("activation", "topk") != "topk":
         raise SAEFormatError(f"{folder}: sparsify activation {cfg.get('activation')!r} is not supported")
-    transcode = bool(cfg.get("transcode"))
-    if transcode and not transcoder:
-        raise SAEFormatError(
-            f"{folder}: sparsify transcoder (transcode=True) reads the input of {folder.name!r} and predicts "
-            "its output; an SAE set reconstructs its own input, so it cannot be loaded as an SAE "
-            "(load_sae(..., transcoder=True) reads it for code that handles transcoders)")
     enc = tensors["encoder.weight"]
     d_sae, d_in = enc.shape
-    hook = hook or cfg.get("saecircuits_hook") or sparsify_hook(folder.name)
-    if hook is None:
+    ours = _header_metadata(folder / WEIGHTS_FILE).get("saecircuits_hook") or cfg.get("saecircuits_hook")
+    site = hook or ours or sparsify_hook(folder.name)
+    if site is None:
         raise SAEFormatError(f"cannot map sparsify hookpoint {folder.name!r} to a hook point; pass hook=...")
     out = {"W_enc": enc.T.float(), "b_enc": tensors["encoder.bias"].float(), "W_dec": tensors["W_dec"].float(),
            "b_dec": tensors["b_dec"].float()}
-    if transcode:  # sparsify encodes x @ W_enc + b_enc for transcoders (no b_dec subtraction)
-        _fold_b_dec_into_b_enc(out)
     meta = {"source": "sparsify", "path": str(folder), "sparsify_hookpoint": folder.name}
-    if transcode:
-        meta.update(transcoder=True, output_hook=hook)
-    sae_cfg = SAEConfig("topk", d_in, d_sae, k=int(cfg["k"]), hook=hook, dtype=_dtype_name(enc), metadata=meta)
-    return _build(sae_cfg, out, str(folder))
+    read, write = site, None
+    if cfg.get("transcode"):
+        if not site.startswith("mlp."):
+            raise SAEFormatError(f"{folder}: a sparsify transcoder at {folder.name!r} ({site}) is not an MLP "
+                                 "transcoder (layers.L.mlp); only those are supported")
+        read, write = f"mlp_in.{site.split('.')[1]}", site
+    dic_cfg = DictionaryConfig("topk", d_in, d_sae, k=int(cfg["k"]), hook=read, write_hook=write,
+                               d_out=out["W_dec"].shape[1], dtype=_dtype_name(enc), metadata=meta)
+    return _build(dic_cfg, out, str(folder))
 
 
-def _load_dictionary_learning(folder: Path, hook: str | None) -> SAE:
+def _load_dictionary_learning(folder: Path, hook: str | None) -> Dictionary:
     trainer = json.loads((folder / "config.json").read_text()).get("trainer", {})
     state = torch.load(folder / "ae.pt", map_location="cpu", weights_only=True)
     cls = trainer.get("dict_class", "AutoEncoder")
@@ -190,7 +192,7 @@ def _load_dictionary_learning(folder: Path, hook: str | None) -> SAE:
         raise SAEFormatError(f"{folder}: dictionary_learning dict_class {cls!r} is not supported "
                              "(AutoEncoder, AutoEncoderTopK, JumpReluAutoEncoder)")
     d_in, d_sae = tensors["W_enc"].shape
-    sae_cfg = SAEConfig(arch, d_in, d_sae, k=k, hook=hook, model_name=trainer.get("lm_name", ""),
+    sae_cfg = DictionaryConfig(arch, d_in, d_sae, k=k, hook=hook, model_name=trainer.get("lm_name", ""),
                         dtype=_dtype_name(tensors["W_enc"]),
                         metadata={"source": "dictionary_learning", "path": str(folder)})
     return _build(sae_cfg, tensors, str(folder))
@@ -218,7 +220,7 @@ def gemmascope_hook(folder: Path) -> str | None:
     return {"res": "resid", "mlp": "mlp", "att": "attn"}[kind] + f".{layer}"
 
 
-def _load_gemmascope(folder: Path, hook: str | None) -> SAE:
+def _load_gemmascope(folder: Path, hook: str | None) -> Dictionary:
     hook = hook or gemmascope_hook(folder)
     if hook is None:
         raise SAEFormatError(f"{folder}: Gemma Scope params.npz outside a layer_L/... tree does not name its "
@@ -227,7 +229,7 @@ def _load_gemmascope(folder: Path, hook: str | None) -> SAE:
         tensors = {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
     _fold_b_dec_into_b_enc(tensors)  # Gemma Scope encodes x @ W_enc + b_enc
     d_in, d_sae = tensors["W_enc"].shape
-    sae_cfg = SAEConfig("jumprelu", d_in, d_sae, hook=hook, dtype=_dtype_name(tensors["W_enc"]),
+    sae_cfg = DictionaryConfig("jumprelu", d_in, d_sae, hook=hook, dtype=_dtype_name(tensors["W_enc"]),
                         metadata={"source": "gemmascope", "path": str(folder)})
     return _build(sae_cfg, tensors, str(folder))
 
@@ -236,32 +238,40 @@ _LOADERS = {"saelens": _load_saelens, "sparsify": _load_sparsify,
             "dictionary_learning": _load_dictionary_learning, "gemmascope": _load_gemmascope}
 
 
-def load_sae(path, format: str = "auto", hook: str | None = None, transcoder: bool = False) -> SAE:
-    """Load one SAE folder of any supported format (`format="auto"` detects it).
+def dictionary_name(dic: Dictionary) -> str:
+    """A dictionary's name in a set: an SAE's hook point, a transcoder's write site."""
+    return dic.cfg.write_site if dic.is_transcoder else dic.cfg.hook
 
-    transcoder: accept a sparsify transcoder (its encode/decode are kept exact; `cfg.metadata`
-    has `transcoder: True`); refused otherwise.
+
+def load_dictionary(path, format: str = "auto", hook: str | None = None) -> Dictionary:
+    """Load one dictionary folder of any supported format (`format="auto"` detects it).
+
+    hook: the (read) hook point, for files that do not name one (it overrides what they say).
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise SAEFormatError(f"SAE folder {str(folder)!r} does not exist")
+        raise SAEFormatError(f"dictionary folder {str(folder)!r} does not exist")
     if format == "auto":
         format = detect_format(folder)
     if format not in FORMATS:
         raise ConfigError(f"unknown SAE format {format!r}; expected auto or one of {', '.join(FORMATS)}")
+    if format == "circuit_tracer":
+        raise SAEFormatError(f"{str(folder)!r} is a circuit-tracer transcoder set: load it as a set "
+                             "(SAESet.load / --saes)")
     if format == "native":
-        sae = SAE.load(folder)
+        dic = Dictionary.load(folder)
         if hook:
-            sae.cfg.hook = hook
-        return sae
+            dic.cfg.hook = hook
+        return dic
     try:
-        if format == "sparsify":
-            return _load_sparsify(folder, hook, transcoder=transcoder)
         return _LOADERS[format](folder, hook)
     except (KeyError, ValueError, OSError, RuntimeError) as err:
         if isinstance(err, SAEFormatError):
             raise
         raise SAEFormatError(f"{folder}: not a valid {format} SAE ({type(err).__name__}: {err})") from err
+
+
+load_sae = load_dictionary
 
 
 def _is_sae_folder(folder: Path) -> bool:
@@ -275,7 +285,7 @@ def _is_sae_folder(folder: Path) -> bool:
 
 
 def find_sae_folders(root: Path, max_depth: int = 4) -> list[Path]:
-    """SAE folders at or under `root` (not descending into an SAE folder), sorted."""
+    """Dictionary folders at or under `root` (not descending into one), sorted."""
     if _is_sae_folder(root):
         return [root]
     found: list[Path] = []
@@ -299,62 +309,58 @@ def _pick_variant(hook: str, folders: list[Path], root: Path, variant: str | Non
     return picked[0]
 
 
-def load_sae_set(path, format: str = "auto", variant: str | None = None,
-                 hooks: list[str] | None = None) -> SAESet:
-    """Load an SAE set of any supported format keyed by hook point.
+def load_dictionaries(path, format: str = "auto", variant: str | None = None,
+                      hooks: list[str] | None = None, hook: str | None = None) -> dict[str, Dictionary]:
+    """Load a set of any supported format: `{name: dictionary}` (`dictionary_name`).
 
-    `path` may be one SAE folder, a directory of SAE folders (native set, SAELens folders, a sparsify
+    `path` may be one folder, a directory of folders (native set, SAELens folders, a sparsify
     run) or a tree (Gemma Scope `layer_L/width_W/average_l0_N`). `variant` picks one SAE where a
     hook point has several (a path component such as "average_l0_41" or a relative path);
-    `hooks` keeps only those hook points.
+    `hooks` keeps only those names; `hook` names the hook point of a single folder whose files
+    do not.
     """
     root = Path(path)
     if not root.is_dir():
         raise SAEFormatError(f"SAE set directory {str(root)!r} does not exist")
     if format != "auto" and format not in FORMATS:
         raise ConfigError(f"unknown SAE format {format!r}; expected auto or one of {', '.join(FORMATS)}")
+    from .circuit_tracer import is_circuit_tracer, load_transcoder_set
+
+    if format == "circuit_tracer" or (format == "auto" and is_circuit_tracer(root)):
+        found = load_transcoder_set(root)          # one folder holds the whole set
+        missing = [h for h in (hooks or []) if h not in found]
+        if missing:
+            raise SAEFormatError(f"circuit-tracer set {str(root)!r} has no transcoder for {missing}")
+        return {h: found[h] for h in (hooks or found)}
     folders = find_sae_folders(root)
     if not folders:
         raise SAEFormatError(f"{str(root)!r} holds no SAE folders of a known format ({', '.join(FORMATS)})")
-    by_hook: dict[str, list[Path]] = {}
-    loaded: dict[Path, SAE] = {}
+    if hook is not None and len(folders) > 1:
+        raise ConfigError(f"hook={hook!r} names the hook point of a single SAE folder, but "
+                          f"{str(root)!r} holds {len(folders)}")
+    by_name: dict[str, list[Path]] = {}
+    loaded: dict[Path, Dictionary] = {}
     for folder in folders:
         fmt = detect_format(folder) if format == "auto" else format
-        hook = gemmascope_hook(folder) if fmt == "gemmascope" else None
-        if hook is None:
-            sae = load_sae(folder, format=fmt)
-            loaded[folder] = sae
-            hook = sae.cfg.hook or folder.name
-        by_hook.setdefault(hook, []).append(folder)
-    wanted = hooks or sorted(by_hook)
-    missing = [h for h in wanted if h not in by_hook]
+        name = gemmascope_hook(folder) if fmt == "gemmascope" and hook is None else None
+        if name is None:
+            dic = load_dictionary(folder, format=fmt, hook=hook)
+            loaded[folder] = dic
+            name = dictionary_name(dic) or folder.name
+            if fmt == "native" and folder != root and not dic.is_transcoder and dic.cfg.hook \
+                    and dic.cfg.hook != folder.name:
+                raise SAEFormatError(f"{str(folder / CFG_FILE)!r} says hook {dic.cfg.hook!r} but lies "
+                                     f"in directory {folder.name!r}")
+        by_name.setdefault(name, []).append(folder)
+    wanted = hooks or sorted(by_name)
+    missing = [h for h in wanted if h not in by_name]
     if missing:
-        raise SAEFormatError(f"SAE set {str(root)!r} has no SAE for {missing}; it has {sorted(by_hook)}")
-    saes: dict[str, SAE] = {}
-    for hook in wanted:
-        folder = _pick_variant(hook, by_hook[hook], root, variant)
-        sae = loaded.get(folder) or load_sae(folder, format=format, hook=hook)
-        sae.cfg.hook = hook
-        saes[hook] = sae
-    return SAESet(saes)
-
-
-def is_native(path) -> bool:
-    """True if `path` is a native SAE folder or a native set (every `*/cfg.json` subfolder native)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return False
-    if (folder / CFG_FILE).is_file():
-        return _is_sae_folder(folder) and detect_format(folder) == "native"
-    subs = [p.parent for p in folder.glob(f"*/{CFG_FILE}")]
-    return bool(subs) and all(_is_sae_folder(p) and detect_format(p) == "native" for p in subs)
-
-
-def _register() -> None:
-    """Let `SAESet.load(path, format=...)` reach these loaders without sae.py importing formats."""
-    from .. import sae as _sae
-
-    _sae._PEER_FORMATS[0] = (is_native, load_sae_set)
-
-
-_register()
+        raise SAEFormatError(f"SAE set {str(root)!r} has no SAE for {missing}; it has {sorted(by_name)}")
+    out: dict[str, Dictionary] = {}
+    for name in wanted:
+        folder = _pick_variant(name, by_name[name], root, variant)
+        dic = loaded.get(folder) or load_dictionary(folder, format=format, hook=hook or name)
+        if not dic.is_transcoder:
+            dic.cfg.hook = name
+        out[name] = dic
+    return out

@@ -6,7 +6,9 @@
   TransformerLens name (`resid.L` -> `blocks.L.hook_resid_post`) and kept verbatim in
   `metadata.saecircuits_hook`, so saecircuits -> SAELens -> saecircuits is exact.
 - `sparsify`: `<out>/<hookpoint>/cfg.json` + `sae.safetensors` (`encoder.weight [d_sae, d_in]`,
-  `encoder.bias`, `W_dec`, `b_dec`) with HF hookpoints (`resid.L` -> `layers.L`); TopK only.
+  `encoder.bias`, `W_dec`, `b_dec`) with HF hookpoints (`resid.L` -> `layers.L`); TopK only. Our
+  hook name goes into the safetensors header's metadata (`saecircuits_hook`), which sparsify's
+  loader does not read (in cfg.json it made sparsify print "Dropping extra args").
 """
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ import torch
 
 from ..errors import ConfigError, SAEFormatError
 from ..fileio import write_json, write_safetensors
-from ..sae import SAE, SAESet
+from ..dictionaries import Dictionary as SAE
 
-TARGETS = ("native", "saelens", "sparsify")
+TARGETS = ("native", "saelens", "sparsify", "circuit_tracer")
 _HOOK = re.compile(r"^(resid|mlp|attn)\.(\d+)$")
 _SAELENS_ARCH = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
 
@@ -79,11 +81,12 @@ def save_sparsify(sae: SAE, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     write_safetensors(folder / "sae.safetensors", {"encoder.weight": t["W_enc"].T.contiguous(),
                                                    "encoder.bias": t["b_enc"].contiguous(),
-                                                   "W_dec": t["W_dec"].contiguous(), "b_dec": t["b_dec"].contiguous()})
+                                                   "W_dec": t["W_dec"].contiguous(), "b_dec": t["b_dec"].contiguous()},
+                      metadata={"saecircuits_hook": cfg.hook})
     write_json(folder / "cfg.json", {
         "activation": "topk", "expansion_factor": max(1, math.ceil(cfg.d_sae / cfg.d_in)),
         "normalize_decoder": False, "num_latents": cfg.d_sae, "k": cfg.k, "multi_topk": False,
-        "skip_connection": False, "transcode": False, "d_in": cfg.d_in, "saecircuits_hook": cfg.hook})
+        "skip_connection": False, "transcode": False, "d_in": cfg.d_in})
     return folder
 
 
@@ -100,12 +103,24 @@ def write_reference(sae: SAE, folder: Path, seed: int = 0, rows: int = 16) -> No
                        "recon": recon.float().contiguous()})
 
 
-def convert_sae_set(saes: SAESet, out: str | Path, to: str, reference: bool = False) -> dict[str, str]:
+def convert_sae_set(saes, out: str | Path, to: str, reference: bool = False) -> dict[str, str]:
     """Write every SAE of `saes` under `out` in format `to`; returns {hook: folder}."""
     if to not in TARGETS:
         raise ConfigError(f"unknown target format {to!r}; expected one of {', '.join(TARGETS)}")
     out = Path(out)
-    if to == "sparsify":  # refuse before writing anything
+    if to == "circuit_tracer":
+        from .circuit_tracer import save_transcoder_set
+
+        model = next((s.cfg.model_name for s in saes.values() if s.cfg.model_name), "")
+        folder = save_transcoder_set(dict(saes), out, model_name=model)
+        written = {name: str(folder) for name in saes}
+        write_json(out / "saecircuits_convert.json", {"to": to, "saes": written})
+        return written
+    for hook, sae in saes.items():  # refuse before writing anything
+        if sae.is_transcoder and to != "native":
+            raise SAEFormatError(f"the transcoder {hook!r} has no {to} form here; write it with "
+                                 "--to native or --to circuit_tracer")
+    if to == "sparsify":
         for hook, sae in saes.items():
             if sae.cfg.architecture != "topk":
                 raise SAEFormatError(f"sparsify stores TopK SAEs only; the SAE at {hook!r} is "

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .. import hooks
 from ..bases import Basis, ica_basis, linear_basis, neuron_basis, pca_basis, sae_basis  # noqa: F401
 from ..errors import ConfigError
 from ..models import model_device
+from ..progress import bar as progress_bar
 
 
 @dataclass
@@ -39,25 +39,28 @@ class HookActivations:
 
 def collect_hook_activations(model, tok, hook: str | Sequence[str], texts: Sequence[str],
                              context: int = 64, max_windows: int | None = 256,
-                             batch_size: int = 8, progress: bool = True
+                             batch_size: int = 8, progress: bool = True, precision: str = "auto"
                              ) -> HookActivations | dict[str, HookActivations]:
     """One pass over `texts` (token windows of `context`), reading the hook point(s) and
-    stopping after the deepest. A list of hooks gives a dict keyed by hook."""
+    stopping after the deepest. A list of hooks gives a dict keyed by hook. precision: the
+    forwards' matmuls (`saecircuits.precision`); activations are returned in fp32."""
+    from ..precision import resolve as resolve_precision
     from ..export.dashboards import windows_of
 
     names = [hook] if isinstance(hook, str) else list(dict.fromkeys(hook))
     points = hooks.sort_by_forward_order(model, names)
     ids, mask = windows_of(tok, texts, context, max_windows)
     device = model_device(model)
+    prec = resolve_precision(precision, device)
     xs = {hp.name: torch.zeros((*ids.shape, hp.width), dtype=torch.float32) for hp in points}
-    bar = tqdm(total=len(ids), desc=f"activations at {','.join(names)}", unit="window",
-               disable=not progress)
+    bar = progress_bar(len(ids), f"activations at {','.join(names)}", unit="window",
+                       enabled=progress, leave=True)
     try:
         for start in range(0, len(ids), batch_size):
             batch = {"input_ids": ids[start:start + batch_size].to(device),
                      "attention_mask": mask[start:start + batch_size].long().to(device)}
             got: dict[str, torch.Tensor] = {}
-            with torch.no_grad(), model.trace(batch) as tracer:
+            with torch.no_grad(), prec.autocast(), model.trace(batch) as tracer:
                 for hp in points:
                     got[hp.name] = hooks.read(model, hp).detach().save()
                 tracer.stop()

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, ExportError
 from ..export.explanations import load_explanations  # noqa: F401 (re-exported)
 from ..fileio import write_json, write_text
-from ..sae import SAE
+from ..progress import bar as progress_bar, track
+from ..dictionaries import Dictionary as SAE
 from .backends import AnswerCache, ExplainerError
 from .contexts import (Basis, ExcerptConfig, HookActivations, collect_hook_activations,
                        ica_basis, linear_basis, live_units, neuron_basis, pca_basis, sae_basis,
@@ -199,7 +199,7 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
     all_acts = collect_hook_activations(model, tok, cfg.hooks, texts, cfg.context, cfg.windows,
                                         cfg.batch_size, progress)
     jobs = []
-    for hook in cfg.hooks:
+    for hook in track(cfg.hooks, "bases and units (PCA/ICA fits)", unit="hook", enabled=progress):
         acts = all_acts[hook]
         per_basis = []
         for kind, basis in build_bases(cfg, saes, acts, out / "bases.safetensors").items():
@@ -216,8 +216,8 @@ def run_explain(model, tok, saes: Mapping[str, SAE], texts: Sequence[str], backe
     todo = [j for j in jobs if unit_key(j[0], j[1], j[4]) not in done]
     if rows:
         log(f"resuming: {len(rows)} of {len(jobs)} units already scored")
-    bar = tqdm(total=len(jobs), initial=len(rows), desc="explain+simulate", unit="unit",
-               disable=not progress)
+    bar = progress_bar(len(jobs), "explain+simulate", initial=len(rows), unit="unit",
+                       enabled=progress, leave=True)
     skipped: list[str] = []
     started = time.monotonic()
     try:

@@ -20,7 +20,8 @@ import torch
 
 from ..errors import ConfigError, ShapeError
 from ..fileio import write_json, write_text
-from ..sae import SAE, SAESet
+from ..dictionaries import Dictionary as SAE
+from ..sae import SAESet
 from . import svg
 
 THRESHOLDS = (0.5, 0.7, 0.9)

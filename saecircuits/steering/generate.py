@@ -33,7 +33,7 @@ import torch
 from .. import hooks
 from ..errors import ConfigError
 from ..replacement import ReplacementModel
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from ..splice import encode_inputs
 from .spec import Intervention, Resolved, check_generation_args, resolve_all
 
@@ -176,6 +176,7 @@ class _Group:
     hook: hooks.HookPoint
     sae: SAE | None
     items: list[Resolved]
+    read: hooks.HookPoint | None = None     # a transcoder's read site (encoded before `hook`)
 
 
 def _groups(saes, resolved: list[Resolved]) -> list[_Group]:
@@ -186,7 +187,8 @@ def _groups(saes, resolved: list[Resolved]) -> list[_Group]:
         group.items.append(r)
         if r.index is not None:
             group.sae = saes[r.hook.name]
-    return sorted(by_hook.values(), key=lambda g: g.hook.order)
+            group.read = r.read
+    return sorted(by_hook.values(), key=lambda g: (g.read or g.hook).order)
 
 
 def _current(r: Resolved, x: torch.Tensor, f: torch.Tensor | None) -> torch.Tensor:
@@ -216,10 +218,11 @@ def _step(model, groups: list[_Group], step: int, plen: int, prompt_mask: torch.
     sums: when given, mean-ablated activations over the prompt tokens are summed into it at
     step 0 (`id(spec)` -> [float64 sum `[n]`, token count, dtype]) across chunks."""
     for group in groups:
+        x_in = hooks.read(model, group.read) if group.read is not None else None
         x = hooks.read(model, group.hook)
         seq = x.shape[1]
         offset = plen + step - seq
-        f = group.sae.encode(x) if group.sae is not None else None
+        f = group.sae.encode(x if x_in is None else x_in) if group.sae is not None else None
         delta = None
         for r in group.items:
             needs_mean = r.spec.mode == "ablate" and r.spec.ablation == "mean"
@@ -380,7 +383,7 @@ def steer(model, saes: Mapping[str, SAE] | None, prompts: Sequence[str] | str,
           interventions: Sequence[Intervention] | Intervention, max_new_tokens: int = 20, *,
           do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
           track: Sequence[int | str] = (), use_cache: bool = True, baseline: bool = True,
-          tokenizer=None, chunk_tokens: int = CHUNK_TOKENS) -> SteerResult:
+          tokenizer=None, chunk_tokens: int = CHUNK_TOKENS, precision: str = "fp32") -> SteerResult:
     """Generate from `prompts` without and with `interventions`; compare.
 
     Args:
@@ -397,6 +400,8 @@ def steer(model, saes: Mapping[str, SAE] | None, prompts: Sequence[str] | str,
         chunk_tokens: at most this many padded prompt + new tokens per generate batch (at
             least one prompt); memory is bounded by one chunk, not by the number of prompts.
             Mean ablations still average over every prompt (all baseline chunks run first).
+        precision: matmuls of the generation forwards (`saecircuits.precision`: fp32 default,
+            exact; auto = bf16 where measured faster, which can change greedy tokens).
     Returns:
         SteerResult with both generations and per-step tracked logits/probabilities.
     """
@@ -426,6 +431,16 @@ def steer(model, saes: Mapping[str, SAE] | None, prompts: Sequence[str] | str,
     tracked = track_ids(tok, track)
     opts = dict(max_new_tokens=max_new_tokens, use_cache=use_cache, do_sample=do_sample,
                 temperature=temperature, top_p=top_p, tracked=tracked)
+    from ..precision import resolve as resolve_precision
+
+    with resolve_precision(precision, rm.device).autocast():
+        return _steer_chunks(rm, tok, saes, prompt_list, inputs, width, resolved, plan, seed,
+                             baseline, opts)
+
+
+def _steer_chunks(rm, tok, saes, prompt_list, inputs, width, resolved, plan, seed, baseline,
+                  opts) -> SteerResult:
+    """The baseline and steered generations of `steer`, chunk by chunk."""
 
     def chunks():
         """(rows, device inputs, chunk-cut interventions, sampling seeds) per chunk."""
@@ -464,6 +479,6 @@ def steer(model, saes: Mapping[str, SAE] | None, prompts: Sequence[str] | str,
         prompts=prompt_list, interventions=[r.spec.describe() for r in resolved],
         baseline=None if base_ids is None else tok.batch_decode(base_ids, skip_special_tokens=True),
         steered=tok.batch_decode(steer_ids, skip_special_tokens=True),
-        baseline_ids=base_ids, steered_ids=steer_ids, tracked=tracked,
+        baseline_ids=base_ids, steered_ids=steer_ids, tracked=opts["tracked"],
         baseline_logits=base_logits, steered_logits=steer_logits,
         baseline_probs=base_probs, steered_probs=steer_probs)

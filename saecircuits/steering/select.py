@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ConfigError
 from ..replacement import ReplacementModel
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from ..splice import encode_inputs
 
 

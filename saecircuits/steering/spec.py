@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from .. import hooks
-from ..errors import ConfigError, InterventionError
+from ..errors import ConfigError, HookPointError, InterventionError, ShapeError
 from ..hooks import HookPoint
 from ..replacement import ReplacementModel
-from ..sae import SAE
+from ..dictionaries import Dictionary as SAE
 from ..wrapping import model_device
 
 MODES = ("set", "scale", "add", "ablate")
@@ -152,6 +152,7 @@ class Resolved:
     value: `[n]` float values in the SAE/direction dtype (unused for ablate).
     columns: `[batch, total]` bool — which absolute columns (padded prompt + generated) to edit.
     mean: `[n]` mean activations, filled from the baseline run for ablation="mean".
+    read: a transcoder's read site (its features are encoded there; `hook` is its write site).
     """
 
     spec: Intervention
@@ -161,6 +162,7 @@ class Resolved:
     value: torch.Tensor
     columns: torch.Tensor
     mean: torch.Tensor | None = None
+    read: HookPoint | None = None
 
 
 def resolve_all(model, saes: Mapping[str, SAE] | None, interventions: Sequence[Intervention],
@@ -207,9 +209,10 @@ def _resolve(model, saes, iv: Intervention, attention_mask, max_new_tokens) -> R
         sae = saes[iv.hook]
         if not isinstance(sae, SAE):
             raise InterventionError(f"value for hook {iv.hook!r} is {type(sae).__name__}, not an SAE")
-        if sae.cfg.d_in != hp.width:
-            raise InterventionError(f"SAE at {iv.hook!r} has d_in={sae.cfg.d_in} but the hook point "
-                                    f"has width {hp.width}")
+        try:
+            read, _ = sae.check_sites(model.model if isinstance(model, ReplacementModel) else model)
+        except (HookPointError, ShapeError) as err:
+            raise InterventionError(str(err)) from None
         idx = _indices(iv)
         bad = [i for i in idx if not 0 <= i < sae.cfg.d_sae]
         if bad:
@@ -220,7 +223,8 @@ def _resolve(model, saes, iv: Intervention, attention_mask, max_new_tokens) -> R
         n = len(idx)
     value = _value(iv, n, rows)
     columns = position_columns(iv, attention_mask, max_new_tokens)
-    return Resolved(iv, hp, index, rows, value, columns.to(rows.device))
+    read = read if not iv.is_direction and sae.is_transcoder else None
+    return Resolved(iv, hp, index, rows, value, columns.to(rows.device), read=read)
 
 
 def _device(model) -> torch.device:

@@ -96,13 +96,13 @@ def main() -> None:
     baseline = compare_bases(model, tok, task, args.hook,
                              build_bases(model, tok, args.hook, ["raw", "pca", "ica"],
                                          fit_tokens=args.fit_tokens, ica_iter=args.ica_iter), ns=NS)
-    rows = {b: {"curve": baseline.curves[b]} for b in baseline.curves}
+    rows = {b: {"curve": c} for b, c in baseline.to_dict()["curves"].items()}
     for spec in args.recipe:
         name, _, folder = spec.partition("=")
         saes = SAESet.load(folder, model=model)
         res = compare_bases(model, tok, task, args.hook,
                             build_bases(model, tok, args.hook, ["sae"], sae=saes[args.hook]), ns=NS)
-        row = {"dir": folder, "curve": res.curves["sae"], "all_features": res.all_features_recovery,
+        row = {"dir": folder, "curve": res.to_dict()["curves"]["sae"], "all_features": res.all_features_recovery,
                "d_sae": res.sizes["sae"], **sae_metrics(Path(folder), args.hook)}
         if not args.no_circuit:
             row.update(error_share(model, tok, saes, task))
@@ -113,7 +113,7 @@ def main() -> None:
         " | all features | error share | faith (mean / patch, ≤200 feats) |"
     lines = [header, "|---" * (header.count("|") - 1) + "|"]
     for name, row in rows.items():
-        cells = dict(row["curve"])
+        cells = {p["n"]: p["fraction"] for p in row["curve"]}
         fmt = lambda v: "" if v is None else f"{v:.3f}"
         faith = row.get("faithfulness")
         lines.append(f"| {name} | {fmt(row.get('explained_variance'))} | {fmt(row.get('ce_loss_score'))}"

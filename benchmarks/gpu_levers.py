@@ -96,14 +96,14 @@ def main() -> None:
         for rank in ("dataset", "prompt"):
             base = compare_bases(model, tok, task, args.hook, dense, ns=NS, rank=rank)
             save(f"baselines/{rank}", {"metric_clean": base.metric_clean,
-                                       "metric_patch": base.metric_patch, "curves": base.curves})
+                                       "metric_patch": base.metric_patch, "curves": base.to_dict()["curves"]})
 
     def bases_row(sae) -> dict:
         row = {}
         for rank in ("dataset", "prompt"):
             res = compare_bases(model, tok, task, args.hook,
                                 build_bases(model, tok, args.hook, ["sae"], sae=sae), ns=NS, rank=rank)
-            row[f"curve_{rank}"] = res.curves["sae"]
+            row[f"curve_{rank}"] = res.to_dict()["curves"]["sae"]
             row["all_features"], row["d_sae"] = res.all_features_recovery, res.sizes["sae"]
         return row
 

@@ -37,17 +37,19 @@ assert not set(HELDOUT_NAMES) & set(NAMES) and not set(HELDOUT_PLACES) & set(PLA
 assert not set(HELDOUT_OBJECTS) & set(OBJECTS) and not set(HELDOUT_TEMPLATES) & set(TEMPLATES)
 
 
-def heldout_records(tok, n: int = 48, seed: int = 0) -> list[dict]:
-    names = single_token_names(tok, HELDOUT_NAMES)
+def heldout_records(tok, n: int = 48, seed: int = 0, names=HELDOUT_NAMES, places=HELDOUT_PLACES,
+                    objects=HELDOUT_OBJECTS, templates=HELDOUT_TEMPLATES) -> list[dict]:
+    """`n` IOI records (ABBA/BABA alternating, templates in turn) from the given lists."""
+    names = single_token_names(tok, names)
     if len(names) < 20:
         raise SystemExit(f"only {len(names)} held-out names are single tokens (need 20)")
     rng = random.Random(seed)
     out = []
     for i in range(n):
         io, s = rng.sample(names, 2)
-        t = HELDOUT_TEMPLATES[i % len(HELDOUT_TEMPLATES)]
+        t = templates[i % len(templates)]
         a, b = (io, s) if i % 2 == 0 else (s, io)
-        fill = dict(A=a, B=b, P=rng.choice(HELDOUT_PLACES), O=rng.choice(HELDOUT_OBJECTS))
+        fill = dict(A=a, B=b, P=rng.choice(places), O=rng.choice(objects))
         out.append({"clean_prefix": t.format(S=s, **fill), "patch_prefix": t.format(S=io, **fill),
                     "clean_answer": " " + io, "patch_answer": " " + s})
     return out

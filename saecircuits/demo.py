@@ -220,27 +220,17 @@ def lens_note(rm: ReplacementModel, tok, hook: str, feat: int, token_id: int | N
 
 def basis_headline(model, tok, saes: SAESet, cfg: DemoConfig) -> dict[str, Any]:
     """SAE vs PCA vs raw at the middle hook on a small IOI set (`saecircuits.bases`): the
-    recovered share of the clean→patch metric change when the top n = 16 / 64 units are patched,
-    and with every SAE feature patched (error term kept clean)."""
-    from .bases import build_bases, compare_bases
+    recovered share of the clean→patch metric change when the top n units are patched, and the
+    units / edit magnitude needed to bring KL(edited ‖ counterfactual) under a threshold."""
+    from .bases import DEFAULT_NS, build_bases, compare_bases, headline
     from .tasks import make_task
 
     hook = cfg.hooks[len(cfg.hooks) // 2]
     task = make_task(tok, "ioi", n=cfg.basis_prompts, seed=cfg.seed)
     bases = build_bases(model, tok, hook, ["sae", "pca", "raw"], sae=saes[hook], fit_tokens=2048,
                         seed=cfg.seed)
-    result = compare_bases(model, tok, task, hook, bases, ns=(16, 64))
-    out = result.to_dict()
-    cells = []
-    for n in (16, 64):
-        parts = [f"{b.upper()} {f:.2f}" for b in ("sae", "pca", "raw")
-                 if (f := result.fraction(b, n)) is not None]
-        cells.append(f"top {n}: " + ", ".join(parts))
-    out["headline"] = (f"basis comparison at {hook} (IOI, {len(task)} prompts; share of the "
-                       f"clean→patch metric change recovered by patching the top-n units): "
-                       + "; ".join(cells) + f"; all {result.sizes['sae']:,} SAE features "
-                       f"(error term kept clean) {result.all_features_recovery:.2f}")
-    return out
+    result = compare_bases(model, tok, task, hook, bases, ns=DEFAULT_NS)
+    return {**result.to_dict(), "headline": headline(result)}
 
 
 def _p_close(rm: ReplacementModel, prompts: list[str], close: list[int], interventions=None) -> float:

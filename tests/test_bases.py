@@ -78,6 +78,14 @@ def test_compare_bases_tiny(tiny, tiny_fit):
         logits = model.lm_head.output.save()
     want = (task.metric(logits).mean() - res.metric_clean) / (res.metric_patch - res.metric_clean)
     assert res.all_features_recovery == pytest.approx(float(want), abs=1e-4)
+    # KL(edited ‖ patch) at the last position and the edit magnitude, by hand
+    with torch.no_grad(), model.trace(patch):
+        logits_p = model.lm_head.output.save()
+    logp, logq = (torch.log_softmax(v[:, -1].double(), -1) for v in (logits, logits_p))
+    kl = (logp.exp() * (logp - logq)).sum(-1).mean()
+    edit = (x_new - xc).norm(dim=-1)[clean["attention_mask"].bool()].mean()
+    assert res.point("sae", "all").kl == pytest.approx(float(kl), rel=1e-3, abs=1e-6)
+    assert res.point("sae", "all").edit == pytest.approx(float(edit), rel=1e-4)
     # top-n ranking: n=1 of raw picks the dimension with the largest attribution toward the change
     table = res.table()
     assert table.count("\n") == 5 and "| raw (64) |" in table
@@ -140,7 +148,7 @@ def test_compare_bases_needs_patch_prompts(tiny, tiny_fit):
         compare_bases(model, tok, task, "resid.1", bases)
     with pytest.raises(SaecircuitsError, match="nope"):
         build_bases(model, tok, "resid.1", ["nope"])
-    with pytest.raises(SaecircuitsError, match="2·d"):
+    with pytest.raises(SaecircuitsError, match="more activations than components"):
         pca_basis(tiny_fit[:10])
     assert_model_clean(model)
 
@@ -165,15 +173,9 @@ def test_cli_compare_bases(tiny_dir, tmp_path, capsys):
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["hook"] == "resid.1" and summary["all_features_recovery"] is not None
-    assert sorted(p.name for p in out.iterdir()) == ["bases.json", "bases.md",
-                                                     "bases.png" if _has_mpl() else "bases.svg"]
+    assert sorted(p.name for p in out.iterdir()) == ["bases.json", "bases.md", "bases.svg"]
     saved = json.loads((out / "bases.json").read_text())
     assert [c["n"] for c in saved["curves"]["raw"]] == [2, 16, 64]
-
-
-def _has_mpl() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("matplotlib") is not None
 
 
 @pytest.mark.slow

@@ -207,7 +207,7 @@ def test_compare_bases_bars(tiny):
         compare_bases(model, tok, make_task(tok, "ioi", n=4, seed=1), "resid.1", bases, ns=[1, 8])
     by_desc = check_bars(bars, ["activations at resid.1", "fitting ICA", "compare bases"])
     assert by_desc["activations at resid.1"][0].total == 200
-    assert by_desc["compare bases"][0].total == 2 + 4 * 3   # clean, patch; n = 1, 8, all per basis
+    assert by_desc["compare bases"][0].total == 3 + 4 * 3   # clean, patch read, patch logits; n = 1, 8, all per basis
 
 
 def test_dashboards_bars(tiny, tmp_path):

@@ -10,6 +10,8 @@ The blocks' own `forward` attributes (nnsight's wrappers included) are restored 
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from saecircuits.hooks import _layout
@@ -34,10 +36,11 @@ def block_output_is_tuple(model) -> bool:
     return seen["tuple"]
 
 
-@torch.no_grad()
-def logits_from_block(model, ids: torch.Tensor, layer: int, resid: torch.Tensor,
-                      as_tuple: bool = False) -> torch.Tensor:
-    """Logits `[B, T, vocab]` with block `layer`'s output set to `resid` `[B, T, d]` (ids `[B, T]`)."""
+@contextlib.contextmanager
+def block_output_replaced(model, layer: int, resid: torch.Tensor, as_tuple: bool = False):
+    """Within the block, decoder blocks 0..layer-1 pass their input through and block `layer`
+    returns `resid` (`[B, T, d]`, the query positions of the call), so a call of the HF model
+    runs only the blocks after `layer` on `resid`. The blocks' `forward` attributes are restored."""
     hf = unwrap(model)
     blocks = hf.get_submodule(_layout(hf).layers)
 
@@ -53,11 +56,19 @@ def logits_from_block(model, ids: torch.Tensor, layer: int, resid: torch.Tensor,
     try:
         for i, block in enumerate(patched):
             block.forward = inject if i == layer else passthrough
-        out = hf(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+        yield hf
     finally:
         for block, old in zip(patched, saved):
             if old is None:
                 block.__dict__.pop("forward", None)
             else:
                 block.forward = old
+
+
+@torch.no_grad()
+def logits_from_block(model, ids: torch.Tensor, layer: int, resid: torch.Tensor,
+                      as_tuple: bool = False) -> torch.Tensor:
+    """Logits `[B, T, vocab]` with block `layer`'s output set to `resid` `[B, T, d]` (ids `[B, T]`)."""
+    with block_output_replaced(model, layer, resid, as_tuple) as hf:
+        out = hf(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     return out.logits

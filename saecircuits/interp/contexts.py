@@ -1,26 +1,25 @@
-"""Hook activations over a corpus, unit bases at a hook (SAE features, neurons, PCA, ICA),
-and the excerpts an explainer sees (Bills et al. 2023: top-activating excerpts split into an
-explanation set and a scoring set, plus random excerpts for scoring).
+"""Hook activations over a corpus and the excerpts an explainer sees (Bills et al. 2023:
+top-activating excerpts split into an explanation set and a scoring set, plus random excerpts
+for scoring). The unit bases (SAE features, neurons, PCA, ICA) are `saecircuits.bases`.
 
     acts = collect_hook_activations(model, tok, "resid.10", texts)   # x: [n, ctx, d]
-    basis = sae_basis(sae)                                           # or neuron/pca/ica_basis
+    basis = sae_basis(sae)              # saecircuits.bases: or neuron_basis / pca_basis / ica_basis
     unit = basis.activations(acts.x, [12])[..., 0]                   # [n, ctx]
     split = split_excerpts(tok, acts, unit, ExcerptConfig())
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .. import hooks
+from ..bases import Basis, ica_basis, linear_basis, neuron_basis, pca_basis, sae_basis  # noqa: F401
 from ..errors import ConfigError
 from ..models import model_device
 from ..progress import bar as progress_bar
-from ..dictionaries import Dictionary as SAE
 
 
 @dataclass
@@ -74,146 +73,6 @@ def collect_hook_activations(model, tok, hook: str | Sequence[str], texts: Seque
     keep[:, 0] = False
     out = {name: HookActivations(name, ids, keep, x) for name, x in xs.items()}
     return out[names[0]] if isinstance(hook, str) else out
-
-
-@dataclass
-class Basis:
-    """A set of units at a hook: `encode(x [..., d]) -> [..., n_units]` (non-negative).
-
-    kind: "sae", "neurons", "pca" or "ica". For the linear bases (neurons, PCA, ICA) a unit's
-    activation is relu(sign · (x − mean) · direction): each direction is oriented once, on
-    the fitting data, so that its larger tail is positive (a direction and its negative are
-    the same direction; the explainer is shown the side where it fires most strongly).
-    """
-
-    kind: str
-    n_units: int
-    encode: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
-    params: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    def activations(self, x: torch.Tensor, units: Sequence[int] | None = None,
-                    chunk: int = 4096) -> torch.Tensor:
-        """`x [..., d] -> [..., len(units)]` activations of the chosen units (float32)."""
-        idx = None if units is None else torch.as_tensor(list(units), dtype=torch.long)
-        if idx is not None and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.n_units):
-            bad = [int(u) for u in idx if not 0 <= int(u) < self.n_units]
-            raise ConfigError(f"{self.kind} unit(s) {bad[:5]} out of range: the basis has "
-                              f"{self.n_units} units")
-        flat = x.reshape(-1, x.shape[-1])
-        parts = []
-        with torch.no_grad():
-            for start in range(0, len(flat), chunk):
-                a = self.encode(flat[start:start + chunk]).float()
-                parts.append(a if idx is None else a[:, idx])
-        width = self.n_units if idx is None else len(idx)
-        out = torch.cat(parts) if parts else torch.zeros((0, width))
-        return out.reshape(*x.shape[:-1], width)
-
-
-def sae_basis(sae: SAE) -> Basis:
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        return sae.encode(x.to(sae.device, sae.dtype)).float().cpu()
-
-    return Basis("sae", sae.cfg.d_sae, encode)
-
-
-def _linear_basis(kind: str, mean: torch.Tensor, directions: torch.Tensor,
-                  fit: torch.Tensor) -> Basis:
-    """Units relu(sign ⊙ ((x − mean) @ directions.T)); signs oriented on `fit [N, d]`."""
-    proj = (fit - mean) @ directions.T
-    hi = proj.quantile(0.999, dim=0) if len(proj) <= 16_000_000 // max(1, proj.shape[1]) else proj.max(0).values
-    lo = proj.quantile(0.001, dim=0) if len(proj) <= 16_000_000 // max(1, proj.shape[1]) else proj.min(0).values
-    sign = torch.where(hi.abs() >= lo.abs(), 1.0, -1.0)
-    return linear_basis(kind, mean, (directions * sign[:, None]).T.contiguous())
-
-
-def linear_basis(kind: str, mean: torch.Tensor, w: torch.Tensor) -> Basis:
-    """Units relu((x − mean) @ w), w `[d, n_units]` (already oriented); `params` holds both,
-    so a fitted basis can be stored and rebuilt."""
-    mean, w = mean.float(), w.float()
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        return torch.relu((x.float() - mean) @ w)
-
-    return Basis(kind, w.shape[1], encode, {"mean": mean, "w": w})
-
-
-def neuron_basis(fit: torch.Tensor) -> Basis:
-    """The hook's own coordinates (for `resid.L`: the residual stream basis), centred."""
-    fit = fit.float()
-    return _linear_basis("neurons", fit.mean(0), torch.eye(fit.shape[1]), fit)
-
-
-def pca_basis(fit: torch.Tensor, n_components: int | None = None) -> Basis:
-    """Principal directions of `fit [N, d]`, by decreasing variance."""
-    fit = fit.float()
-    n = fit.shape[1] if n_components is None else int(n_components)
-    if not 1 <= n <= min(fit.shape):
-        raise ConfigError(f"PCA needs 1 <= n_components <= min(N, d) = {min(fit.shape)}, got {n}")
-    mean = fit.mean(0)
-    _, _, vt = torch.linalg.svd((fit - mean).double(), full_matrices=False)
-    return _linear_basis("pca", mean, vt[:n].float(), fit)
-
-
-def fast_ica(x: np.ndarray, n_components: int, max_iter: int = 200, tol: float = 1e-4,
-             seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-    """Symmetric FastICA with the logcosh contrast (Hyvärinen 1999), in numpy.
-
-    x: `[N, d]`. Returns (mean `[d]`, unmixing `[n_components, d]` so that
-    sources = (x − mean) @ unmixing.T have unit variance, iterations used).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    mean = x.mean(0)
-    xc = x - mean
-    _, s, vt = np.linalg.svd(xc, full_matrices=False)
-    keep = s[:n_components] > s[0] * 1e-6
-    s, vt = s[:n_components][keep], vt[:n_components][keep]
-    whitening = vt / s[:, None] * math.sqrt(len(x))  # [k, d]
-    z = xc @ whitening.T  # [N, k], identity covariance
-    k = z.shape[1]
-    rng = np.random.default_rng(seed)
-    w = _sym_decorrelate(rng.standard_normal((k, k)))
-    it = 0
-    for it in range(1, max_iter + 1):
-        wx = z @ w.T  # [N, k]
-        g = np.tanh(wx)
-        gp = 1.0 - g ** 2
-        w_new = _sym_decorrelate(g.T @ z / len(z) - gp.mean(0)[:, None] * w)
-        lim = np.max(np.abs(np.abs(np.einsum("ij,ij->i", w_new, w)) - 1.0))
-        w = w_new
-        if lim < tol:
-            break
-    return mean, w @ whitening, it
-
-
-def _sym_decorrelate(w: np.ndarray) -> np.ndarray:
-    vals, vecs = np.linalg.eigh(w @ w.T)
-    return (vecs / np.sqrt(np.clip(vals, 1e-12, None))) @ vecs.T @ w
-
-
-def ica_basis(fit: torch.Tensor, n_components: int | None = None, max_iter: int = 200,
-              seed: int = 0, max_samples: int | None = 4096) -> Basis:
-    """Independent directions of `fit [N, d]` (sklearn FastICA if installed, else `fast_ica`),
-    fitted on at most `max_samples` rows drawn at random (seeded). Each unmixing row is scaled
-    to unit norm: units differ only by direction."""
-    fit = fit.float()
-    if max_samples is not None and len(fit) > max_samples:
-        rows = np.random.default_rng(seed).choice(len(fit), size=max_samples, replace=False)
-        fit = fit[torch.as_tensor(np.sort(rows))]
-    n = fit.shape[1] if n_components is None else int(n_components)
-    if not 1 <= n <= min(fit.shape):
-        raise ConfigError(f"ICA needs 1 <= n_components <= min(N, d) = {min(fit.shape)}, got {n}")
-    try:
-        from sklearn.decomposition import FastICA  # type: ignore
-
-        ica = FastICA(n_components=n, whiten="unit-variance", max_iter=max_iter, random_state=seed)
-        ica.fit(fit.numpy())
-        mean, unmix = ica.mean_, ica.components_
-    except ImportError:
-        mean, unmix, _ = fast_ica(fit.numpy(), n, max_iter=max_iter, seed=seed)
-    unmix = torch.as_tensor(unmix, dtype=torch.float32)
-    unmix = unmix / unmix.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return _linear_basis("ica", torch.as_tensor(mean, dtype=torch.float32), unmix, fit)
 
 
 # -- excerpts ---------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def build_bases(cfg: ExplainConfig, saes: Mapping[str, SAE], acts: HookActivatio
         elif kind == "pca":
             out[kind] = pca_basis(fit)
         else:
-            out[kind] = ica_basis(fit, cfg.ica_components, cfg.ica_iter, cfg.seed)
+            out[kind] = ica_basis(fit, cfg.ica_components, cfg.ica_iter, cfg.seed, max_samples=4096)
         if store is not None and out[kind].params and f"{acts.hook}/{kind}/w" not in saved:
             saved |= {f"{acts.hook}/{kind}/{k}": v for k, v in out[kind].params.items()}
             write_safetensors(store, saved)

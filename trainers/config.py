@@ -203,7 +203,3 @@ class TrainConfig:
 
 def _lst(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _lst(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -218,6 +218,10 @@ def test_saes_and_transcoders_train_from_one_harvest(tiny, tmp_path, monkeypatch
     joint = json.loads((tmp_path / "run" / "transcoders" / "metrics.json").read_text())["joint"]
     assert joint["kl_joint"] < joint["kl_zero"]
     assert "joint" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
+    # the SAE set loads as its SAEs although transcoders/mlp.1 writes the same site as the SAE mlp.1
+    again = sc.SAESet.load(tmp_path / "run", model=model, hooks=["attn.1", "mlp.1"])
+    assert sorted(again) == ["attn.1", "mlp.1"] and not again.transcoders
+    assert next(iter(tcs.values())).cfg.metadata["joint_metrics"]["kl_joint"] == joint["kl_joint"]
 
 
 def test_cross_layer_transcoder_trains_converts_and_round_trips(tiny, tmp_path):

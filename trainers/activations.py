@@ -159,7 +159,10 @@ class ActivationStream:
                            unit="batch", enabled=self.progress)
             parts = [harvest(self.model, self.points, rows[i:i + self.model_batch],
                              autocast=self.autocast) for i in starts]
-            acts = {hp.name: torch.cat([p[hp.name] for p in parts]) for hp in self.points}
+            acts = {}
+            for hp in self.points:          # one site at a time: the parts go as they are joined
+                acts[hp.name] = torch.cat([p.pop(hp.name) for p in parts])
+            del parts
             if self.cache is not None:  # train on what later runs will read back
                 acts = {k: v.to(_DTYPES[self.cache.meta["dtype"]]) for k, v in acts.items()}
                 self.cache.write(index, acts)
@@ -170,7 +173,11 @@ class ActivationStream:
                                     f"token(s) with NaN/inf in block {index}")
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         perm = torch.randperm(next(iter(acts.values())).shape[0], generator=gen)
-        return {k: v[perm.to(v.device)].to(self.dtype) for k, v in acts.items()}
+        shuffled = {}
+        for name in list(acts):             # one site at a time: at most one extra site in memory
+            value = acts.pop(name)
+            shuffled[name] = value[perm.to(value.device)].to(self.dtype)
+        return shuffled
 
     @property
     def steps_available(self) -> int:
@@ -192,7 +199,9 @@ class ActivationStream:
             parts, pos, need = [], step * self.batch, self.batch
             while need:
                 index, offset = divmod(pos, self.tokens_per_block)
-                if index != cur_index:
+                if index != cur_index:   # keep only the old block's tail, not the block
+                    parts = [{k: v.clone() for k, v in part.items()} for part in parts]
+                    cur = {}
                     cur_index, cur = index, self.block(index)
                 take = min(need, self.tokens_per_block - offset)
                 parts.append({k: v[offset:offset + take] for k, v in cur.items()})

@@ -40,6 +40,7 @@ from saecircuits.sae import SAESet
 
 from .activations import ActivationCache, ActivationStream, windows_key
 from saecircuits import precision
+from saecircuits.formats import TRANSCODERS_DIR as TRANSCODERS  # transcoders trained beside SAEs
 
 from . import distributed
 from .config import TrainConfig, TranscoderRecipe, _lst  # noqa: F401 (re-exported)
@@ -47,7 +48,7 @@ from .loop import Trainer
 from .corpus import TokenCorpus, default_corpus, load_corpus
 
 CHECKPOINT = "checkpoint.safetensors"
-TRANSCODERS = "transcoders"     # subfolder of the transcoders trained beside SAEs
+BLOCK_BYTES = 5 << 28     # 1.25 GiB: the largest harvested shuffle block (fp32, all sites)
 # Fields that may change between a run and its resumption.
 RESUMABLE = {"out", "resume", "device", "cache_activations", "eval_tokens", "checkpoint_every",
              "stop_at_step", "progress", "model_batch"}
@@ -250,7 +251,12 @@ def train_saes(model, tok, cfg: TrainConfig, corpus=None) -> SAESet:
     windows = train_corpus.windows(cfg.context, seed=cfg.seed, prepend_bos=cfg.prepend_bos)
     windows = windows[rank::n_ranks]  # each rank harvests its own shard (all of it when alone)
     per_window = cfg.context - 1
-    wpb = min(cfg.windows_per_block, windows.shape[0])
+    # a harvested block holds every site's fp32 activations: with many sites (the demo's 68) a
+    # 64-window block is 2.6 GB and its copies pushed the demo to 17 GB; fewer windows keep it
+    # under BLOCK_BYTES (a few sites keep the configured block)
+    site_bytes = per_window * sum(hp.width for hp in points) * 4
+    wpb = min(cfg.windows_per_block, windows.shape[0],
+              max(-(-batch // per_window), BLOCK_BYTES // site_bytes))
     if wpb * per_window < batch:
         raise ConfigError(f"corpus is too short: {windows.shape[0]} windows of {cfg.context} tokens "
                           f"hold fewer than one batch of {batch} activations")

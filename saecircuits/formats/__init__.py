@@ -284,15 +284,29 @@ def _is_sae_folder(folder: Path) -> bool:
     return True
 
 
-def find_sae_folders(root: Path, max_depth: int = 4) -> list[Path]:
-    """Dictionary folders at or under `root` (not descending into one), sorted."""
+# a training run's transcoders trained beside its SAEs (`TrainConfig.transcoders`): a set of its
+# own inside the SAE set's folder, loaded by pointing at it, never mixed into the SAEs
+TRANSCODERS_DIR = "transcoders"
+
+
+def find_sae_folders(root: Path, max_depth: int = 4, top: bool = True) -> list[Path]:
+    """Dictionary folders at or under `root` (not descending into one, nor into the
+    `transcoders/` set beside a run's SAEs), sorted."""
     if _is_sae_folder(root):
         return [root]
     found: list[Path] = []
     if max_depth > 0:
         for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            found += find_sae_folders(sub, max_depth - 1)
+            if top and sub.name == TRANSCODERS_DIR and _has_other_folders(root, sub):
+                continue
+            found += find_sae_folders(sub, max_depth - 1, top=False)
     return found
+
+
+def _has_other_folders(root: Path, skip: Path) -> bool:
+    """Whether `root` holds dictionary folders outside `skip` (then `skip` is a side set)."""
+    return any(_is_sae_folder(p) for p in root.iterdir() if p.is_dir() and p != skip
+               and not p.name.startswith("."))
 
 
 def _pick_variant(hook: str, folders: list[Path], root: Path, variant: str | None) -> Path:

@@ -114,11 +114,16 @@ def transcoder_summary(tcs: SAESet) -> dict | None:
 
 def top_path(fg, start: str, top: int = 12) -> list[str]:
     """From node `start` (a logit), follow the incoming edge with the largest |weight| back until
-    a token embedding (or a node without inputs): the strongest chain tokens -> answer."""
+    a token embedding: the strongest explained chain tokens -> features -> answer. The first hop
+    goes to a feature where the logit has one (the token's own direct edge through frozen
+    attention is reported beside it); error nodes have no inputs to follow and are passed over."""
     path, node, seen = [start], start, {start}
     g = fg.graph
     while len(path) < top:
-        preds = [(abs(d["weight"]), u) for u, _, d in g.in_edges(node, data=True) if u not in seen]
+        preds = [(abs(d["weight"]), u) for u, _, d in g.in_edges(node, data=True)
+                 if u not in seen and g.nodes[u]["kind"] != "error"]
+        if node == start and any(g.nodes[u]["kind"] == "feature" for _, u in preds):
+            preds = [p for p in preds if g.nodes[p[1]]["kind"] == "feature"]   # through a feature
         if not preds:
             break
         node = max(preds)[1]

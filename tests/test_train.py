@@ -105,6 +105,9 @@ def test_several_sizes_at_one_hook_train_from_the_same_batches(tiny, tmp_path):
     assert list(saes) == ["resid.1"] and saes["resid.1"].cfg.k == 4
     other = SAE.load(tmp_path / "out" / "variants" / "k8-x2" / "resid.1")
     assert other.cfg.k == 8
+    from saecircuits.sae import SAESet
+    assert SAESet.load(tmp_path / "out")["resid.1"].cfg.k == 4          # the main set, not a variant
+    assert SAESet.load(tmp_path / "out", variant="k8-x2")["resid.1"].cfg.k == 8
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])

@@ -40,7 +40,7 @@ from saecircuits.sae import SAESet
 
 from .activations import ActivationCache, ActivationStream, windows_key
 from saecircuits import precision
-from saecircuits.formats import TRANSCODERS_DIR as TRANSCODERS  # transcoders trained beside SAEs
+from saecircuits.formats import TRANSCODERS_DIR as TRANSCODERS, VARIANTS_DIR  # side sets of a run
 
 from . import distributed
 from .config import TrainConfig, TranscoderRecipe, _lst  # noqa: F401 (re-exported)
@@ -122,7 +122,7 @@ def build_specs(model, cfg: TrainConfig) -> list[DictionarySpec]:
             kk = opt.get("k", k) if uses_k else None
             if kk is not None and not 0 < kk <= d_sae:
                 raise ConfigError(f"k={kk} for {hp.name} must be in 1..d_sae={d_sae}")
-            name = hp.name if i == 0 else f"variants/k{kk}-x{d_sae // read.width}/{hp.name}"
+            name = hp.name if i == 0 else f"{VARIANTS_DIR}/k{kk}-x{d_sae // read.width}/{hp.name}"
             dcfg = DictionaryConfig(cfg.architecture, read.width, int(d_sae), k=kk, hook=read.name,
                                     write_hook=hp.name if cfg.transcoder else None,
                                     d_out=hp.width if cfg.transcoder else None, skip=cfg.skip)

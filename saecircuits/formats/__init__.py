@@ -284,20 +284,24 @@ def _is_sae_folder(folder: Path) -> bool:
     return True
 
 
-# a training run's transcoders trained beside its SAEs (`TrainConfig.transcoders`): a set of its
-# own inside the SAE set's folder, loaded by pointing at it, never mixed into the SAEs
+# a training run's side sets inside its SAE set's folder: transcoders trained beside the SAEs
+# (`TrainConfig.transcoders`) and the other k / width combinations of one run (`--k 32,128`).
+# Loaded by pointing at them (or, for variants, with `variant=`), never mixed into the main set.
 TRANSCODERS_DIR = "transcoders"
+VARIANTS_DIR = "variants"
 
 
-def find_sae_folders(root: Path, max_depth: int = 4, top: bool = True) -> list[Path]:
-    """Dictionary folders at or under `root` (not descending into one, nor into the
-    `transcoders/` set beside a run's SAEs), sorted."""
+def find_sae_folders(root: Path, max_depth: int = 4, top: bool = True,
+                     side_sets: bool = False) -> list[Path]:
+    """Dictionary folders at or under `root` (not descending into one, nor, unless `side_sets`,
+    into a run's `transcoders/` or `variants/` beside its own SAEs), sorted."""
     if _is_sae_folder(root):
         return [root]
     found: list[Path] = []
     if max_depth > 0:
         for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if top and sub.name == TRANSCODERS_DIR and _has_other_folders(root, sub):
+            if (top and not side_sets and sub.name in (TRANSCODERS_DIR, VARIANTS_DIR)
+                    and _has_other_folders(root, sub)):
                 continue
             found += find_sae_folders(sub, max_depth - 1, top=False)
     return found
@@ -346,7 +350,7 @@ def load_dictionaries(path, format: str = "auto", variant: str | None = None,
         if missing:
             raise SAEFormatError(f"circuit-tracer set {str(root)!r} has no transcoder for {missing}")
         return {h: found[h] for h in (hooks or found)}
-    folders = find_sae_folders(root)
+    folders = find_sae_folders(root, side_sets=variant is not None)
     if not folders:
         raise SAEFormatError(f"{str(root)!r} holds no SAE folders of a known format ({', '.join(FORMATS)})")
     if hook is not None and len(folders) > 1:

@@ -172,7 +172,7 @@ def replacement_graphs(model, tok, tcs: SAESet, cfg: DemoConfig, out_graphs: dic
                             f"{d['hook']}#{d['feature']}" if d["kind"] == "feature" else f"{d['hook']} err")
                            for d in chain)
         print(f"    strongest path: {text}")
-        exactness = (" (bf16 edges: rounding; --precision fp32 checks to ~1e-7)"
+        exactness = (" (bf16 edges: rounding; --precision fp32 checks to ~1e-6)"
                      if g.meta.get("precision", {}).get("precision") == "bf16" else "")
         print(f"    checks: incoming edges + biases reproduce every target to {info['linearity_error']:.1e} "
               f"(relative){exactness}; ablating the top 10 features in the real model moves the logit as the graph "

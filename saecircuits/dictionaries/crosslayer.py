@@ -208,7 +208,7 @@ class CrossLayerTranscoder(nn.Module):
             y = ys[out]
             fvu = (y - y_hat).pow(2).sum() / (y - y.mean(0)).pow(2).sum().clamp_min(1e-12)
             total = total + fvu
-            fvus.append(float(fvu))
+            fvus.append(float(fvu.detach()))
         l0 = sum(float((v > 0).sum()) for v, _ in picks) / (L * xs[0].shape[0])
         return total / L, {"fvu": sum(fvus) / L, "fvu_per_layer": fvus, "l0": l0}
 

@@ -270,6 +270,9 @@ def test_cross_layer_transcoder_graph_is_linear(tiny):
     assert g.linearity_error() < 1e-4
     # a layer-0 feature reaches layer-2 features both directly (its layer-1 decoder) and in between
     assert (g.adjacency[: g.n_features, : g.n_features] != 0).any()
+    from saecircuits.attribution.graphs import intervention_check
+    with pytest.raises(ConfigError, match="cross-layer"):   # not supported yet: said, not wrong
+        intervention_check(model, tok, clt, g)
     assert_model_clean(model)
 
 

@@ -724,8 +724,13 @@ def intervention_check(model, tok, transcoders: Mapping[str, Dictionary], graph:
     with their error terms, which every later layer recomputes: the model is not frozen) and
     compare the measured change of logit target `target` with the graph's predictions.
     Returns {features, measured, direct, total, pearson_total, pearson_direct}."""
+    from ..dictionaries.crosslayer import CrossLayerTranscoder
     from ..replacement import ReplacementModel
 
+    if isinstance(transcoders, CrossLayerTranscoder):
+        raise ConfigError("intervention_check ablates per-layer transcoder features in the model; "
+                          "a cross-layer transcoder's features write to several layers and are not "
+                          "supported yet")
     nf = graph.n_features
     if nf == 0:
         raise GraphError("the graph has no feature nodes to ablate")

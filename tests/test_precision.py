@@ -33,7 +33,7 @@ def test_lowp_aux_k_matches_the_fp32_loss_and_gradients():
         tr.since_fired[:n_dead] = 10**10
         want = aux_k_loss(dic.W_enc.T, dic.W_dec, dic.b_enc, tr.dead_mask(), x, residual, k_aux)
         g_want = torch.autograd.grad(want, (dic.W_enc, dic.W_dec))
-        got = aux_k_loss_lowp(dic.W_enc.T, dic.W_dec, dic.b_enc, tr.dead_mask(), x, residual, k_aux)
+        got = aux_k_loss_lowp(dic.W_enc.T, dic.W_dec, dic.b_enc, tr.dead_mask(), x, residual, k_aux, torch.bfloat16)
         g_got = torch.autograd.grad(got, (dic.W_enc, dic.W_dec))
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want, rtol=0.03, atol=1e-3)
@@ -42,7 +42,7 @@ def test_lowp_aux_k_matches_the_fp32_loss_and_gradients():
             cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
             assert cos > 0.99
     tr.since_fired.zero_()
-    assert float(aux_k_loss_lowp(dic.W_enc.T, dic.W_dec, dic.b_enc, tr.dead_mask(), x, residual, 8)) == 0.0
+    assert float(aux_k_loss_lowp(dic.W_enc.T, dic.W_dec, dic.b_enc, tr.dead_mask(), x, residual, 8, torch.bfloat16)) == 0.0
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])

@@ -17,9 +17,9 @@ shards and skips the model.
 """
 from __future__ import annotations
 
-import math
-
+import contextlib
 import hashlib
+import math
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -59,8 +59,9 @@ def harvest(model, points: Sequence[HookPoint], ids: torch.Tensor,
     device = model_device(model)
     inputs = {"input_ids": ids.to(device), "attention_mask": attention_mask.to(device)}
     acts: dict[str, torch.Tensor] = {}
-    with torch.no_grad(), torch.autocast(device.type, dtype=autocast or torch.bfloat16,
-                                         enabled=autocast is not None):
+    lowp = (torch.autocast(device.type, dtype=autocast) if autocast is not None
+            else contextlib.nullcontext())   # the precision policy's dtype, or plain fp32
+    with torch.no_grad(), lowp:
         with model.trace(inputs) as tracer:
             _read_points(model, points, acts, tracer)
     real = attention_mask.bool()

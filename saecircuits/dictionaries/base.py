@@ -431,3 +431,16 @@ def _check_header(path: Path, expected: dict[str, tuple[int, ...]], cfg: Diction
         if shapes[name] != shape:
             raise SAEFormatError(f"{path}: {name} has shape {shapes[name]}, expected {shape} from "
                                  f"cfg.json (d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.width_out})")
+
+
+class ThresholdGated:
+    """Mixin: the code keeps a pre-activation where it exceeds the per-latent `threshold`
+    (JumpReLU, and BatchTopK at inference); ∂f/∂pre is 1 exactly there."""
+
+    mask_from_output: ClassVar[bool] = False
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return pre * (pre > self.threshold).to(pre.dtype)
+
+    def active_mask(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return pre > self.threshold

@@ -10,6 +10,7 @@ import torch
 
 from ..precision import matmuls_in
 from .topk import AUX_ALPHA, aux_k
+from .base import ThresholdGated
 from .registry import register
 from .training import StepInput, StepOutput, TrainingDictionary, fvu
 
@@ -17,19 +18,12 @@ THRESHOLD_MOMENTUM = 0.99
 
 
 @register
-class BatchTopK(TrainingDictionary):
+class BatchTopK(ThresholdGated, TrainingDictionary):
     name = "batchtopk"
     uses_k = True
     has_threshold = True
-    mask_from_output = False
     data_dependent_updates = True
     foreign = ("batchtopk", "BatchTopK", "BatchTopKSAE")
-
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        return pre * (pre > self.threshold).to(pre.dtype)
-
-    def active_mask(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return pre > self.threshold
 
     def prepare_training(self, total_steps: int, **kw) -> None:
         super().prepare_training(total_steps, **kw)

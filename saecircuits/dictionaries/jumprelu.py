@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .base import ThresholdGated
 from .registry import register
 from .training import StepInput, StepOutput, TrainingDictionary, fvu
 
@@ -62,18 +63,11 @@ class _Exp(nn.Module):
 
 
 @register
-class JumpReLU(TrainingDictionary):
+class JumpReLU(ThresholdGated, TrainingDictionary):
     name = "jumprelu"
     has_threshold = True
-    mask_from_output = False
     default_lr = 1e-3
     foreign = ("jumprelu", "JumpReLU", "JumpReluAutoEncoder")
-
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        return pre * (pre > self.threshold).to(pre.dtype)
-
-    def active_mask(self, pre: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return pre > self.threshold
 
     def prepare_training(self, total_steps: int, **kw) -> None:
         super().prepare_training(total_steps, **kw)

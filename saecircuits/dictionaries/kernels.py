@@ -369,8 +369,8 @@ def aux_k_loss(enc: torch.Tensor, dec: torch.Tensor, b_enc: torch.Tensor, dead: 
 
 def aux_k_loss_lowp(enc: torch.Tensor, dec: torch.Tensor, b_enc: torch.Tensor, dead: torch.Tensor,
                     x_c: torch.Tensor, residual: torch.Tensor, k_aux: int,
-                    dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """`aux_k_loss` with its matmuls in `dtype` (bf16 path): fp32 parameters cast per step
+                    dtype: torch.dtype) -> torch.Tensor:
+    """`aux_k_loss` with its matmuls in `dtype` (the precision policy's low-precision dtype): fp32 parameters cast per step
     (gradients land in fp32), unsorted top k_aux, the loss summed in fp32."""
     n_dead = int(dead.sum())
     if n_dead == 0:

@@ -152,6 +152,29 @@ class FrozenPass:
     embeddings: torch.Tensor | None = None
 
 
+
+def freeze_norms(hf) -> list:
+    """Forward hooks that freeze every normalisation's denominator in `hf` (the caller removes
+    the returned handles)."""
+    handles = []
+    try:
+        for module in hf.modules():
+            kind = _norm_kind(module)
+            if kind is None:
+                continue
+            eps = _norm_eps(module)
+            gain = None
+            if kind == "rms":
+                width = getattr(module, "weight", None)
+                width = width.shape[-1] if width is not None else hf.config.hidden_size
+                gain = _rms_gain(module, width, eps, next(hf.parameters()))
+            handles.append(module.register_forward_hook(_freeze_norm(kind, eps, gain)))
+    except BaseException:
+        for h in handles:       # nothing left on the model after an error
+            h.remove()
+        raise
+    return handles
+
 def final_norm_module(hf) -> torch.nn.Module:
     base = getattr(hf, hf.base_model_prefix, hf) if getattr(hf, "base_model_prefix", "") else hf
     for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f"):
@@ -219,17 +242,7 @@ def frozen_forward(model, transcoders: Mapping[str, Dictionary], input_ids: torc
 
     try:
         handles.append(hf.get_input_embeddings().register_forward_hook(embed_hook))
-        for module in hf.modules():
-            kind = _norm_kind(module)
-            if kind is None:
-                continue
-            eps = _norm_eps(module)
-            gain = None
-            if kind == "rms":
-                width = getattr(module, "weight", None)
-                width = width.shape[-1] if width is not None else hf.config.hidden_size
-                gain = _rms_gain(module, width, eps, next(hf.parameters()))
-            handles.append(module.register_forward_hook(_freeze_norm(kind, eps, gain)))
+        handles += freeze_norms(hf)
         for name, (read, write) in sites.items():
             handles.append(hf.get_submodule(write.module_path).register_forward_hook(mlp_hook(name)))
         for name in error_only:
@@ -302,17 +315,7 @@ def frozen_forward_clt(model, clt, input_ids: torch.Tensor) -> FrozenPass:
 
     try:
         handles.append(hf.get_input_embeddings().register_forward_hook(embed_hook))
-        for module in hf.modules():
-            kind = _norm_kind(module)
-            if kind is None:
-                continue
-            eps = _norm_eps(module)
-            gain = None
-            if kind == "rms":
-                width = getattr(module, "weight", None)
-                width = width.shape[-1] if width is not None else hf.config.hidden_size
-                gain = _rms_gain(module, width, eps, next(hf.parameters()))
-            handles.append(module.register_forward_hook(_freeze_norm(kind, eps, gain)))
+        handles += freeze_norms(hf)
         for layer, (read, write) in enumerate(pairs):
             handles.append(hf.get_submodule(read.module_path).register_forward_pre_hook(read_hook(layer)))
             handles.append(hf.get_submodule(write.module_path).register_forward_hook(write_hook(layer)))
